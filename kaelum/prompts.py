@@ -1,0 +1,93 @@
+"""The one prompt format shared by the runtime's workers and the trainer.
+
+A worker answers in numbered steps and ends with an answer line:
+
+    Step 1: <text>
+    Step 2: <text>
+    Answer: <final answer>
+
+At inference LATS grows this text one step per tree node: the path so far is given to the model
+as the beginning of its own (assistant) message and the model continues it. The trainer teaches
+the whole completion for the same messages. Both sides call these functions, so the format a
+model is trained on is the format it is later asked for.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+SYSTEM_PROMPTS: dict[str, str] = {
+    "math": (
+        "You are a careful math solver. Solve the problem step by step. "
+        "Write each step on its own line as 'Step N: ...' and finish with a line 'Answer: <number or expression>'."
+    ),
+    "code": (
+        "You are an expert Python programmer. Reason step by step in lines 'Step N: ...', then finish with "
+        "'Answer:' followed by one complete Python code block (```python ... ```) that solves the task."
+    ),
+    "logic": (
+        "You are a precise logician. Reason step by step in lines 'Step N: ...' and finish with a line "
+        "'Answer: <yes/no/true/false/valid/invalid or the requested value>'."
+    ),
+    "factual": (
+        "You answer factual questions accurately. Reason briefly in lines 'Step N: ...' and finish with a line "
+        "'Answer: <short answer>'."
+    ),
+    "creative": (
+        "You are a skilled writer who follows every constraint of the request. Plan in lines 'Step N: ...' and "
+        "finish with 'Answer:' followed by the finished piece."
+    ),
+    "analysis": (
+        "You are a rigorous analyst. Address each point asked in lines 'Step N: ...' and finish with "
+        "'Answer:' followed by your conclusion."
+    ),
+}
+
+ANSWER_PREFIX = "Answer:"
+_STEP_RE = re.compile(r"^\s*Step\s+\d+\s*[:.)-]\s*", re.IGNORECASE)
+
+
+def worker_messages(domain: str, query: str, reflections: Sequence[str] = ()) -> list[dict[str, str]]:
+    """Chat messages (system + user) a worker of `domain` sees for `query`.
+
+    Reflections from failed attempts are appended to the user turn so that later expansions
+    avoid the same mistakes (LATS). Training examples are rendered without reflections.
+    """
+    if domain not in SYSTEM_PROMPTS:
+        raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(SYSTEM_PROMPTS)}")
+    user = query.strip()
+    if reflections:
+        notes = "\n".join(f"- {r.strip()}" for r in reflections if r.strip())
+        user += f"\n\nLessons from earlier failed attempts:\n{notes}"
+    return [
+        {"role": "system", "content": SYSTEM_PROMPTS[domain]},
+        {"role": "user", "content": user},
+    ]
+
+
+def step_line(index: int, thought: str) -> str:
+    """The line for step `index` (1-based). A thought that already starts with 'Step N:' is normalised."""
+    return f"Step {index}: {_STEP_RE.sub('', thought.strip(), count=1)}"
+
+
+def format_partial(steps: Sequence[str]) -> str:
+    """The assistant text for a partial path: its steps, each on a line, ending with a newline."""
+    return "".join(step_line(i + 1, s) + "\n" for i, s in enumerate(steps))
+
+
+def format_completion(steps: Sequence[str], answer: str) -> str:
+    """The full assistant text of a solved trajectory: the steps, then the answer line.
+
+    `steps` are the thoughts of the best path without the root. A terminal node whose model
+    output was only the answer line carries that line as its thought; it is not repeated.
+    """
+    steps = list(steps)
+    if steps and steps[-1].strip().lower().startswith(ANSWER_PREFIX.lower()):
+        steps = steps[:-1]
+    return format_partial(steps) + f"{ANSWER_PREFIX} {answer.strip()}"
+
+
+def strip_step_label(line: str) -> str:
+    """'Step 3: add 2' -> 'add 2'."""
+    return _STEP_RE.sub("", line.strip(), count=1)
