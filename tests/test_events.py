@@ -126,3 +126,12 @@ def test_json_line_is_single_line_even_with_newlines_in_text():
     raw = e.to_json_line()
     assert raw.count(b"\n") == 1 and raw.endswith(b"\n")
     assert json.loads(raw)["data"]["text"] == "line one\nline two"
+
+
+def test_events_doc_is_generated_from_the_contract():
+    import os
+
+    from kaelum.eventdocs import render
+
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "events.md")
+    assert open(path, encoding="utf-8").read() == render(), "run: python -m kaelum.eventdocs > docs/events.md"
