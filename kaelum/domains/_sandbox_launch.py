@@ -1,0 +1,232 @@
+"""Sandbox launcher: isolates itself, then becomes the sandboxed interpreter.
+
+Run by `kaelum.domains.sandbox` as `python -I -S -B _sandbox_launch.py '<json config>'`, with the
+parent's privileges. It is a standalone script (stdlib only, no kaelum import) because it runs
+between fork and the untrusted code, where nothing heavy should be loaded.
+
+Steps, each recorded in a small JSON report written to the file named by `report` so the parent
+knows which protections really applied (a container may refuse namespaces):
+
+1. new mount, network, PID, IPC and UTS namespaces (when permitted): the child sees only a
+   loopback interface that is down, cannot signal or read host processes, and
+2. every mount is remounted read-only except the work directory; directories the unprivileged uid
+   could not traverse (e.g. a Python installed under /root) are hidden behind a tmpfs into which
+   only the interpreter's own tree is bind-mounted back (read-only);
+3. fork: the child becomes PID 1 of the new PID namespace (when it dies the kernel kills every
+   process the code started) and mounts a fresh /proc; its own child applies the resource limits,
+   drops to an unprivileged uid/gid, asks for SIGKILL if its parent dies, and execs the
+   interpreter on the harness;
+4. the launcher waits and exits with the child's status (128+signal when it was killed).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import stat
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+PR_SET_PDEATHSIG = 1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+
+
+def _err() -> str:
+    return os.strerror(ctypes.get_errno())
+
+
+def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = lambda s: None if s is None else s.encode()  # noqa: E731 - tiny local adapter
+    if _libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)) != 0:
+        raise OSError(ctypes.get_errno(), f"mount {target}: {_err()}")
+
+
+def _traversable_by_others(path: str) -> bool:
+    """Whether a uid that owns nothing here can reach `path` (x on every ancestor, r+x on it)."""
+    parts = os.path.abspath(path).split("/")
+    for i in range(2, len(parts) + 1):
+        p = "/".join(parts[:i]) or "/"
+        try:
+            mode = os.stat(p).st_mode
+        except OSError:
+            return False
+        need = stat.S_IXOTH | (stat.S_IROTH if i == len(parts) and stat.S_ISDIR(mode) else 0)
+        if mode & need != need:
+            return False
+    return True
+
+
+def _blocking_ancestor(path: str) -> str | None:
+    """The top-most ancestor of `path` that others cannot traverse, if any."""
+    parts = os.path.abspath(path).split("/")
+    for i in range(2, len(parts) + 1):
+        p = "/".join(parts[:i])
+        if not os.stat(p).st_mode & stat.S_IXOTH:
+            return p
+    return None
+
+
+def _expose(needed: list[str], report: dict) -> None:
+    """Hide untraversable ancestors behind a tmpfs and bind the needed trees back (read-only later)."""
+    hides: dict[str, list[str]] = {}
+    for path in needed:
+        top = _blocking_ancestor(path)
+        if top is not None and os.path.isdir(path):
+            hides.setdefault(top, []).append(path)
+    for top, paths in hides.items():
+        # Open the trees before the tmpfs covers them; bind from the fds afterwards.
+        fds = {p: os.open(p, os.O_PATH) for p in paths}
+        _mount("tmpfs", top, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
+        for p, fd in fds.items():
+            os.makedirs(p, mode=0o755, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
+            os.close(fd)
+        report.setdefault("hidden", []).append(top)
+
+
+def _remount_readonly(keep_writable: str, report: dict) -> None:
+    """Every mount becomes read-only except the work directory (its own bind mount)."""
+    mountpoints = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].encode().decode("unicode_escape")
+            mountpoints.append(mp)
+    failed = []
+    for mp in mountpoints:
+        if mp == keep_writable or mp.startswith("/proc") or mp.startswith("/sys"):
+            # /proc is replaced in the child; /sys is read-only to a non-root uid anyway.
+            continue
+        try:
+            flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+            # Locked flags must be kept or the kernel refuses the remount.
+            f_flag = os.statvfs(mp).f_flag
+            flags |= (MS_NOSUID if f_flag & os.ST_NOSUID else 0) | (MS_NODEV if f_flag & os.ST_NODEV else 0)
+            flags |= MS_NOEXEC if f_flag & os.ST_NOEXEC else 0
+            _mount(None, mp, None, flags)
+        except OSError as e:
+            failed.append(f"{mp}: {e}")
+    report["readonly_fs"] = not failed
+    if failed:
+        report["readonly_failures"] = failed[:5]
+
+
+def _set_limits(cfg: dict) -> None:
+    def lim(res: int, soft: int, hard: int | None = None) -> None:
+        resource.setrlimit(res, (soft, soft if hard is None else hard))
+
+    # CPU: SIGXCPU at the soft limit, SIGKILL one second later.
+    lim(resource.RLIMIT_CPU, cfg["cpu_s"], cfg["cpu_s"] + 1)
+    lim(resource.RLIMIT_AS, cfg["memory_bytes"])
+    lim(resource.RLIMIT_FSIZE, cfg["file_size_bytes"])
+    lim(resource.RLIMIT_NPROC, cfg["nproc"])
+    lim(resource.RLIMIT_NOFILE, 256)
+    lim(resource.RLIMIT_CORE, 0)
+
+
+def _exec_child(cfg: dict, report: dict) -> None:
+    """Apply limits, drop privileges and exec the interpreter. Never returns."""
+    try:
+        os.chdir(cfg["workdir"])
+        _set_limits(cfg)
+        uid, gid = cfg.get("uid"), cfg.get("gid")
+        if uid is not None and report.get("uid_drop"):
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+        # Set after setuid: a credential change clears the parent-death signal.
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
+    except BaseException as e:  # noqa: BLE001 - report anything, then die without running user code
+        os.write(2, f"kaelum sandbox launcher: {e!r}\n".encode())
+        os._exit(125)
+
+
+def _exit_like(status: int) -> None:
+    if os.WIFSIGNALED(status):
+        os._exit(128 + os.WTERMSIG(status))
+    os._exit(os.WEXITSTATUS(status))
+
+
+def _namespace_init(cfg: dict, report: dict) -> None:
+    """PID 1 of the new PID namespace: run the code as its child, reap orphans, exit with its status.
+
+    The code is not PID 1 itself because the kernel drops signals to an init that has no handler
+    (SIGXCPU, SIGXFSZ), which would weaken the limits. When this process exits, the kernel kills
+    every process left in the namespace, which is what contains a fork bomb.
+    """
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    try:
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError:
+        pass  # the host /proc stays; the uid drop still keeps other processes' environ unreadable
+    child = os.fork()
+    if child == 0:
+        _exec_child(cfg, report)
+    while True:
+        pid, status = os.waitpid(-1, 0)
+        if pid == child:
+            _exit_like(status)
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    os.umask(0o022)
+    report: dict = {"netns": False, "pidns": False, "mountns": False, "readonly_fs": False, "uid_drop": False}
+    is_root = os.geteuid() == 0
+    # Opened before the file system turns read-only.
+    report_file = open(cfg["report"], "w")
+    if is_root and cfg.get("namespaces", True):
+        if _libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS) == 0:
+            report.update(netns=True, pidns=True, mountns=True)
+        elif _libc.unshare(CLONE_NEWNET) == 0:
+            report["netns"] = True
+        else:
+            report["namespace_error"] = _err()
+    if report["mountns"]:
+        try:
+            _mount(None, "/", None, MS_REC | MS_PRIVATE)
+            _mount(cfg["workdir"], cfg["workdir"], None, MS_BIND)
+            _expose(cfg["needed_paths"], report)
+            _remount_readonly(cfg["workdir"], report)
+        except OSError as e:
+            report["mount_error"] = str(e)
+    if is_root and cfg.get("uid") is not None:
+        reachable = all(_traversable_by_others(p) for p in cfg["needed_paths"] + [cfg["argv"][0]])
+        report["uid_drop"] = reachable
+        if not reachable:
+            report["uid_drop_error"] = "the interpreter is not readable by an unprivileged uid"
+    with report_file:
+        json.dump(report, report_file)
+
+    if not report["pidns"]:
+        _exec_child(cfg, report)
+    pid = os.fork()
+    if pid == 0:
+        _namespace_init(cfg, report)
+    # Forward termination to the namespace's init; SIGKILL of the launcher reaches it via PDEATHSIG.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, _f: os.kill(pid, signal.SIGKILL))
+    _, status = os.waitpid(pid, 0)
+    _exit_like(status)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The code sandbox contains hostile code: every attack below ends as a failed run, the test process unharmed.
+
+Real subprocesses, real sockets, real files. Where the kernel layer is available (running as root
+with namespaces), the attacks are repeated with the in-process audit hook switched off to show
+that the kernel layer holds on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from kaelum.domains import sandbox
+from kaelum.domains.sandbox import SandboxLimits, run_python, run_tests, split_tests
+
+FAST = dict(timeout_s=4.0, per_test_timeout_s=2.0, cpu_s=2, memory_mb=256, max_processes=16)
+KERNEL = os.geteuid() == 0 and sys.platform.startswith("linux")
+# (audit_hook, namespaces): both layers, the kernel's alone, the audit hook alone (what a non-root user gets).
+LAYERS = [pytest.param(dict(audit_hook=True, namespaces=True), id="audit+kernel"),
+          pytest.param(dict(audit_hook=False, namespaces=True), id="kernel-only",
+                       marks=pytest.mark.skipif(not KERNEL, reason="needs root namespaces")),
+          pytest.param(dict(audit_hook=True, namespaces=False), id="audit-only")]
+
+
+def _sandbox_processes() -> list[int]:
+    """PIDs on this host owned by a sandbox uid (there must be none once a run returned)."""
+    lo, hi = sandbox._UID_RANGE
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if lo <= p.stat().st_uid < hi:
+                    pids.append(int(p.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _assert_host_unharmed() -> None:
+    assert _sandbox_processes() == []
+    # The test process can still start processes and use the network stack.
+    assert subprocess.run([sys.executable, "-c", "print(6*7)"], capture_output=True, text=True).stdout.strip() == "42"
+
+
+def test_counts_passed_and_failed_tests():
+    solution = "def add(a, b):\n    return a + b\nprint('loaded')\n"
+    tests = ["assert add(1, 2) == 3\nassert add(2, 2) == 5",
+             "from solution import add\ndef test_zero():\n    assert add(0, 0) == 0\n"]
+    r = run_tests(solution, tests, SandboxLimits(**FAST))
+    assert r.loaded and r.stdout == "loaded\n"
+    assert [(t.name, t.passed) for t in r.tests] == [
+        ("assert add(1, 2) == 3", True), ("assert add(2, 2) == 5", False), ("test_zero()", True)]
+    assert r.tests[1].error == "AssertionError"
+    assert r.fraction_passed == pytest.approx(2 / 3)
+
+
+def test_split_tests_units():
+    units = split_tests(["x = 2\nassert x == 2\ndef test_a():\n    pass\n", "assert (", "print(1)"])
+    kinds = [[u["kind"] for u in s] for s in units]
+    assert kinds == [["stmt", "assert", "stmt", "testfn"], ["assert"], ["assert"]]
+
+
+def test_syntax_error_in_solution_fails_every_test():
+    r = run_tests("def f(:\n", ["assert f() == 1", "assert True"], SandboxLimits(**FAST))
+    assert not r.loaded and "SyntaxError" in r.load_error
+    assert [t.passed for t in r.tests] == [False, False]
+
+
+def test_infinite_loop_is_stopped():
+    start = time.monotonic()
+    r = run_tests("def f():\n    return 1\n", ["while True:\n    pass\nassert f() == 1", "assert f() == 1"],
+                  SandboxLimits(**{**FAST, "per_test_timeout_s": 0.5}))
+    # The per-test alarm stops the loop; the other test still runs.
+    assert [t.passed for t in r.tests] == [False, True]
+    assert r.tests[0].error == "setup failed: timeout"
+    r2 = run_python("while True:\n    pass\n", SandboxLimits(**{**FAST, "per_test_timeout_s": 30, "timeout_s": 1.5}))
+    assert not r2.loaded and r2.limit_hit in ("timeout", "cpu")
+    assert time.monotonic() - start < 10
+    _assert_host_unharmed()
+
+
+def test_loop_that_ignores_the_alarm_is_killed_by_the_wall_clock():
+    code = "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nimport time\nwhile True:\n    time.sleep(0.05)\n"
+    r = run_tests(code, ["assert True"], SandboxLimits(**{**FAST, "timeout_s": 1.5, "per_test_timeout_s": 1}))
+    assert r.timed_out and r.limit_hit == "timeout" and not r.tests[0].passed
+    _assert_host_unharmed()
+
+
+def test_fork_bomb_is_contained():
+    bomb = ("import os, time\n"
+            "for _ in range(10000):\n"
+            "    try:\n"
+            "        os.fork()\n"
+            "    except OSError:\n"
+            "        time.sleep(0.01)\n"
+            "def f():\n    return 1\n")
+    start = time.monotonic()
+    r = run_tests(bomb, ["assert f() == 1"], SandboxLimits(**{**FAST, "timeout_s": 3, "max_processes": 8}))
+    assert not all(t.passed for t in r.tests)
+    assert time.monotonic() - start < 10
+    _assert_host_unharmed()
+
+
+def test_memory_hog_is_refused():
+    r = run_tests("data = bytearray(2 * 1024**3)\ndef f():\n    return 1\n", ["assert f() == 1"],
+                  SandboxLimits(**{**FAST, "memory_mb": 128}))
+    assert not r.loaded and "MemoryError" in r.load_error and r.limit_hit == "memory"
+    assert not r.tests[0].passed
+    _assert_host_unharmed()
+
+
+def test_file_size_limit():
+    r = run_python("open('big.bin', 'wb').write(b'x' * (4 * 1024**2))\n", SandboxLimits(**{**FAST, "file_size_mb": 1}))
+    assert not r.loaded
+    assert r.limit_hit == "file_size" or "File too large" in (r.load_error or "")
+
+
+@pytest.mark.parametrize("audit", LAYERS)
+def test_writing_outside_the_work_directory_fails(tmp_path, audit):
+    # A world-writable directory, so that only the sandbox (not file permissions) can stop the write.
+    target_dir = tmp_path / "open"
+    target_dir.mkdir()
+    os.chmod(tmp_path, 0o777)
+    os.chmod(target_dir, 0o777)
+    targets = [target_dir / "escape.txt", Path("/tmp") / f"kaelum-escape-{uuid.uuid4().hex}"]
+    code = "".join(f"open({str(t)!r}, 'w').write('pwned')\n" for t in targets) + "def f():\n    return 1\n"
+    r = run_tests(code, ["assert f() == 1"], SandboxLimits(**FAST, **audit))
+    assert not r.loaded and not r.tests[0].passed
+    assert ("Read-only file system" in r.load_error) or ("PermissionError" in r.load_error)
+    for t in targets:
+        assert not t.exists()
+    # Inside its own directory the code may write.
+    ok = run_python("open('note.txt', 'w').write('fine')\nimport os\nassert os.path.exists('note.txt')\n",
+                    SandboxLimits(**FAST, **audit))
+    assert ok.loaded, ok.load_error
+
+
+def test_the_work_directory_is_deleted_afterwards(tmp_path, monkeypatch):
+    monkeypatch.setattr(sandbox.tempfile, "tempdir", str(tmp_path))
+    r = run_python("open('left.txt', 'w').write('x')\n", SandboxLimits(**FAST))
+    assert r.loaded
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_environment_secrets_are_not_inherited(monkeypatch):
+    secret = f"s3cr3t-{uuid.uuid4().hex}"
+    monkeypatch.setenv("KAELUM_FAKE_SECRET", secret)
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    # The child tries the environment and the parent's /proc environ, prints what it found, and
+    # needs the secret to "pass".
+    code = ("import os\n"
+            "found = os.environ.get('KAELUM_FAKE_SECRET') or os.environ.get('OPENAI_API_KEY') or ''\n"
+            "print(sorted(os.environ))\n"
+            "try:\n"
+            f"    found += open('/proc/{os.getpid()}/environ').read()\n"
+            "except OSError as e:\n"
+            "    print('proc refused:', type(e).__name__)\n"
+            "print(found)\n"
+            "def stolen():\n    return found\n")
+    r = run_tests(code, [f"assert {secret!r} in stolen()"], SandboxLimits(**FAST))
+    assert r.loaded
+    assert not r.tests[0].passed
+    assert secret not in r.stdout and secret not in r.stderr
+    assert "KAELUM_FAKE_SECRET" not in r.stdout and "OPENAI_API_KEY" not in r.stdout
+    _assert_host_unharmed()
+
+
+@pytest.mark.parametrize("audit", LAYERS)
+def test_network_connection_is_refused(audit):
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    try:
+        code = ("import socket\n"
+                f"s = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+                "s.sendall(b'exfiltrated')\n"
+                "def f():\n    return 1\n")
+        r = run_tests(code, ["assert f() == 1"], SandboxLimits(**FAST, **audit))
+        assert not r.loaded and not r.tests[0].passed
+        assert any(word in r.load_error for word in ("PermissionError", "unreachable", "refused", "OSError"))
+        with pytest.raises(socket.timeout):
+            server.accept()  # nothing ever connected
+    finally:
+        server.close()
+    _assert_host_unharmed()
+
+
+def test_isolation_report_names_the_layers():
+    r = run_python("pass\n", SandboxLimits(**FAST))
+    assert r.loaded
+    if KERNEL:
+        assert r.isolation.get("netns") and r.isolation.get("uid_drop") and r.isolation.get("readonly_fs")
+
+
+def test_invalid_limits_are_named_together():
+    with pytest.raises(ValueError) as e:
+        SandboxLimits(timeout_s=0, memory_mb=8, cpu_s=-1)
+    msg = str(e.value)
+    assert "timeout_s" in msg and "memory_mb" in msg and "cpu_s" in msg
+    with pytest.raises(ValueError, match="unknown sandbox option"):
+        SandboxLimits.from_options({"sandbox": {"timeout": 3}})
+    assert SandboxLimits.from_options({"sandbox": {"timeout_s": 3}, "cpu_s": 2}) == SandboxLimits(timeout_s=3, cpu_s=2)
