@@ -1,0 +1,292 @@
+"""Collecting training examples from the store: traces, preference pairs, filters, snapshot.
+
+The trainer reads the store's views (`training_examples`, `preference_pairs`), never raw logs.
+Selection runs in stages — domain, minimum reward, the user's `--where` — and remembers how many
+examples each stage kept, so that "zero examples" can name the filter that removed them.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import duckdb
+import pyarrow as pa
+
+from kaelum.prompts import format_completion, format_partial, worker_messages
+
+from .where import check_where, lock_down
+
+log = logging.getLogger("kaelum.train.data")
+
+RECOMMENDED_PER_DOMAIN = 100  # the seed guide: "Recommended minimum: 100+ high-quality traces per domain"
+
+
+class DataError(ValueError):
+    """No usable examples, or no store. The message names the filter or the command that fixes it."""
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One row of `training_examples`: a complete, verified trace and its best path."""
+
+    trace_id: str
+    domain: str
+    query: str
+    steps: tuple[str, ...]
+    final_answer: str
+    reward: float
+    verified: bool = True
+    worker_model: str = ""
+    started_at: Any = None
+    completed_at: Any = None
+    tags: tuple[str, ...] = ()
+
+    def messages(self) -> list[dict[str, str]]:
+        return worker_messages(self.domain, self.query)
+
+    def completion(self) -> str:
+        return format_completion(self.steps, self.final_answer)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Trace":
+        return cls(
+            trace_id=row["trace_id"],
+            domain=row["domain"],
+            query=row["query"],
+            steps=tuple(row.get("steps") or ()),
+            final_answer=row.get("final_answer") or "",
+            reward=float(row["reward"]) if row.get("reward") is not None else 0.0,
+            verified=bool(row.get("verified", True)),
+            worker_model=row.get("worker_model") or "",
+            started_at=row.get("started_at"),
+            completed_at=row.get("completed_at"),
+            tags=tuple(row.get("tags") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One row of `preference_pairs`: two continuations of the same partial path, one better."""
+
+    trace_id: str
+    domain: str
+    query: str
+    branch_node_id: str
+    prompt_steps: tuple[str, ...]
+    chosen_steps: tuple[str, ...]
+    chosen_answer: str
+    chosen_value: float
+    rejected_steps: tuple[str, ...]
+    rejected_answer: str
+    rejected_value: float
+
+    def messages(self) -> list[dict[str, str]]:
+        return worker_messages(self.domain, self.query)
+
+    def prefix(self) -> str:
+        return format_partial(self.prompt_steps)
+
+    def _continuation(self, steps: tuple[str, ...], answer: str) -> str:
+        # The full assistant text is rendered once, so step numbers continue after the prefix;
+        # steps given as the whole path (prefix included) and as the continuation alone both work.
+        full = steps if steps[: len(self.prompt_steps)] == self.prompt_steps else self.prompt_steps + steps
+        text = format_completion(full, answer or "")
+        return text[len(self.prefix()) :]
+
+    def chosen(self) -> str:
+        return self._continuation(self.chosen_steps, self.chosen_answer)
+
+    def rejected(self) -> str:
+        return self._continuation(self.rejected_steps, self.rejected_answer)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "PreferencePair":
+        return cls(
+            trace_id=row["trace_id"],
+            domain=row["domain"],
+            query=row["query"],
+            branch_node_id=row.get("branch_node_id") or "",
+            prompt_steps=tuple(row.get("prompt_steps") or ()),
+            chosen_steps=tuple(row.get("chosen_steps") or ()),
+            chosen_answer=row.get("chosen_answer") or "",
+            chosen_value=float(row.get("chosen_value") or 0.0),
+            rejected_steps=tuple(row.get("rejected_steps") or ()),
+            rejected_answer=row.get("rejected_answer") or "",
+            rejected_value=float(row.get("rejected_value") or 0.0),
+        )
+
+
+@dataclass
+class StoreSnapshot:
+    """What the store held when the examples were read: enough to trace a model back to its events."""
+
+    path: str
+    segments: list[str]
+    event_count: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "segments": self.segments, "segment_count": len(self.segments), "event_count": self.event_count}
+
+
+@dataclass
+class Selection:
+    """The examples a run trains on, how each filter narrowed them, and the store they came from."""
+
+    examples: list[Any]
+    stages: list[tuple[str, int]]  # (filter description, examples left after it)
+    snapshot: StoreSnapshot | None = None
+    view: str = "training_examples"
+
+    @property
+    def trace_ids(self) -> list[str]:
+        return sorted({e.trace_id for e in self.examples})
+
+    def per_domain(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e in self.examples:
+            out[e.domain] = out.get(e.domain, 0) + 1
+        return dict(sorted(out.items()))
+
+
+def trace_ids_hash(trace_ids: Sequence[str]) -> str:
+    """sha256 over the sorted, newline-joined trace ids; the manifest's short fingerprint of the data."""
+    return hashlib.sha256("\n".join(sorted(trace_ids)).encode()).hexdigest()
+
+
+def open_store(store_path: str) -> duckdb.DuckDBPyConnection:
+    """The store's read-only DuckDB connection with its views, or a DataError naming the fix."""
+    if not os.path.isdir(store_path):
+        raise DataError(
+            f"no store at {store_path} — run `kaelum-ingest --once --log-dir ./logs --store {store_path}` first, "
+            "or pass --log-dir to ingest the logs before training"
+        )
+    import store
+
+    try:
+        return store.connect(store_path)
+    except Exception as exc:
+        raise DataError(f"cannot open the store at {store_path}: {exc}") from exc
+
+
+def snapshot(store_path: str, con: duckdb.DuckDBPyConnection) -> StoreSnapshot:
+    root = os.path.abspath(store_path)
+    segments = sorted(
+        os.path.relpath(p, root) for p in glob.glob(os.path.join(root, "events", "*", "*.parquet"))
+    )
+    try:
+        count = int(con.execute("select count(*) from events").fetchone()[0])
+    except duckdb.Error:
+        count = -1
+    return StoreSnapshot(path=root, segments=segments, event_count=count)
+
+
+def _rows(table: pa.Table) -> list[dict[str, Any]]:
+    return table.to_pylist()
+
+
+def select_rows(
+    table: pa.Table,
+    *,
+    view: str,
+    domain: str | None,
+    min_reward: float | None,
+    where: str | None,
+) -> tuple[list[dict[str, Any]], list[tuple[str, int]]]:
+    """Apply the filters in order to `table` (the rows of `view`); return the rows and the stage counts.
+
+    The user's predicate runs on a fresh in-memory connection that holds nothing but these rows,
+    with external access switched off and the configuration locked.
+    """
+    pred = check_where(where) if where else None
+    con = duckdb.connect(":memory:")
+    try:
+        con.register(view, table)
+        lock_down(con)
+        first = f"{view} (complete and verified traces)" if view == "training_examples" else view
+        # (stage name, SQL clause, its parameters), applied cumulatively.
+        filters: list[tuple[str, str, list[Any]]] = []
+        if domain is not None:
+            filters.append((f"--domain {domain}", "domain = ?", [domain]))
+        if min_reward is not None and view == "training_examples":
+            filters.append((f"--min-reward {min_reward}", "reward >= ?", [min_reward]))
+        if pred is not None:
+            filters.append((f"--where {pred!r}", f"({pred})", []))
+        # Count after each cumulative filter so that an empty result can name the first culprit.
+        counted: list[tuple[str, int]] = [(first, table.num_rows)]
+        for i in range(1, len(filters) + 1):
+            sql = f"select count(*) from {view} where " + " and ".join(f[1] for f in filters[:i])
+            params = [p for f in filters[:i] for p in f[2]]
+            try:
+                n = con.execute(sql, params).fetchone()[0]
+            except duckdb.Error as exc:
+                raise DataError(f"--where failed on {view}: {str(exc).splitlines()[0]}") from None
+            counted.append((filters[i - 1][0], int(n)))
+        sql = f"select * from {view}"
+        if filters:
+            sql += " where " + " and ".join(f[1] for f in filters)
+        sql += " order by trace_id" + (", branch_node_id" if view == "preference_pairs" else "")
+        params = [p for f in filters for p in f[2]]
+        rows = _rows(con.execute(sql, params).fetch_arrow_table())
+    finally:
+        con.close()
+    return rows, counted
+
+
+def select_examples(
+    store_path: str,
+    *,
+    method: str = "sft",
+    domain: str | None = None,
+    min_reward: float | None = 0.7,
+    where: str | None = None,
+) -> Selection:
+    """Read the store's view for `method` and apply the filters. Raises DataError when nothing is left."""
+    if where:
+        check_where(where)  # before the store is touched
+    view = "preference_pairs" if method == "dpo" else "training_examples"
+    con = open_store(store_path)
+    try:
+        snap = snapshot(store_path, con)
+        try:
+            table = con.execute(f"select * from {view}").fetch_arrow_table()
+        except duckdb.Error as exc:
+            raise DataError(f"the store at {store_path} has no {view} view: {str(exc).splitlines()[0]}") from None
+    finally:
+        con.close()
+    rows, stages = select_rows(table, view=view, domain=domain, min_reward=min_reward, where=where)
+    make = PreferencePair.from_row if view == "preference_pairs" else Trace.from_row
+    sel = Selection(examples=[make(r) for r in rows], stages=stages, snapshot=snap, view=view)
+    check_counts(sel)
+    return sel
+
+
+def check_counts(sel: Selection) -> None:
+    """Zero examples is an error naming the filter that removed the last ones; few is a warning."""
+    if not sel.examples:
+        first, total = sel.stages[0]
+        if total == 0:
+            hint = (
+                "run the orchestrator with enable_logging=True, then `kaelum-ingest --once`"
+                if sel.view == "training_examples"
+                else "preference pairs come from searches whose branches ended differently; run more queries"
+            )
+            raise DataError(f"no examples: the store's {first} is empty — {hint}")
+        culprit = next((name for name, n in sel.stages[1:] if n == 0), sel.stages[-1][0])
+        raise DataError(
+            f"no examples left: {culprit} removed them all ({total} in {first}; "
+            + ", ".join(f"{n} after {name}" for name, n in sel.stages[1:])
+            + "); relax that filter"
+        )
+    for dom, n in sel.per_domain().items():
+        if n < RECOMMENDED_PER_DOMAIN:
+            log.warning(
+                "only %d training examples for domain %s; the guide recommends %d+ high-quality traces per domain",
+                n,
+                dom,
+                RECOMMENDED_PER_DOMAIN,
+            )
