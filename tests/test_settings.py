@@ -1,0 +1,80 @@
+"""Settings: guide field names, KAELUM_* environment, .env, validation naming every bad field."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from kaelum import Settings
+from kaelum.config import DOMAIN_MODEL_FIELDS
+from kaelum.lats import LatsParams
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    # No stray KAELUM_* variable or .env of the developer's may leak into these tests.
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("KAELUM_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_guide_field_names_and_per_domain_fallback():
+    s = Settings(MATH_WORKER_MODEL="./finetuned_math", CODE_WORKER_MODEL="qwen2.5-coder")
+    assert s.worker_model("math") == "./finetuned_math"
+    assert s.worker_model("code") == "qwen2.5-coder"
+    assert s.worker_model("logic") == "default"
+    assert set(DOMAIN_MODEL_FIELDS.values()) <= set(Settings.model_fields)
+    with pytest.raises(ValueError, match="unknown domain 'poetry'"):
+        s.worker_model("poetry")
+
+
+def test_environment_and_dotenv(monkeypatch, tmp_path):
+    (tmp_path / ".env").write_text("KAELUM_LATS_SIMULATIONS=9\nKAELUM_LOGIC_WORKER_MODEL=from-dotenv\n")
+    monkeypatch.setenv("KAELUM_MATH_WORKER_MODEL", "from-env")
+    monkeypatch.setenv("KAELUM_LATS_SIMULATIONS", "7")  # the environment beats .env
+    s = Settings()
+    assert s.MATH_WORKER_MODEL == "from-env"
+    assert s.LOGIC_WORKER_MODEL == "from-dotenv"
+    assert s.LATS_SIMULATIONS == 7
+    # Arguments beat both.
+    assert Settings(LATS_SIMULATIONS=2).LATS_SIMULATIONS == 2
+
+
+def test_invalid_values_fail_at_construction_naming_every_field():
+    with pytest.raises(ValidationError) as err:
+        Settings(LATS_BRANCHING=0, TOP_P=1.5, LATS_REWARD_THRESHOLD=-0.1, TEMPERATURE="hot")
+    names = {e["loc"][0] for e in err.value.errors()}
+    assert names == {"LATS_BRANCHING", "TOP_P", "LATS_REWARD_THRESHOLD", "TEMPERATURE"}
+
+
+def test_cross_field_problems_are_reported_together(tmp_path):
+    with pytest.raises(ValidationError) as err:
+        Settings(OPENAI_BASE_URL="localhost:8000", FACTUAL_REFERENCE_FILE=tmp_path / "missing.jsonl", MAX_ROLLOUT_TOKENS=16, MAX_TOKENS_PER_STEP=32)
+    msg = str(err.value)
+    assert "OPENAI_BASE_URL" in msg and "FACTUAL_REFERENCE_FILE" in msg and "MAX_ROLLOUT_TOKENS" in msg
+
+
+def test_unknown_field_is_refused():
+    with pytest.raises(ValidationError, match="MATH_WORKER_MODLE"):
+        Settings(MATH_WORKER_MODLE="x")
+
+
+def test_api_key_is_secret_and_lats_params_are_typed():
+    s = Settings(OPENAI_API_KEY="sk-very-secret", LATS_SIMULATIONS=3, LATS_BRANCHING=2, SEED=11, TEMPERATURE=0.3)
+    assert "sk-very-secret" not in repr(s) and s.api_key() == "sk-very-secret"
+    p = s.lats_params()
+    assert isinstance(p, LatsParams)
+    assert (p.simulations, p.branching, p.seed, p.temperature) == (3, 2, 11, 0.3)
+    assert p.event_params() == {"simulations": 3, "max_depth": s.LATS_MAX_DEPTH, "branching": 2, "exploration": s.LATS_EXPLORATION, "temperature": 0.3, "seed": 11}
+
+
+def test_domain_options_carry_sandbox_limits_and_reference_file(tmp_path):
+    ref = tmp_path / "ref.jsonl"
+    ref.write_text('{"question": "capital of France", "answer": "Paris"}\n')
+    s = Settings(SANDBOX_TIMEOUT_S=3, SANDBOX_MEMORY_MB=128, FACTUAL_REFERENCE_FILE=ref)
+    assert s.domain_options("code")["timeout_s"] == 3 and s.domain_options("code")["memory_mb"] == 128
+    assert s.domain_options("factual") == {"reference_file": str(ref)}
+    assert s.domain_options("math") == {}
