@@ -76,8 +76,13 @@ class DataArgs:
             out.append(f"--max-seq-len must be at least 8, got {self.max_seq_len}")
         if not 0.0 <= self.eval_split < 1.0:
             out.append(f"--eval-split must be in [0, 1), got {self.eval_split}")
-        if self.where is not None and not self.where.strip():
-            out.append("--where is empty; leave it out to select every example")
+        if self.where is not None:
+            from .where import WhereError, check_where
+
+            try:
+                check_where(self.where)
+            except WhereError as exc:
+                out.append(str(exc))
         return out
 
 

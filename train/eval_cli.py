@@ -1,0 +1,72 @@
+"""`kaelum-eval`: compare worker models on held-out queries through the runtime."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import click
+
+from .data import DataError
+from .evaluate import EvalError, evaluate, format_table, load_eval_queries, queries_from_store, trained_trace_ids, write_csv, write_plot
+from .where import WhereError, check_where
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--model", "models", multiple=True, required=True, help="A model spec or directory; repeat to compare (first = baseline).")
+@click.option("--queries", default=None, type=click.Path(dir_okay=False), help="Held-out queries, JSONL: {\"query\", \"domain\"?, \"tests\"?, \"reference\"?}.")
+@click.option("--where", default=None, help="Instead of --queries: a predicate over the store's training_examples for held-out traces.")
+@click.option("--store", default="./store", show_default=True, help="The store --where reads.")
+@click.option("--limit", default=None, type=int, help="Evaluate on the first N queries only.")
+@click.option("--simulations", default=None, type=int, help="LATS_SIMULATIONS for every model (default: Settings).")
+@click.option("--temperature", default=None, type=float, help="TEMPERATURE for every model (default: Settings).")
+@click.option("--seed", default=None, type=int, help="SEED for every model, for reproducible searches.")
+@click.option("--log-dir", default=None, type=click.Path(file_okay=False), help="Also log the evaluation traces (tagged 'eval') here.")
+@click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False), help="Write the table as CSV.")
+@click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a bar chart PNG.")
+@click.option("--progress/--no-progress", default=True)
+def main(models: tuple[str, ...], queries: str | None, where: str | None, store: str, limit: int | None, simulations: int | None,
+         temperature: float | None, seed: int | None, log_dir: str | None, csv_path: str | None, plot: str | None, progress: bool) -> None:
+    """Run each model through the runtime on held-out queries; print verified accuracy, mean
+    reward and tokens per query side by side.
+
+    Example:
+
+    \b
+        kaelum-eval --model default --model ./finetuned_math --queries held_out.jsonl --csv eval.csv --plot eval.png
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if (queries is None) == (where is None):
+        raise click.ClickException("give exactly one of --queries FILE or --where PREDICATE")
+    if limit is not None and limit < 1:
+        raise click.ClickException(f"--limit must be at least 1, got {limit}")
+    try:
+        if queries is not None:
+            qs = load_eval_queries(queries)
+        else:
+            check_where(where or "")
+            exclude = [t for m in models for t in trained_trace_ids(m)]
+            qs = queries_from_store(store, where or "", exclude)
+        if limit:
+            qs = qs[:limit]
+        overrides: dict[str, Any] = {}
+        if simulations is not None:
+            overrides["LATS_SIMULATIONS"] = simulations
+        if temperature is not None:
+            overrides["TEMPERATURE"] = temperature
+        if seed is not None:
+            overrides["SEED"] = seed
+        scores = evaluate(list(models), qs, overrides, log_dir=log_dir, progress=progress)
+        click.echo(format_table(scores))
+        if csv_path:
+            write_csv(scores, csv_path)
+            click.echo(f"wrote {csv_path}")
+        if plot:
+            write_plot(scores, plot)
+            click.echo(f"wrote {plot}")
+    except (EvalError, WhereError, DataError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":  # python -m train.eval_cli
+    main()

@@ -1,0 +1,224 @@
+"""Evaluate worker models side by side on held-out queries, through the real runtime.
+
+Each model answers every query through `kaelum.Orchestrator` (route → LATS → verify → reward)
+with the model as the worker of every domain, so the numbers are what the runtime would deliver
+in production: verified accuracy, mean reward and LLM tokens per query.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger("kaelum.train.eval")
+
+
+class EvalError(ValueError):
+    """Bad evaluation input (no queries, unknown model directory, ...). The message names the fix."""
+
+
+@dataclass
+class ModelScore:
+    model: str
+    queries: int = 0
+    verified: int = 0
+    reward_sum: float = 0.0
+    tokens: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    answers: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        return self.verified / self.queries if self.queries else 0.0
+
+    @property
+    def mean_reward(self) -> float:
+        return self.reward_sum / self.queries if self.queries else 0.0
+
+    @property
+    def tokens_per_query(self) -> float:
+        return self.tokens / self.queries if self.queries else 0.0
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "queries": self.queries,
+            "verified": self.verified,
+            "verified_accuracy": round(self.accuracy, 4),
+            "mean_reward": round(self.mean_reward, 4),
+            "tokens_per_query": round(self.tokens_per_query, 1),
+            "errors": self.errors,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def load_eval_queries(path: str) -> list[dict[str, Any]]:
+    from kaelum.orchestrator import load_queries
+
+    try:
+        return load_queries(path)
+    except (OSError, ValueError) as exc:
+        raise EvalError(f"--queries {path}: {exc}") from None
+
+
+def queries_from_store(store_path: str, where: str, exclude_trace_ids: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Held-out queries: training_examples rows matching `where`, minus traces any model trained on."""
+    import duckdb
+
+    from .data import open_store, select_rows
+
+    con = open_store(store_path)
+    try:
+        table = con.execute("select * from training_examples").fetch_arrow_table()
+    except duckdb.Error as exc:
+        raise EvalError(f"the store at {store_path} has no training_examples view: {exc}") from None
+    finally:
+        con.close()
+    rows, _ = select_rows(table, view="training_examples", domain=None, min_reward=None, where=where)
+    excluded = set(exclude_trace_ids)
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for r in rows:
+        key = (r["domain"], r["query"])
+        if r["trace_id"] in excluded or key in seen:
+            continue
+        seen.add(key)
+        out.append({"query": r["query"], "domain": r["domain"], "id": r["trace_id"]})
+    if not out:
+        raise EvalError(f"--where {where!r} selects no held-out traces (traces a model trained on are excluded)")
+    return out
+
+
+def trained_trace_ids(model: str) -> list[str]:
+    """Trace ids a Kaelum model directory was trained on (empty for other models)."""
+    path = os.path.join(model, "kaelum_manifest.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return list(json.load(fh).get("data", {}).get("trace_ids", []))
+
+
+def settings_for(model: str, base: Any = None, **overrides: Any) -> Any:
+    """Settings that serve `model` as the worker of every domain."""
+    from kaelum.config import DOMAIN_MODEL_FIELDS, Settings
+
+    fields = {f: model for f in DOMAIN_MODEL_FIELDS.values()}
+    fields["DEFAULT_WORKER_MODEL"] = model
+    if base is not None:
+        return base.model_copy(update={**fields, **overrides})
+    return Settings(**fields, **overrides)
+
+
+def evaluate_model(
+    model: str,
+    queries: Sequence[dict[str, Any]],
+    settings_overrides: dict[str, Any] | None = None,
+    orchestrator_factory: Callable[[Any], Any] | None = None,
+    log_dir: str | None = None,
+    progress: bool = True,
+) -> ModelScore:
+    from kaelum import Orchestrator
+
+    settings = settings_for(model, **(settings_overrides or {}))
+    make = orchestrator_factory or (
+        lambda s: Orchestrator(settings=s, enable_logging=log_dir is not None, log_dir=log_dir)
+    )
+    score = ModelScore(model=model)
+    orch = make(settings)
+    t0 = time.perf_counter()
+    try:
+        iterator: Any = queries
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(queries, desc=f"eval {os.path.basename(model.rstrip('/')) or model}", unit="query")
+        for q in iterator:
+            res = orch.run(q["query"], domain=q.get("domain"), tests=q.get("tests"), tags=["eval"], reference=q.get("reference"))
+            score.queries += 1
+            score.verified += int(bool(res.verified))
+            score.reward_sum += float(res.reward)
+            score.tokens += int(res.usage.get("prompt_tokens", 0)) + int(res.usage.get("completion_tokens", 0))
+            score.errors += int(res.status == "error")
+            score.answers.append({"query": q["query"], "answer": res.answer, "verified": res.verified, "reward": res.reward})
+    finally:
+        score.seconds = time.perf_counter() - t0
+        close = getattr(orch, "close", None)
+        if close:
+            close()
+    return score
+
+
+def evaluate(
+    models: Sequence[str],
+    queries: Sequence[dict[str, Any]],
+    settings_overrides: dict[str, Any] | None = None,
+    log_dir: str | None = None,
+    progress: bool = True,
+) -> list[ModelScore]:
+    if not models:
+        raise EvalError("name at least one --model")
+    if not queries:
+        raise EvalError("no queries to evaluate on")
+    return [evaluate_model(m, queries, settings_overrides, log_dir=log_dir, progress=progress) for m in models]
+
+
+def format_table(scores: Sequence[ModelScore]) -> str:
+    """Metrics as rows, models as columns: the side-by-side comparison."""
+    names = [s.model for s in scores]
+    metrics = [
+        ("queries", lambda s: str(s.queries)),
+        ("verified accuracy", lambda s: f"{100 * s.accuracy:.1f}%"),
+        ("mean reward", lambda s: f"{s.mean_reward:.3f}"),
+        ("tokens / query", lambda s: f"{s.tokens_per_query:.1f}"),
+        ("errors", lambda s: str(s.errors)),
+        ("seconds", lambda s: f"{s.seconds:.1f}"),
+    ]
+    w0 = max(len(m[0]) for m in metrics)
+    widths = [max(len(n), 10) for n in names]
+    lines = ["".ljust(w0) + "  " + "  ".join(n.rjust(w) for n, w in zip(names, widths))]
+    for label, fn in metrics:
+        lines.append(label.ljust(w0) + "  " + "  ".join(fn(s).rjust(w) for s, w in zip(scores, widths)))
+    if len(scores) >= 2:
+        d = 100 * (scores[-1].accuracy - scores[0].accuracy)
+        lines.append(f"verified accuracy, last vs first model: {d:+.1f} points")
+    return "\n".join(lines)
+
+
+def write_csv(scores: Sequence[ModelScore], path: str) -> None:
+    rows = [s.row() for s in scores]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_plot(scores: Sequence[ModelScore], path: str) -> None:
+    """Bar chart: verified accuracy and mean reward per model."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise EvalError("--plot needs matplotlib: pip install 'kaelum[train]'") from None
+    names = [os.path.basename(s.model.rstrip("/")) or s.model for s in scores]
+    x = range(len(scores))
+    fig, ax = plt.subplots(figsize=(max(4, 1.8 * len(scores) + 2), 3.5))
+    w = 0.38
+    b1 = ax.bar([i - w / 2 for i in x], [s.accuracy for s in scores], w, label="verified accuracy")
+    b2 = ax.bar([i + w / 2 for i in x], [s.mean_reward for s in scores], w, label="mean reward")
+    ax.bar_label(b1, fmt="%.2f")
+    ax.bar_label(b2, fmt="%.2f")
+    ax.set_xticks(list(x), names)
+    ax.set_ylim(0, 1.1)
+    ax.set_title(f"Held-out evaluation ({scores[0].queries} queries)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
