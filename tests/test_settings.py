@@ -78,3 +78,12 @@ def test_domain_options_carry_sandbox_limits_and_reference_file(tmp_path):
     assert s.domain_options("code")["timeout_s"] == 3 and s.domain_options("code")["memory_mb"] == 128
     assert s.domain_options("factual") == {"reference_file": str(ref)}
     assert s.domain_options("math") == {}
+
+
+def test_docs_settings_table_is_current():
+    from pathlib import Path
+
+    from kaelum.config import settings_reference
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "runtime.md").read_text(encoding="utf-8")
+    assert settings_reference() in doc, "docs/runtime.md is stale: run python -m kaelum.config docs/runtime.md"
