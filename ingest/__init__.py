@@ -1,0 +1,13 @@
+"""kaelum-ingest: tail the runtime's event logs into the trace store, exactly once.
+
+    from ingest import ingest_once
+    summary = ingest_once("./logs", "./store")   # same code path as `kaelum-ingest --once`
+
+Parts (each testable alone): ``source`` (file identity, complete lines), ``parse`` (bulk parse +
+contract check + quarantine reasons), ``tailer`` (rotation, truncation, removal), ``daemon``
+(batching, durable commits, the follow loop), ``status``, ``observe`` (one events interface).
+"""
+
+from .daemon import AlreadyRunning, ConfigError, Daemon, IngestConfig, IngestSummary, default_writer_id, ingest_once
+
+__all__ = ["AlreadyRunning", "ConfigError", "Daemon", "IngestConfig", "IngestSummary", "default_writer_id", "ingest_once"]

@@ -1,0 +1,389 @@
+"""The ingest daemon: tail a log directory into the store, exactly once, until stopped.
+
+Loop: scan the directory (woken by watchdog events, or by the periodic rescan on file systems
+that send none) → read complete lines from every source → parse them in bulk → add them to the
+batch → commit the batch through the store's ``SegmentWriter`` when it holds ``batch_events``
+events or its oldest line has waited ``flush_ms``. A source's committed position moves only
+after the commit returned, i.e. after the store made it durable; on start the positions come
+from the store itself (``SegmentWriter.positions()``), never from a side file that may be older.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from store import QuarantineRecord, SegmentWriter, SourceRange, StoreError, open_store
+
+from .observe import Hub, LogObserver
+from .parse import DEFAULT_MAX_LINE_BYTES, oversize_reason, parse_block
+from .source import Lines, Oversize
+from .status import StatusModel, write_status
+from .tailer import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Source, Tailer
+
+log = logging.getLogger("kaelum.ingest")
+
+INGEST_DIR = "_ingest"  # inside the store: the daemon's locks and status files
+
+
+class ConfigError(ValueError):
+    """Invalid IngestConfig; the message lists every problem, each naming its flag."""
+
+
+class AlreadyRunning(RuntimeError):
+    """Another daemon already ingests this log directory into this store."""
+
+
+@dataclass
+class IngestConfig:
+    log_dir: str
+    store: str
+    writer_id: str | None = None  # default: <host>-<hash of the log directory>
+    batch_events: int = 100_000  # flush at this many events ...
+    flush_ms: int = 250  # ... or when the oldest unflushed line has waited this long
+    rescan_ms: int = 1000  # periodic rescan, for file systems that send no events
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    block_bytes: int = 16 << 20
+    include: tuple[str, ...] = DEFAULT_INCLUDE
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    progress: bool = True
+    once: bool = False
+    use_watchdog: bool = True
+
+    def validate(self) -> "IngestConfig":
+        problems = []
+        if not os.path.isdir(self.log_dir):
+            problems.append(f"--log-dir {self.log_dir!r} is not a directory")
+        if self.batch_events < 1:
+            problems.append(f"--batch-events must be at least 1, got {self.batch_events}")
+        if self.flush_ms < 1:
+            problems.append(f"--flush-ms must be at least 1, got {self.flush_ms}")
+        if self.rescan_ms < 10:
+            problems.append(f"--rescan-ms must be at least 10, got {self.rescan_ms}")
+        if self.max_line_bytes < 1024:
+            problems.append(f"--max-line-bytes must be at least 1024, got {self.max_line_bytes}")
+        if self.writer_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", self.writer_id):
+            problems.append(f"--writer-id {self.writer_id!r} may hold only letters, digits, '_', '.', '-' (1-128, starting alphanumeric)")
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return self
+
+
+def default_writer_id(log_dir: str) -> str:
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname() or "host").strip("._-") or "host"
+    digest = hashlib.sha256(os.path.realpath(log_dir).encode()).hexdigest()[:8]
+    return f"{host[:100]}-{digest}"
+
+
+@dataclass
+class IngestSummary:
+    writer_id: str
+    files: int = 0
+    events: int = 0
+    quarantined: int = 0
+    bytes: int = 0
+    commits: int = 0
+    seconds: float = 0.0
+    per_file: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass
+class _Range:
+    fingerprint: str
+    path: str
+    start: int
+    end: int
+    events: int = 0
+    quarantined: int = 0
+
+
+class _Batch:
+    def __init__(self) -> None:
+        self.tables: list[pa.Table] = []
+        self.bad: list[QuarantineRecord] = []
+        self.ranges: dict[str, _Range] = {}
+        self.events = 0
+        self.first_at: float | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.ranges)
+
+    def range_for(self, src: Source, start: int) -> _Range:
+        r = self.ranges.get(src.fingerprint)
+        if r is None:
+            r = self.ranges[src.fingerprint] = _Range(src.fingerprint, src.path, start, start)
+            if self.first_at is None:
+                self.first_at = time.monotonic()
+        r.path = src.path
+        return r
+
+
+class _DirLock:
+    """One daemon per (host, log directory, store): an flock in the store, held while running."""
+
+    def __init__(self, store_path: str, log_dir: str, writer_id: str) -> None:
+        key = hashlib.sha256(f"{socket.gethostname()}\0{os.path.realpath(log_dir)}".encode()).hexdigest()[:16]
+        d = os.path.join(store_path, INGEST_DIR, "locks")
+        os.makedirs(d, exist_ok=True)
+        self.path = os.path.join(d, f"logdir-{key}.lock")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 512, 0).decode("utf-8", "replace").strip()
+            os.close(self.fd)
+            raise AlreadyRunning(
+                f"another kaelum-ingest ({holder or 'unknown process'}) is already ingesting {log_dir} into {store_path}; "
+                "stop it first — two daemons on one log directory would ingest every line twice"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pid={os.getpid()} host={socket.gethostname()} writer={writer_id}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Daemon:
+    """Ingest `config.log_dir` into `config.store`. Call ``run()``; ``stop()`` from any thread."""
+
+    def __init__(self, config: IngestConfig, hub: Hub | None = None) -> None:
+        self.config = config.validate()
+        self.writer_id = config.writer_id or default_writer_id(config.log_dir)
+        self.hub = hub or Hub()
+        if hub is None:
+            self.hub.add(LogObserver())
+        self.status = StatusModel(self.writer_id, os.path.realpath(config.log_dir))
+        self.hub.add(self.status)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._last_status_write = 0.0
+        self._flush_now = False
+        self.hub.add(self._on_event)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _on_event(self, kind: str, fields: dict[str, Any]) -> None:
+        if kind == "truncated":
+            # A batch must not hold two generations of one source: commit what was read first.
+            self._flush_now = True
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> IngestSummary:
+        cfg = self.config
+        started = time.monotonic()
+        try:
+            info = open_store(cfg.store, create=True)
+        except StoreError:
+            raise
+        lock = _DirLock(str(info.path), cfg.log_dir, self.writer_id)
+        watcher = None
+        try:
+            writer = SegmentWriter(info.path, writer_id=self.writer_id)
+            try:
+                positions = {fp: p.offset for fp, p in writer.positions().items()}
+                self.status.restore(writer.positions())
+                tailer = Tailer(cfg.log_dir, self.hub, positions, cfg.include, cfg.exclude, cfg.block_bytes, cfg.max_line_bytes)
+                self.hub.emit("started", writer=self.writer_id, log_dir=cfg.log_dir, store=str(info.path), known_sources=len(positions), pid=os.getpid())
+                if cfg.use_watchdog and not cfg.once:
+                    watcher = _watch(cfg.log_dir, self._wake)
+                summary = self._loop(tailer, writer, str(info.path))
+                tailer.close()
+            finally:
+                writer.close()
+        finally:
+            if watcher is not None:
+                watcher.stop()
+                watcher.join(timeout=5)
+            lock.release()
+        summary.seconds = time.monotonic() - started
+        self.hub.emit("stopped", writer=self.writer_id, events=summary.events, quarantined=summary.quarantined, commits=summary.commits, seconds=summary.seconds)
+        return summary
+
+    def _loop(self, tailer: Tailer, writer: SegmentWriter, store_path: str) -> IngestSummary:
+        cfg = self.config
+        summary = IngestSummary(self.writer_id)
+        batch = _Batch()
+        tailer.scan()
+        bar = _progress(cfg.progress, sum(s.pending_bytes for s in tailer.sources.values()))
+        caught_up = False
+        min_poll = 0.02  # coalesce bursts of file-system events (one per written line)
+        last_poll = 0.0
+        while True:
+            progressed = False
+            for src in tailer.readable(include_gone=True):
+                if self._stop.is_set():
+                    break
+                n = self._read_one(tailer, src, batch)
+                if n:
+                    progressed = True
+                    if bar is not None and not caught_up:
+                        bar.update(n)
+                if batch.events >= cfg.batch_events or self._flush_now:
+                    self._flush(batch, writer, tailer, summary, store_path)
+                    batch = _Batch()
+            due = batch and (time.monotonic() - (batch.first_at or 0)) * 1000 >= cfg.flush_ms
+            if batch and (due or not progressed or self._stop.is_set() or self._flush_now):
+                self._flush(batch, writer, tailer, summary, store_path)
+                batch = _Batch()
+            tailer.settle()
+            if self._stop.is_set():
+                self.hub.emit("stopping", writer=self.writer_id, reason="signal")
+                break
+            if not progressed:
+                if not caught_up:
+                    caught_up = True
+                    if bar is not None:
+                        bar.close()
+                        bar = None
+                    self.hub.emit("caught_up", files=len(tailer.sources), events=summary.events, quarantined=summary.quarantined)
+                    self._write_status(store_path, tailer, force=True)
+                if cfg.once:
+                    break
+                timeout = cfg.rescan_ms / 1000
+                if batch:
+                    timeout = min(timeout, max(0.0, cfg.flush_ms / 1000 - (time.monotonic() - (batch.first_at or 0))))
+                self._wake.wait(timeout)
+                self._wake.clear()
+                wait_more = min_poll - (time.monotonic() - last_poll)
+                if wait_more > 0 and not self._stop.is_set():
+                    time.sleep(wait_more)
+            last_poll = time.monotonic()
+            tailer.scan()
+        if batch:
+            self._flush(batch, writer, tailer, summary, store_path)
+        if bar is not None:
+            bar.close()
+        self._write_status(store_path, tailer, force=True)
+        summary.files = len(self.status.sources)
+        summary.per_file = {s.path: {"events": s.events, "quarantined": s.quarantined, "bytes": s.bytes} for s in self.status.sources.values()}
+        return summary
+
+    def _read_one(self, tailer: Tailer, src: Source, batch: _Batch) -> int:
+        """Read and parse one block of `src` into the batch; the number of bytes consumed."""
+        start = src.position
+        got = tailer.read(src)
+        if got is None:
+            if src.gone and src.position < src.size and src.fd is not None and tailer.tail_abandoned(src):
+                # The file is gone: its last line can never be completed. Keep it, do not drop it.
+                raw = os.pread(src.fd, min(src.size - start, self.config.max_line_bytes), start)
+                r = batch.range_for(src, start)
+                self._quarantine(batch, src, start, raw, "incomplete last line of a file that was removed")
+                r.end = src.position = src.size
+                r.quarantined += 1
+                return src.size - start
+            return 0
+        r = batch.range_for(src, start)
+        if r.end != start:  # never: reads of one source are contiguous within a batch
+            raise RuntimeError(f"internal error: non-contiguous read of {src.path} ({r.end} != {start})")
+        if isinstance(got, Oversize):
+            self._quarantine(batch, src, got.start, got.head, oversize_reason(got.end - got.start - 1, self.config.max_line_bytes))
+            r.quarantined += 1
+            r.end = got.end
+            return got.end - got.start
+        assert isinstance(got, Lines)
+        parsed = parse_block(got.data, got.start, self.config.max_line_bytes)
+        for b in parsed.bad:
+            self._quarantine(batch, src, b.offset, b.raw, b.reason)
+        r.quarantined += len(parsed.bad)
+        n = parsed.events.num_rows
+        if n:
+            t = parsed.events
+            t = t.append_column("source", pa.array([src.fingerprint] * n, pa.string()))
+            t = t.append_column("source_path", pa.array([src.path] * n, pa.string()))
+            batch.tables.append(t)
+            batch.events += n
+            r.events += n
+        r.end = got.end
+        return got.end - got.start
+
+    def _quarantine(self, batch: _Batch, src: Source, offset: int, raw: bytes, reason: str) -> None:
+        batch.bad.append(QuarantineRecord(src.path, src.fingerprint, offset, bytes(raw), reason))
+        self.hub.emit("quarantined", path=src.path, fingerprint=src.fingerprint, offset=offset, reason=reason, raw=bytes(raw[:200]))
+
+    def _flush(self, batch: _Batch, writer: SegmentWriter, tailer: Tailer, summary: IngestSummary, store_path: str) -> None:
+        self._flush_now = False
+        if not batch:
+            return
+        t0 = time.monotonic()
+        table = pa.concat_tables(batch.tables) if batch.tables else None
+        ranges = [SourceRange(r.fingerprint, r.path, r.start, r.end, r.events, r.quarantined) for r in batch.ranges.values()]
+        try:
+            info = writer.commit(table, quarantine=batch.bad, sources=ranges)
+        except Exception as exc:  # the store refused or the disk failed: re-read, retry later
+            self.hub.emit("commit_failed", error=f"{type(exc).__name__}: {exc}", events=batch.events, files=len(ranges))
+            tailer.rewind([r.fingerprint for r in ranges])
+            time.sleep(0.5)
+            return
+        for r in ranges:
+            src = tailer.sources.get(r.fingerprint)
+            if src is not None and src.committed == r.start:
+                src.committed = r.end
+        summary.commits += 1
+        summary.events += batch.events
+        summary.quarantined += len(batch.bad)
+        summary.bytes += sum(r.end - r.start for r in ranges)
+        self.hub.emit(
+            "flushed", seq=info.seq, events=batch.events, quarantined=len(batch.bad), files=len(ranges),
+            bytes=sum(r.end - r.start for r in ranges), ms=round((time.monotonic() - t0) * 1000, 1),
+            waited_ms=round((time.monotonic() - (batch.first_at or t0)) * 1000, 1),
+            ranges=[{"path": r.path, "start": r.start, "end": r.end} for r in ranges],
+        )
+        self._write_status(store_path, tailer)
+
+    def _write_status(self, store_path: str, tailer: Tailer, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_status_write < 1.0:
+            return
+        self._last_status_write = now
+        try:
+            write_status(store_path, self.status.snapshot(tailer))
+        except OSError as exc:
+            log.warning("could not write the status file: %s", exc)
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled or total <= 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="catching up", leave=False)
+
+
+def _watch(log_dir: str, wake: threading.Event):
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    class _Wake(FileSystemEventHandler):
+        def on_any_event(self, event) -> None:  # noqa: ANN001 - watchdog's signature
+            wake.set()
+
+    observer = Observer()
+    observer.schedule(_Wake(), log_dir, recursive=False)
+    observer.daemon = True
+    observer.start()
+    return observer
+
+
+def ingest_once(log_dir: str | os.PathLike[str], store_path: str | os.PathLike[str], writer_id: str | None = None, progress: bool = True) -> IngestSummary:
+    """Catch up on everything in `log_dir` into the store at `store_path`, then return.
+
+    The same code path as ``kaelum-ingest --once``; safe to call repeatedly (exactly once).
+    """
+    cfg = IngestConfig(log_dir=os.fspath(log_dir), store=os.fspath(store_path), writer_id=writer_id, progress=progress, once=True, use_watchdog=False)
+    return Daemon(cfg).run()

@@ -1,0 +1,191 @@
+"""The status model: per source file, what was ingested, how far behind, what went wrong.
+
+Durable counts (bytes, events, quarantined lines per file) come from the store's commit records
+(``store.positions``), so they survive restarts and are true even after a kill -9. The daemon adds
+what only it knows — file sizes at its last look, lag in seconds, the last error — in a small
+status file per writer (``<store>/_ingest/status/<writer>.json``, written temp → fsync → rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from store import open_store, positions as store_positions
+
+from .source import FINGERPRINT_BYTES, fingerprint_of
+
+STATUS_DIR = os.path.join("_ingest", "status")
+
+
+@dataclass
+class SourceStatus:
+    fingerprint: str
+    path: str
+    bytes: int = 0  # consumed from this file, durably
+    events: int = 0
+    quarantined: int = 0
+    position: int = 0  # durable end offset
+    size: int | None = None  # file size when last looked at (None: not known)
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    last_error: str | None = None
+    writer: str = ""
+
+
+@dataclass
+class StatusSnapshot:
+    writer: str
+    log_dir: str
+    pid: int
+    updated_at: float
+    sources: list[SourceStatus]
+    last_error: str | None = None
+    quarantined_total: int = 0
+    events_total: int = 0
+
+
+class StatusModel:
+    """An observer of the daemon's events that keeps what `status` reports."""
+
+    def __init__(self, writer: str, log_dir: str) -> None:
+        self.writer = writer
+        self.log_dir = log_dir
+        self.sources: dict[str, SourceStatus] = {}
+        self.last_error: str | None = None
+
+    def restore(self, durable: dict[str, Any]) -> None:
+        for fp, p in durable.items():
+            self.sources[fp] = SourceStatus(fp, p.path, p.bytes, p.events, p.quarantined, p.offset, writer=self.writer)
+
+    def _src(self, fields: dict[str, Any]) -> SourceStatus | None:
+        fp = fields.get("fingerprint")
+        if fp is None:
+            return None
+        s = self.sources.get(fp)
+        if s is None:
+            s = self.sources[fp] = SourceStatus(fp, fields.get("path", ""), writer=self.writer)
+        if "path" in fields:
+            s.path = fields["path"]
+        return s
+
+    def __call__(self, kind: str, fields: dict[str, Any]) -> None:
+        if kind == "flushed":
+            return  # durable counts are taken from the commit (see snapshot)
+        if kind in ("file_added", "renamed", "switched"):
+            self._src(fields)
+        elif kind == "quarantined":
+            s = self._src(fields)
+            if s is not None:
+                s.last_error = f"offset {fields['offset']}: {fields['reason']}"
+        elif kind == "truncated":
+            s = self._src(fields)
+            if s is not None:
+                s.last_error = f"truncated to {fields['new_size']} bytes below position {fields['position']}"
+        elif kind in ("commit_failed", "error"):
+            self.last_error = fields.get("error")
+
+    def snapshot(self, tailer) -> StatusSnapshot:  # noqa: ANN001 - a Tailer
+        now = time.time()
+        for fp, src in tailer.sources.items():
+            s = self.sources.setdefault(fp, SourceStatus(fp, src.path, writer=self.writer))
+            s.path = src.path
+            s.size = src.size
+            s.lag_bytes = max(0, src.size - src.committed)
+            s.lag_seconds = 0.0 if s.lag_bytes == 0 else round(now - src.caught_up_at, 3)
+        return StatusSnapshot(
+            self.writer, self.log_dir, os.getpid(), now, list(self.sources.values()), self.last_error,
+            sum(s.quarantined for s in self.sources.values()), sum(s.events for s in self.sources.values()),
+        )
+
+
+def write_status(store_path: str, snap: StatusSnapshot) -> None:
+    # The durable counts are the store's; refresh them from the commit records before writing.
+    durable = {fp: p for (w, fp), p in store_positions(store_path).items() if w == snap.writer}
+    for s in snap.sources:
+        p = durable.get(s.fingerprint)
+        if p is not None:
+            s.bytes, s.events, s.quarantined, s.position = p.bytes, p.events, p.quarantined, p.offset
+    snap.quarantined_total = sum(s.quarantined for s in snap.sources)
+    snap.events_total = sum(s.events for s in snap.sources)
+    d = os.path.join(store_path, STATUS_DIR)
+    os.makedirs(d, exist_ok=True)
+    target = os.path.join(d, f"{snap.writer}.json")
+    tmp = target + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(asdict(snap), fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+
+
+def _read_status_files(store_path: str) -> dict[str, dict[str, Any]]:
+    d = os.path.join(store_path, STATUS_DIR)
+    out = {}
+    if os.path.isdir(d):
+        for name in sorted(os.listdir(d)):
+            if name.endswith(".json"):
+                try:
+                    with open(os.path.join(d, name), encoding="utf-8") as fh:
+                        out[name[:-5]] = json.load(fh)
+                except (OSError, ValueError):
+                    continue
+    return out
+
+
+def _current_sizes(log_dir: str) -> dict[str, tuple[str, int, float]]:
+    """fingerprint → (path, size, mtime) of the files in `log_dir` now."""
+    out: dict[str, tuple[str, int, float]] = {}
+    for name in sorted(os.listdir(log_dir)):
+        path = os.path.join(log_dir, name)
+        try:
+            with open(path, "rb") as fh:
+                fp = fingerprint_of(fh.read(FINGERPRINT_BYTES))
+                st = os.fstat(fh.fileno())
+        except (IsADirectoryError, FileNotFoundError, PermissionError):
+            continue
+        if fp is not None and (fp not in out or st.st_size > out[fp][1]):
+            out[fp] = (path, st.st_size, st.st_mtime)
+    return out
+
+
+def collect_status(store_path: str, log_dir: str | None = None) -> list[StatusSnapshot]:
+    """The status of every writer of the store; with `log_dir`, lag is measured against it now."""
+    open_store(store_path)  # raises StoreError naming the fix when it is not a store
+    durable = store_positions(store_path)
+    files = _read_status_files(store_path)
+    sizes = _current_sizes(log_dir) if log_dir else {}
+    writers = sorted({w for w, _ in durable} | set(files))
+    out = []
+    for w in writers:
+        f = files.get(w, {})
+        known = {s["fingerprint"]: s for s in f.get("sources", [])}
+        sources = []
+        for (wid, fp), p in sorted(durable.items()):
+            if wid != w:
+                continue
+            k = known.get(fp, {})
+            s = SourceStatus(fp, p.path, p.bytes, p.events, p.quarantined, p.offset, k.get("size"), k.get("lag_bytes"), k.get("lag_seconds"), k.get("last_error"), w)
+            if fp in sizes:
+                path, size, mtime = sizes[fp]
+                s.path, s.size = path, size
+                s.lag_bytes = max(0, size - p.offset)
+                s.lag_seconds = 0.0 if s.lag_bytes == 0 else round(max(0.0, mtime - p.committed_at.timestamp()), 3)
+            sources.append(s)
+        for fp, k in known.items():  # seen by the daemon, nothing committed yet
+            if (w, fp) not in durable:
+                sources.append(SourceStatus(**{**k, "writer": w}))
+        if log_dir:
+            mine = {s.fingerprint for s in sources}
+            for fp, (path, size, _m) in sizes.items():
+                if fp not in mine and w == writers[0]:
+                    sources.append(SourceStatus(fp, path, size=size, lag_bytes=size, lag_seconds=None, writer=w))
+        out.append(StatusSnapshot(w, f.get("log_dir", ""), f.get("pid", 0), f.get("updated_at", 0.0), sources, f.get("last_error"),
+                                  sum(s.quarantined for s in sources), sum(s.events for s in sources)))
+    if not out and log_dir:
+        sources = [SourceStatus(fp, path, size=size, lag_bytes=size) for fp, (path, size, _m) in sizes.items()]
+        out.append(StatusSnapshot("(none)", log_dir, 0, 0.0, sources))
+    return out

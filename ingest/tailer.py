@@ -1,0 +1,291 @@
+"""The tailer: which files are in the log directory, who they are, and where to read next.
+
+Each source is keyed by its content fingerprint (``source.fingerprint_of``). A scan lists the
+directory, identifies each file whose size or mtime changed, and reconciles:
+
+- a new fingerprint is a new source (``file_added``), read from the position the store holds for
+  it or from 0;
+- a known fingerprint under a new path on the same inode was renamed (``renamed``: rotation by
+  rename-and-create); under another inode it is a copy (``switched``: the copy of copy-truncate,
+  used once the original no longer holds that content);
+- the inode a source was read from shrank below its position or now holds other content: it
+  was truncated (``truncated``); the new content is a new source read from its start;
+- a source whose file is gone is drained through its open descriptor, then forgotten
+  (``file_removed``).
+
+Positions here are in memory: ``position`` is how far the daemon has read, ``committed`` how far
+the store durably holds. Only the daemon moves ``committed``, after a durable commit.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+
+from .observe import Hub
+from .source import FINGERPRINT_BYTES, Lines, Oversize, fingerprint_of, read_lines
+
+DEFAULT_INCLUDE = ("*.jsonl", "*.jsonl.*", "*.log", "*.ndjson")
+DEFAULT_EXCLUDE = ("*.gz", "*.zst", "*.bz2", "*.xz", "*.zip", ".*")
+
+
+@dataclass
+class Source:
+    fingerprint: str
+    path: str
+    dev: int
+    ino: int
+    fd: int | None
+    position: int
+    committed: int
+    size: int = 0
+    mtime_ns: int = 0
+    scanned_to: int = 0  # progress through an over-long line whose newline has not come yet
+    caught_up_at: float = field(default_factory=time.time)
+    last_change: float = field(default_factory=time.monotonic)
+    gone: bool = False  # the file no longer exists under any name: drain, then forget
+
+    @property
+    def pending_bytes(self) -> int:
+        return max(0, self.size - self.position)
+
+
+@dataclass
+class _Seen:
+    path: str
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    fingerprint: str | None
+
+
+class Tailer:
+    def __init__(
+        self,
+        log_dir: str,
+        hub: Hub,
+        start_positions: dict[str, int] | None = None,
+        include: tuple[str, ...] = DEFAULT_INCLUDE,
+        exclude: tuple[str, ...] = DEFAULT_EXCLUDE,
+        block_bytes: int = 16 << 20,
+        max_line_bytes: int = 1 << 20,
+        idle_close_s: float = 60.0,
+    ) -> None:
+        self.log_dir = log_dir
+        self.hub = hub
+        self.start_positions = dict(start_positions or {})
+        self.include = include
+        self.exclude = exclude
+        self.block_bytes = max(block_bytes, max_line_bytes + 1)
+        self.max_line_bytes = max_line_bytes
+        self.idle_close_s = idle_close_s
+        self.sources: dict[str, Source] = {}
+        self._seen: dict[str, _Seen] = {}  # by path, from the previous scan
+
+    # --- identify ---------------------------------------------------------------------------
+
+    def _wanted(self, name: str) -> bool:
+        return any(fnmatch.fnmatch(name, p) for p in self.include) and not any(fnmatch.fnmatch(name, p) for p in self.exclude)
+
+    def _list(self) -> list[_Seen]:
+        out: list[_Seen] = []
+        try:
+            names = os.listdir(self.log_dir)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            if not self._wanted(name):
+                continue
+            path = os.path.join(self.log_dir, name)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            prev = self._seen.get(path)
+            if prev and prev.fingerprint and (prev.dev, prev.ino, prev.size, prev.mtime_ns) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
+                out.append(prev)
+                continue
+            try:
+                with open(path, "rb") as fh:
+                    fp = fingerprint_of(fh.read(FINGERPRINT_BYTES))
+            except FileNotFoundError:
+                continue
+            out.append(_Seen(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, fp))
+        out.sort(key=lambda s: (s.mtime_ns, s.path))  # oldest first: rotated files drain first
+        return out
+
+    def _open(self, seen: _Seen) -> int | None:
+        """Open `seen.path` and check it still is that inode with that content."""
+        try:
+            fd = os.open(seen.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (seen.dev, seen.ino) or fingerprint_of(os.pread(fd, FINGERPRINT_BYTES, 0)) != seen.fingerprint:
+            os.close(fd)
+            return None
+        return fd
+
+    def scan(self) -> None:
+        """Reconcile the sources with the directory as it is now."""
+        listing = self._list()
+        self._seen = {s.path: s for s in listing}
+        by_fp: dict[str, list[_Seen]] = {}
+        by_inode: dict[tuple[int, int], _Seen] = {}
+        for s in listing:
+            by_inode[(s.dev, s.ino)] = s
+            if s.fingerprint is not None:
+                by_fp.setdefault(s.fingerprint, []).append(s)
+
+        # Sources whose inode shrank or changed content: truncation.
+        for src in list(self.sources.values()):
+            if src.gone:
+                continue
+            now = by_inode.get((src.dev, src.ino))
+            if now is None:
+                continue
+            if now.fingerprint != src.fingerprint or now.size < src.position:
+                self.hub.emit(
+                    "truncated", path=now.path, fingerprint=src.fingerprint, position=src.position,
+                    new_size=now.size, new_fingerprint=now.fingerprint,
+                    lost_bytes=max(0, src.size - src.position) if now.fingerprint != src.fingerprint else 0,
+                )
+                if now.fingerprint == src.fingerprint:
+                    # Same first line, shorter file: the content was rewritten; read it from the start.
+                    src.position = src.committed = src.scanned_to = 0
+                    src.size = now.size
+                    continue
+                self._close(src)
+                src.size = src.position  # the unread rest of the old content is gone (lost_bytes)
+                if src.fingerprint not in by_fp:
+                    src.gone = True
+
+        for fp, group in by_fp.items():
+            src = self.sources.get(fp)
+            if src is None:
+                self._add(fp, group)
+                continue
+            same = [s for s in group if (s.dev, s.ino) == (src.dev, src.ino)]
+            if same:
+                s = same[0]
+                if s.path != src.path:
+                    self.hub.emit("renamed", fingerprint=fp, old_path=src.path, path=s.path)
+                    src.path = s.path
+                self._refresh(src, s)
+            elif src.fd is None or src.gone or self._inode_lost(src):
+                # The inode we read is gone or holds other content; the same content lives on
+                # in another file (a copy): carry on there from the same position.
+                s = max(group, key=lambda g: g.size)
+                self._close(src)
+                fd = self._open(s)
+                if fd is None:
+                    continue
+                self.hub.emit("switched", fingerprint=fp, old_path=src.path, path=s.path, position=src.position)
+                src.path, src.dev, src.ino, src.fd, src.gone = s.path, s.dev, s.ino, fd, False
+                self._refresh(src, s)
+            # else: a copy of a file we still read from its original inode; ignore the copy.
+
+        for fp, src in list(self.sources.items()):
+            if fp in by_fp or src.gone:
+                continue
+            if (src.dev, src.ino) in by_inode:
+                continue  # handled above as a truncation
+            if src.fd is not None:
+                src.size = os.fstat(src.fd).st_size
+            else:
+                src.size = src.position  # closed while idle and caught up: nothing left to drain
+            src.gone = True
+            src.last_change = time.monotonic()
+
+    def _inode_lost(self, src: Source) -> bool:
+        if src.fd is None:
+            return True
+        st = os.fstat(src.fd)
+        return st.st_nlink == 0
+
+    def _add(self, fp: str, group: list[_Seen]) -> None:
+        s = group[0]
+        fd = self._open(s)
+        if fd is None:
+            return
+        start = self.start_positions.get(fp, 0)
+        if start > s.size:
+            # The store read further into this content than the file now has: it was cut and
+            # rewritten with the same first line while we were stopped.
+            self.hub.emit("truncated", path=s.path, fingerprint=fp, position=start, new_size=s.size, new_fingerprint=fp, lost_bytes=0)
+            start = 0
+        src = Source(fp, s.path, s.dev, s.ino, fd, position=start, committed=start)
+        self.sources[fp] = src
+        self._refresh(src, s)
+        self.hub.emit("file_added", path=s.path, fingerprint=fp, size=s.size, position=start)
+
+    def _refresh(self, src: Source, s: _Seen) -> None:
+        if (s.size, s.mtime_ns) != (src.size, src.mtime_ns):
+            src.last_change = time.monotonic()
+        src.size, src.mtime_ns = s.size, s.mtime_ns
+        if src.fd is None and src.position < src.size:
+            src.fd = self._open(s)
+
+    def _close(self, src: Source) -> None:
+        if src.fd is not None:
+            os.close(src.fd)
+            src.fd = None
+
+    # --- read -------------------------------------------------------------------------------
+
+    def readable(self, include_gone: bool = False) -> list[Source]:
+        """Sources with unread bytes (and, with include_gone, removed ones still to drain)."""
+        return [s for s in self.sources.values() if s.fd is not None and (s.position < s.size or (include_gone and s.gone))]
+
+    def tail_abandoned(self, src: Source, grace_s: float = 5.0) -> bool:
+        """A removed file whose incomplete last line has not changed for `grace_s`: it never will."""
+        return src.gone and src.position < src.size and time.monotonic() - src.last_change > grace_s
+
+    def read(self, src: Source) -> Lines | Oversize | None:
+        """The next complete lines (or over-long line) of `src`, advancing its read position."""
+        if src.fd is None:
+            return None
+        if src.gone:
+            size = os.fstat(src.fd).st_size
+            if size != src.size:
+                src.size, src.last_change = size, time.monotonic()
+        got = read_lines(src.fd, src.position, src.size, self.block_bytes, self.max_line_bytes, src.scanned_to)
+        if isinstance(got, int):
+            src.scanned_to = got
+            return None
+        if got is None:
+            return None
+        src.scanned_to = 0
+        src.position = got.end
+        return got
+
+    def settle(self) -> None:
+        """After reading: note caught-up sources, forget drained gone ones, close idle ones."""
+        now = time.monotonic()
+        for fp, src in list(self.sources.items()):
+            if src.position >= src.size:
+                src.caught_up_at = time.time()
+            if src.gone and src.position >= src.size and src.committed >= src.position:
+                self._close(src)
+                del self.sources[fp]
+                self.hub.emit("file_removed", path=src.path, fingerprint=fp, position=src.position)
+            elif src.fd is not None and src.committed >= src.size and now - src.last_change > self.idle_close_s:
+                self._close(src)  # reopened by path (and re-identified) when it changes
+
+    def rewind(self, fps: list[str]) -> None:
+        """A commit failed: read those sources again from what the store durably holds."""
+        for fp in fps:
+            src = self.sources.get(fp)
+            if src is not None:
+                src.position = src.committed
+                src.scanned_to = 0
+
+    def close(self) -> None:
+        for src in self.sources.values():
+            self._close(src)
