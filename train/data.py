@@ -185,10 +185,6 @@ def snapshot(store_path: str, con: duckdb.DuckDBPyConnection) -> StoreSnapshot:
     return StoreSnapshot(path=root, segments=segments, event_count=count)
 
 
-def _rows(table: pa.Table) -> list[dict[str, Any]]:
-    return table.to_pylist()
-
-
 def select_rows(
     table: pa.Table,
     *,
@@ -231,7 +227,9 @@ def select_rows(
             sql += " where " + " and ".join(f[1] for f in filters)
         sql += " order by trace_id" + (", branch_node_id" if view == "preference_pairs" else "")
         params = [p for f in filters for p in f[2]]
-        rows = _rows(con.execute(sql, params).fetch_arrow_table())
+        cur = con.execute(sql, params)
+        cols = [d[0] for d in cur.description]
+        rows = [dict(zip(cols, r)) for r in cur.fetchall()]
     finally:
         con.close()
     return rows, counted
@@ -253,7 +251,7 @@ def select_examples(
     try:
         snap = snapshot(store_path, con)
         try:
-            table = con.execute(f"select * from {view}").fetch_arrow_table()
+            table = con.sql(f"select * from {view}").to_arrow_table()
         except duckdb.Error as exc:
             raise DataError(f"the store at {store_path} has no {view} view: {str(exc).splitlines()[0]}") from None
     finally:

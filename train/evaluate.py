@@ -75,7 +75,7 @@ def queries_from_store(store_path: str, where: str, exclude_trace_ids: Sequence[
 
     con = open_store(store_path)
     try:
-        table = con.execute("select * from training_examples").fetch_arrow_table()
+        table = con.sql("select * from training_examples").to_arrow_table()
     except duckdb.Error as exc:
         raise EvalError(f"the store at {store_path} has no training_examples view: {exc}") from None
     finally:

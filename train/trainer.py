@@ -58,12 +58,27 @@ def _dtype(args: TrainArgs) -> torch.dtype:
     return torch.bfloat16 if use_bf16 else torch.float32
 
 
+def local_model_path(spec: str) -> str:
+    """A directory for `spec`: itself if it is one, else what the runtime's resolver makes of it
+    ('default' → the embedded SmolLM2, a cached hub id, a .gguf converted once), else `spec` as a hub id."""
+    if os.path.isdir(spec):
+        return spec
+    try:
+        from kaelum.llm.loader import resolve_model_dir
+
+        return str(resolve_model_dir(spec))
+    except Exception as exc:  # not resolvable offline: let transformers try it as a hub id
+        log.debug("runtime resolver could not resolve %r (%s); trying it as a hub id", spec, exc)
+        return spec
+
+
 def load_tokenizer(model: str) -> Any:
     from transformers import AutoTokenizer
 
+    model = local_model_path(model)
     src = model
     if is_kaelum_adapter(model) and not os.path.isfile(os.path.join(model, "tokenizer_config.json")):
-        src = _manifest_base(model)
+        src = local_model_path(_manifest_base(model))
     try:
         tok = AutoTokenizer.from_pretrained(src)
     except Exception as exc:
@@ -86,6 +101,7 @@ def load_model(args: TrainArgs) -> Any:
     """The model to train: the base (a Kaelum adapter as base is merged first), wrapped per --lora/--qlora/--full."""
     from transformers import AutoModelForCausalLM
 
+    path = local_model_path(args.model)
     kwargs: dict[str, Any] = {"dtype": _dtype(args)}
     if args.adapter == "qlora":
         if not torch.cuda.is_available():
@@ -100,16 +116,16 @@ def load_model(args: TrainArgs) -> Any:
         )
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
-        if is_kaelum_adapter(args.model):
+        if is_kaelum_adapter(path):
             # Iterating (fine-tune → deploy → collect → fine-tune again): start from the served model.
             from peft import PeftModel
 
-            base = AutoModelForCausalLM.from_pretrained(_manifest_base(args.model), dtype=kwargs["dtype"])
-            model = PeftModel.from_pretrained(base, args.model).merge_and_unload()
+            base = AutoModelForCausalLM.from_pretrained(local_model_path(_manifest_base(path)), dtype=kwargs["dtype"])
+            model = PeftModel.from_pretrained(base, path).merge_and_unload()
             if args.adapter == "qlora":
                 raise TrainError("--qlora cannot start from a Kaelum adapter directory; merge it first (--merge) or use --lora")
         else:
-            model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except TrainError:
         raise
     except Exception as exc:
