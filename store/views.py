@@ -1,0 +1,330 @@
+"""Readers: an in-process DuckDB connection whose views turn the segments into traces and datasets.
+
+Every view is derived from the segments at query time (a projection of the events; it holds no
+state of its own). A connection holds nothing on the store's files between queries: each query
+expands the segment glob anew, so it sees every commit finished before it started and never a
+segment being written (those have ``.partial`` names the glob does not match).
+
+The definitions follow DESIGN.md ("Definitions the views implement"); docs/store.md lists every
+view's columns. The SQL lives here, in one place, so that ``connect`` and the views-only DuckDB
+file written by ``kaelum-sql attach-file`` define exactly the same views.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from .layout import StoreError, StoreInfo, open_store
+from .upcast import CURRENT, Contract
+
+DEFAULT_MIN_REWARD = 0.7
+
+
+def _q(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _events_up(info: StoreInfo, contract: Contract) -> str:
+    """All stored event rows, typed columns at the reader's contract version (upcast on read)."""
+    scan = (
+        f"read_parquet({_q(info.events_glob())}, hive_partitioning = true, hive_types = {{'date': DATE}})"
+    )
+    envelope = 'id, v, type, trace_id, seq, ts, source, source_path, "offset", writer, date'
+    if not contract.upcasters:
+        cols = ", ".join(f'"{n}"' for n in contract.fields)
+        return f"SELECT {envelope}, data::JSON AS data, {cols} FROM {scan}"
+    # Rows older than the contract: upcast the payload in SQL and re-derive the typed columns from
+    # it. CASE evaluates a branch only for the rows that take it, so current rows pay nothing.
+    cases = " ".join(f"WHEN {v} THEN {contract.upcast_sql(v)}" for v in range(1, contract.version))
+    data = f"CASE v {cases} ELSE data::JSON END"
+    struct = contract.extract_sql("_d")
+    typed = ", ".join(
+        f'CASE WHEN v < {contract.version} THEN {contract.column_of("_x", n)} ELSE "{n}" END AS "{n}"' for n in contract.fields
+    )
+    return (
+        f"SELECT {envelope}, _d AS data, {typed} FROM ("
+        f"SELECT *, CASE WHEN v < {contract.version} THEN {struct} END AS _x FROM ("
+        f"SELECT * EXCLUDE (data), {data} AS _d FROM {scan}))"
+    )
+
+
+def view_sql(info: StoreInfo, contract: Contract = CURRENT, events_source: str | None = None) -> list[tuple[str, str]]:
+    """(name, CREATE statement) of every view and macro, in dependency order.
+
+    `events_source` replaces the segment scan (a SELECT with the columns of ``_events_all``); the
+    benchmark uses it to ask the raw JSONL the very same questions.
+    """
+    qglob = _q(info.quarantine_glob())
+    defs: list[tuple[str, str]] = []
+
+    def view(name: str, body: str) -> None:
+        defs.append((name, f"CREATE OR REPLACE VIEW {name} AS {body}"))
+
+    view("_events_all", events_source or _events_up(info, contract))
+    # Re-sent events share an id; keep one. Partitioning by (type, trace_id, id) rather than id
+    # alone is the same for re-sent events (identical content) and lets DuckDB push a view's
+    # filter on type or trace_id below the de-duplication, so each view scans only its event types.
+    view(
+        "events",
+        "SELECT * FROM _events_all WHERE date <> DATE '1970-01-01' "
+        'QUALIFY row_number() OVER (PARTITION BY type, trace_id, id ORDER BY writer, source, "offset") = 1',
+    )
+    # One trace_started / trace_completed per trace (the earliest start, the latest completion).
+    view(
+        "_started",
+        "SELECT trace_id, query, domain, worker_model, tags, ts AS started_at, data FROM events "
+        "WHERE type = 'trace_started' QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY seq, id) = 1",
+    )
+    view(
+        "_completed",
+        "SELECT trace_id, status, final_answer, best_path, verified, reward, ts AS completed_at, data FROM events "
+        "WHERE type = 'trace_completed' QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY seq DESC, id DESC) = 1",
+    )
+    # Corrections are new events: the latest feedback that carries a reward wins.
+    view(
+        "_feedback",
+        "SELECT trace_id, arg_max(reward, (ts, seq, id)) FILTER (WHERE reward IS NOT NULL) AS feedback_reward, "
+        "arg_max(label, (ts, seq, id)) FILTER (WHERE label IS NOT NULL) AS feedback_label, count(*) AS feedback_count "
+        "FROM events WHERE type = 'feedback' GROUP BY trace_id",
+    )
+    view(
+        "traces",
+        """
+        SELECT coalesce(s.trace_id, c.trace_id) AS trace_id, s.domain, s.query, s.worker_model, s.tags,
+               s.data->>'$.router.method' AS router_method, (s.data->>'$.router.confidence')::DOUBLE AS router_confidence,
+               s.started_at, c.completed_at, c.status, c.final_answer, c.best_path, c.verified,
+               coalesce(f.feedback_reward, c.reward) AS reward, c.reward AS completed_reward,
+               f.feedback_reward, f.feedback_label, coalesce(f.feedback_count, 0) AS feedback_count,
+               (c.data->>'$.duration_ms')::DOUBLE AS duration_ms, c.data->>'$.error' AS error,
+               (c.data->>'$.usage.llm_calls')::BIGINT AS llm_calls
+        FROM _started s FULL OUTER JOIN _completed c ON s.trace_id = c.trace_id
+        LEFT JOIN _feedback f ON f.trace_id = coalesce(s.trace_id, c.trace_id)
+        """,
+    )
+    view(
+        "_node_expanded",
+        "SELECT trace_id, node_id, parent_id, depth, thought, terminal, answer, ts, seq, data FROM events WHERE type = 'node_expanded'",
+    )
+    view(
+        "_node_value",
+        "SELECT trace_id, node_id, arg_max(value, (ts, seq, id)) AS value, count(*) AS evaluations "
+        "FROM events WHERE type = 'node_evaluated' GROUP BY trace_id, node_id",
+    )
+    view(
+        "_node_verdict",
+        "SELECT trace_id, node_id, arg_max(passed, (ts, seq, id)) AS passed, arg_max(score, (ts, seq, id)) AS score, "
+        "arg_max(data->>'$.verifier', (ts, seq, id)) AS verifier "
+        "FROM events WHERE type = 'verification' GROUP BY trace_id, node_id",
+    )
+    view(
+        "nodes",
+        """
+        SELECT n.trace_id, n.node_id, n.parent_id, n.depth, n.thought, n.terminal, n.answer,
+               v.value, v.evaluations, r.passed, r.score AS verification_score, r.verifier,
+               n.data->>'$.llm.model' AS llm_model, (n.data->>'$.llm.prompt_tokens')::BIGINT AS prompt_tokens,
+               (n.data->>'$.llm.completion_tokens')::BIGINT AS completion_tokens,
+               (n.data->>'$.llm.latency_ms')::DOUBLE AS latency_ms, n.ts AS expanded_at, n.seq
+        FROM _node_expanded n
+        LEFT JOIN _node_value v ON v.trace_id = n.trace_id AND v.node_id = n.node_id
+        LEFT JOIN _node_verdict r ON r.trace_id = n.trace_id AND r.node_id = n.node_id
+        """,
+    )
+    # The best path of each completed trace, checked node by node against its node_expanded events.
+    view(
+        "_path_check",
+        """
+        WITH path AS (
+            SELECT trace_id, unnest(best_path) AS node_id, generate_subscripts(best_path, 1) AS pos, len(best_path) AS n
+            FROM _completed
+        )
+        SELECT p.trace_id,
+               list(n.thought ORDER BY p.pos) FILTER (WHERE p.pos > 1) AS steps,
+               list(p.node_id ORDER BY p.pos) FILTER (WHERE p.pos > 1) AS step_node_ids,
+               bool_and(n.node_id IS NOT NULL AND coalesce(n.thought, '') <> '') AS nodes_ok,
+               bool_or(p.pos = p.n AND coalesce(n.terminal, false) AND coalesce(n.answer, '') <> '') AS last_ok
+        FROM path p LEFT JOIN _node_expanded n ON n.trace_id = p.trace_id AND n.node_id = p.node_id
+        GROUP BY p.trace_id
+        """,
+    )
+    view(
+        "trajectories",
+        """
+        SELECT t.trace_id, t.domain, t.query, coalesce(pc.steps, []::VARCHAR[]) AS steps,
+               coalesce(pc.step_node_ids, []::VARCHAR[]) AS step_node_ids, t.final_answer, t.reward, t.verified,
+               t.status, t.worker_model, t.started_at, t.completed_at, t.tags, t.best_path,
+               t.completed_reward, t.feedback_reward, t.feedback_label,
+               (t.started_at IS NOT NULL AND t.status = 'ok' AND coalesce(pc.nodes_ok AND pc.last_ok, false)) AS complete
+        FROM traces t LEFT JOIN _path_check pc ON pc.trace_id = t.trace_id
+        WHERE t.completed_at IS NOT NULL
+        """,
+    )
+    view("verified_trajectories", "SELECT * FROM trajectories WHERE verified")
+    view("complete_trajectories", "SELECT * FROM trajectories WHERE complete")
+    defs.append(
+        (
+            "high_reward_trajectories_at",
+            "CREATE OR REPLACE MACRO high_reward_trajectories_at(min_reward) AS TABLE "
+            "SELECT * FROM trajectories WHERE reward >= min_reward",
+        )
+    )
+    view("high_reward_trajectories", f"SELECT * FROM trajectories WHERE reward >= {DEFAULT_MIN_REWARD}")
+    view(
+        "training_examples",
+        """
+        SELECT trace_id, domain, query, steps, final_answer, reward, verified, worker_model, started_at, completed_at,
+               tags, len(steps) AS n_steps, completed_reward, feedback_label
+        FROM trajectories WHERE complete AND verified
+        """,
+    )
+    defs.append(
+        (
+            "training_examples_at",
+            "CREATE OR REPLACE MACRO training_examples_at(min_reward) AS TABLE "
+            "SELECT * FROM training_examples WHERE reward >= min_reward",
+        )
+    )
+    # Preference pairs: in a trace with both a passed and a failed verified terminal, walk each such
+    # terminal up to the root; a passed and a failed terminal whose paths part at node b form a
+    # pair branching at b. Per branch node, the best-valued passed and worst-valued failed terminal.
+    view(
+        "preference_pairs",
+        """
+        WITH RECURSIVE
+        leaves AS (
+            SELECT n.trace_id, n.node_id, r.passed, v.value, n.answer
+            FROM _node_expanded n JOIN _node_verdict r ON r.trace_id = n.trace_id AND r.node_id = n.node_id
+            LEFT JOIN _node_value v ON v.trace_id = n.trace_id AND v.node_id = n.node_id
+            WHERE n.terminal AND r.passed IS NOT NULL
+        ),
+        mixed AS (SELECT trace_id FROM leaves GROUP BY trace_id HAVING bool_or(passed) AND bool_or(NOT passed)),
+        tree AS MATERIALIZED (
+            SELECT n.trace_id, n.node_id, n.parent_id, n.thought FROM _node_expanded n SEMI JOIN mixed m ON m.trace_id = n.trace_id
+        ),
+        up(trace_id, leaf, node_id, parent_id, thought, k) AS (
+            SELECT t.trace_id, t.node_id, t.node_id, t.parent_id, t.thought, 0
+            FROM tree t SEMI JOIN leaves l ON l.trace_id = t.trace_id AND l.node_id = t.node_id
+            UNION ALL
+            SELECT u.trace_id, u.leaf, t.node_id, t.parent_id, t.thought, u.k + 1
+            FROM up u JOIN tree t ON t.trace_id = u.trace_id AND t.node_id = u.parent_id
+            WHERE u.k < 1000
+        ),
+        paths AS (
+            SELECT trace_id, leaf, list(node_id ORDER BY k DESC) AS ids, list(thought ORDER BY k DESC) AS thoughts,
+                   bool_or(parent_id IS NULL) AS rooted
+            FROM up GROUP BY trace_id, leaf
+        ),
+        pairs AS (
+            SELECT c.trace_id, pc.ids AS cids, pc.thoughts AS cth, pr.ids AS rids, pr.thoughts AS rth,
+                   c.node_id AS cnode, r.node_id AS rnode, c.answer AS canswer, r.answer AS ranswer,
+                   c.value AS cvalue, r.value AS rvalue,
+                   coalesce(list_position(list_transform(range(1, least(len(pc.ids), len(pr.ids)) + 1), lambda i: pc.ids[i] = pr.ids[i]), false) - 1,
+                            least(len(pc.ids), len(pr.ids))) AS lcp
+            FROM leaves c JOIN leaves r ON r.trace_id = c.trace_id AND c.passed AND NOT r.passed
+            JOIN paths pc ON pc.trace_id = c.trace_id AND pc.leaf = c.node_id AND pc.rooted
+            JOIN paths pr ON pr.trace_id = r.trace_id AND pr.leaf = r.node_id AND pr.rooted
+        )
+        SELECT p.trace_id, s.domain, s.query, p.cids[p.lcp] AS branch_node_id,
+               p.cth[2:p.lcp] AS prompt_steps,
+               p.cth[p.lcp + 1:] AS chosen_steps, p.canswer AS chosen_answer, p.cvalue AS chosen_value, p.cnode AS chosen_node_id,
+               p.rth[p.lcp + 1:] AS rejected_steps, p.ranswer AS rejected_answer, p.rvalue AS rejected_value, p.rnode AS rejected_node_id
+        FROM pairs p JOIN _started s ON s.trace_id = p.trace_id
+        WHERE p.lcp >= 1 AND p.lcp < len(p.cids) AND p.lcp < len(p.rids)
+        QUALIFY row_number() OVER (
+            PARTITION BY p.trace_id, p.cids[p.lcp]
+            ORDER BY p.cvalue DESC NULLS LAST, p.rvalue ASC NULLS LAST, p.cnode, p.rnode) = 1
+        """,
+    )
+    view(
+        "quarantine",
+        f"SELECT source, source_path, \"offset\", reason, raw_text, raw, writer, quarantined_at, date "
+        f"FROM read_parquet({qglob}, hive_partitioning = true, hive_types = {{'date': DATE}}) "
+        "WHERE date <> DATE '1970-01-01' "
+        'QUALIFY row_number() OVER (PARTITION BY source, "offset" ORDER BY quarantined_at, writer) = 1',
+    )
+    return defs
+
+
+# The views users see (internal helpers start with "_"), in the order `kaelum-sql views` lists them.
+PUBLIC_VIEWS = (
+    "events",
+    "traces",
+    "nodes",
+    "trajectories",
+    "verified_trajectories",
+    "complete_trajectories",
+    "high_reward_trajectories",
+    "training_examples",
+    "preference_pairs",
+    "quarantine",
+)
+MACROS = ("high_reward_trajectories_at", "training_examples_at")
+
+
+def install_views(con: duckdb.DuckDBPyConnection, info: StoreInfo, contract: Contract = CURRENT, events_source: str | None = None) -> None:
+    for _name, sql in view_sql(info, contract, events_source):
+        con.execute(sql)
+
+
+def connect(path: str | os.PathLike[str] | None = None, contract: Contract = CURRENT, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-process DuckDB connection with the store's views (see docs/store.md).
+
+    `path` defaults to ``$KAELUM_STORE`` or ``./store``. Raises StoreError if it is not a store.
+    """
+    info = open_store(default_store_path() if path is None else path)
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    install_views(con, info, contract)
+    return con
+
+
+def default_store_path() -> Path:
+    return Path(os.environ.get("KAELUM_STORE") or "./store")
+
+
+@dataclass(frozen=True)
+class ViewInfo:
+    name: str
+    kind: str  # "view" or "macro"
+    columns: tuple[tuple[str, str], ...]  # (name, DuckDB type)
+
+
+def describe_views(con: duckdb.DuckDBPyConnection) -> list[ViewInfo]:
+    """Every public view with its columns, and the table macros with the columns they return."""
+    out = []
+    for name in PUBLIC_VIEWS:
+        rows = con.execute(f"DESCRIBE {name}").fetchall()
+        out.append(ViewInfo(name, "view", tuple((r[0], r[1]) for r in rows)))
+    for name in MACROS:
+        rows = con.execute(f"DESCRIBE SELECT * FROM {name}({DEFAULT_MIN_REWARD})").fetchall()
+        out.append(ViewInfo(f"{name}(min_reward)", "macro", tuple((r[0], r[1]) for r in rows)))
+    return out
+
+
+def write_views_file(store_path: str | os.PathLike[str], target: str | os.PathLike[str] | None = None) -> Path:
+    """Write a small DuckDB file holding only the view definitions (absolute segment paths).
+
+    Any DuckDB client opens it (``duckdb -readonly <file>``) and queries the views; the writer
+    never touches it, and it holds no data, so it never goes stale except when the store moves.
+    """
+    info = open_store(store_path)
+    info = StoreInfo(info.path.resolve(), info.layout_version)
+    target = Path(target) if target is not None else info.path / "views.duckdb"
+    tmp = target.with_name(f".{target.name}.partial")
+    tmp.unlink(missing_ok=True)
+    con = duckdb.connect(str(tmp))
+    try:
+        install_views(con, info)
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    os.replace(tmp, target)
+    return target
+
+
+__all__ = ["connect", "describe_views", "write_views_file", "view_sql", "PUBLIC_VIEWS", "StoreError"]
