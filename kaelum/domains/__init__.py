@@ -1,0 +1,46 @@
+"""The six domains (math, code, logic, factual, creative, analysis) behind one interface.
+
+    from kaelum.domains import get_domain
+    domain = get_domain("math")
+    answer = domain.extract_answer(model_output)
+    verdict = domain.verify(answer, VerifyContext(query=...))
+    reward = domain.reward(verdict, value, ctx)
+
+Each domain's reward components are documented in docs/domains.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .base import Domain, Judge, Reward, Verdict, VerifyContext
+
+DOMAIN_NAMES = ("math", "code", "logic", "factual", "creative", "analysis")
+
+
+def _classes() -> dict[str, type]:
+    # Imported here so that `import kaelum.domains` stays cheap (sympy loads only with math).
+    from .analysis import AnalysisDomain
+    from .code import CodeDomain
+    from .creative import CreativeDomain
+    from .factual import FactualDomain
+    from .logic import LogicDomain
+    from .math import MathDomain
+
+    return {"math": MathDomain, "code": CodeDomain, "logic": LogicDomain, "factual": FactualDomain,
+            "creative": CreativeDomain, "analysis": AnalysisDomain}
+
+
+def get_domain(name: str, options: Mapping[str, Any] | None = None) -> Domain:
+    """The domain called `name`, configured by `options` (sandbox limits for code, reference_file for factual).
+
+    Raises ValueError naming the valid domains for an unknown name, or every problem with the options.
+    """
+    if not isinstance(name, str) or name.strip().lower() not in DOMAIN_NAMES:
+        raise ValueError(f"unknown domain {name!r}; expected one of {', '.join(DOMAIN_NAMES)}")
+    if options is not None and not isinstance(options, Mapping):
+        raise ValueError(f"domain options must be a mapping, got {type(options).__name__}")
+    return _classes()[name.strip().lower()](options)
+
+
+__all__ = ["get_domain", "DOMAIN_NAMES", "Domain", "Judge", "Reward", "Verdict", "VerifyContext"]

@@ -1,0 +1,173 @@
+"""Helpers shared by the domain modules: answer-line extraction, self-consistency, judge calls, rewards."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Callable, Iterable, Mapping, Sequence
+
+from ..prompts import ANSWER_PREFIX
+from .base import Judge, Reward, Verdict, VerifyContext
+
+log = logging.getLogger(__name__)
+
+# "Answer:" at the start of a line (optionally after "Step N:" or markdown bold), any case.
+_ANSWER_LINE_RE = re.compile(r"(?im)^[ \t]*(?:step\s+\d+\s*[:.)-]\s*)?[*_]*answer[*_]*\s*[:：]")
+_ANSWER_ANY_RE = re.compile(r"(?i)\banswer\s*[:：]")
+_WS_RE = re.compile(r"\s+")
+
+
+def answer_text(text: str | None) -> str | None:
+    """The raw text after the first 'Answer:' line of a model output (or an answer block); None if absent."""
+    if not text:
+        return None
+    m = _ANSWER_LINE_RE.search(text) or _ANSWER_ANY_RE.search(text)
+    if m is None:
+        return None
+    rest = text[m.end():].strip()
+    return rest or None
+
+
+def norm_text(text: str) -> str:
+    """Case- and whitespace-insensitive form, without surrounding quotes or a trailing period."""
+    t = _WS_RE.sub(" ", text.strip().lower())
+    t = t.strip(" \"'`*")
+    return t.rstrip(".!").strip()
+
+
+def agreement(answer: str, siblings: Sequence[str], same: Callable[[str, str], bool]) -> tuple[float, int]:
+    """Self-consistency: (share of all answers, this one included, that agree with it; agreeing siblings)."""
+    agreeing = 0
+    for s in siblings:
+        try:
+            if s is not None and same(answer, s):
+                agreeing += 1
+        except Exception:  # noqa: BLE001 - a sibling that cannot be compared does not agree
+            continue
+    return (1 + agreeing) / (1 + len(siblings)), agreeing
+
+
+def consistency_passes(share: float, agreeing: int) -> bool:
+    """Verified by agreement: at least one independent branch reached it and a strict majority did."""
+    return agreeing >= 1 and share > 0.5
+
+
+def ask_judge(judge: Judge | None, prompt: str) -> tuple[float | None, str | None]:
+    """(score in [0, 1], error): a judge that is absent gives (None, None); one that fails gives (None, reason)."""
+    if judge is None:
+        return None, None
+    try:
+        score = float(judge(prompt))
+    except Exception as e:  # noqa: BLE001 - the verifier must not raise because the judge did
+        log.warning("judge failed: %s", e)
+        return None, f"judge failed: {e}"
+    if score != score:  # NaN
+        return None, "judge returned NaN"
+    return clamp(score), None
+
+
+def clamp(x: float) -> float:
+    return 0.0 if x < 0 else 1.0 if x > 1 else float(x)
+
+
+def compose(weights: Mapping[str, float], components: Mapping[str, float | None],
+            scale: float = 1.0, extra: Mapping[str, float] | None = None) -> Reward:
+    """Reward = scale × Σ wᵢcᵢ / Σ wᵢ over the components that are present (None = not measured).
+
+    The returned components hold every measured component (clamped), plus `extra` (factors such as
+    the code domain's test confidence) so that the trace records how the value was built.
+    """
+    present = {k: clamp(float(v)) for k, v in components.items() if v is not None and k in weights}
+    total_w = sum(weights[k] for k in present)
+    value = clamp(scale * sum(weights[k] * v for k, v in present.items()) / total_w) if total_w > 0 else 0.0
+    out = dict(present)
+    out.update({k: float(v) for k, v in (extra or {}).items()})
+    return Reward(value=round(value, 6), components=out)
+
+
+def failed(verifier: str, error: str, **details: object) -> Verdict:
+    """The verdict of an answer that could not be checked (absent, malformed, internal failure)."""
+    return Verdict(passed=False, score=0.0, verifier=verifier, details={"error": error, **details})
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z0-9']+", text.lower())
+
+
+STOPWORDS = frozenset(
+    "a an the and or but if then else of to in on at by for with from as is are was were be been being it its this "
+    "that these those what which who whom whose why how when where do does did done can could should would will "
+    "shall may might must not no yes i you he she we they them their our your my me us about into over under than "
+    "so such also each any all some more most other both either neither very just there here please explain "
+    "describe discuss give list state answer question".split()
+)
+
+
+def content_words(text: str) -> list[str]:
+    """Words that carry meaning (no stopwords, no 1-2 letter words)."""
+    return [w for w in words(text) if w not in STOPWORDS and len(w) > 2]
+
+
+def stem(word: str) -> str:
+    """A crude stemmer: enough to match 'costs'/'cost', 'risks'/'risk', 'growing'/'growth' roughly."""
+    for suffix in ("ations", "ation", "ities", "ity", "ments", "ment", "ings", "ing", "ness", "ies", "ied", "ed",
+                   "es", "ly", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def unique(items: Iterable[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for i in items:
+        seen.setdefault(i, None)
+    return list(seen)
+
+
+__all__ = ["DomainBase", "ANSWER_PREFIX", "answer_text", "norm_text", "agreement", "consistency_passes", "ask_judge", "clamp",
+           "compose", "failed", "words", "content_words", "stem", "first_line", "unique", "STOPWORDS"]
+
+
+class DomainBase:
+    """What every domain shares: options, a verify that never raises, a reward from the verdict's signals.
+
+    A subclass implements `extract_answer` and `_verify`; `_verify` puts the measured reward
+    components in `details["signals"]` and `reward` weighs them with the class's `WEIGHTS` (plus
+    the search's value estimate of the path as component "value").
+    """
+
+    name = "base"
+    WEIGHTS: Mapping[str, float] = {}
+
+    def __init__(self, options: Mapping[str, object] | None = None) -> None:
+        self.options = dict(options or {})
+
+    def opts(self, ctx: VerifyContext) -> dict[str, object]:
+        return {**self.options, **dict(ctx.options or {})}
+
+    def verify(self, answer: str | None, ctx: VerifyContext) -> Verdict:
+        try:
+            return self._verify(answer, ctx)
+        except Exception as e:  # noqa: BLE001 - a verifier never raises (see domains.base)
+            log.exception("%s verifier failed", self.name)
+            return failed(f"{self.name}.error", f"internal error: {type(e).__name__}: {e}")
+
+    def _verify(self, answer: str | None, ctx: VerifyContext) -> Verdict:
+        raise NotImplementedError
+
+    def reward(self, verdict: Verdict, value: float, ctx: VerifyContext) -> Reward:
+        signals = dict(verdict.details.get("signals") or {}) if isinstance(verdict.details, Mapping) else {}
+        if not signals:
+            # An answer that could not be checked at all (absent, malformed, internal error).
+            signals = {"verified": 0.0}
+        return compose({**self.WEIGHTS, "verified": 0.85}, {**signals, "value": value})
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} domain {self.name!r}>"
