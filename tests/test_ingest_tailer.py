@@ -1,0 +1,129 @@
+"""File identity, complete-line reading and the tailer's rotation/truncation decisions, in process."""
+
+import os
+import shutil
+
+from ingest.observe import Hub, Recorder
+from ingest.source import FINGERPRINT_BYTES, Lines, Oversize, fingerprint_of, read_lines
+from ingest.tailer import Tailer
+
+
+def test_fingerprint_needs_a_complete_first_line_or_enough_bytes_and_never_changes_after():
+    assert fingerprint_of(b"") is None
+    assert fingerprint_of(b'{"id":"a"') is None  # partial first line, short: nothing to read yet
+    fp = fingerprint_of(b'{"id":"a"}\n')
+    assert fp is not None and fingerprint_of(b'{"id":"a"}\n{"id":"b"}\n' + b"x" * 1000) == fp
+    assert fingerprint_of(b'{"id":"b"}\n') != fp
+    long = b"y" * FINGERPRINT_BYTES
+    assert fingerprint_of(long) is not None and fingerprint_of(long + b"zzz\n") == fingerprint_of(long)
+
+
+def _fd(path):
+    return os.open(path, os.O_RDONLY)
+
+
+def test_read_lines_returns_complete_lines_only_and_handles_oversize(tmp_path):
+    p = tmp_path / "a.jsonl"
+    p.write_bytes(b"one\ntwo\nthr")
+    fd = _fd(p)
+    got = read_lines(fd, 0, os.path.getsize(p), 1 << 16, 1024)
+    assert isinstance(got, Lines) and got.data == b"one\ntwo\n" and got.end == 8
+    assert read_lines(fd, 8, os.path.getsize(p), 1 << 16, 1024) is None  # partial: wait
+    with open(p, "ab") as fh:
+        fh.write(b"ee\n" + b"z" * 3000)
+    size = os.path.getsize(p)
+    got = read_lines(fd, 8, size, 1 << 16, 1024)
+    assert got.data == b"three\n"
+    scanned = read_lines(fd, got.end, size, 1 << 16, 1024)
+    assert isinstance(scanned, int) and scanned == size  # over the limit, newline not there yet
+    with open(p, "ab") as fh:
+        fh.write(b"z" * 5000 + b"\nok\n")
+    size = os.path.getsize(p)
+    over = read_lines(fd, got.end, size, 4096, 1024, scanned_to=scanned)
+    assert isinstance(over, Oversize) and over.end - over.start == 8001 and over.head == b"z" * 1024
+    assert read_lines(fd, over.end, size, 4096, 1024).data == b"ok\n"
+    os.close(fd)
+
+
+def _drain(t: Tailer) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    t.scan()
+    for _ in range(100):
+        progressed = False
+        for src in t.readable(include_gone=True):
+            got = t.read(src)
+            if got is not None:
+                out[src.fingerprint] = out.get(src.fingerprint, b"") + got.data
+                progressed = True
+            src.committed = src.position
+        t.settle()
+        if not progressed:
+            break
+        t.scan()
+    return out
+
+
+def test_rename_rotation_copy_truncate_truncation_and_removal(tmp_path):
+    rec = Recorder()
+    hub = Hub()
+    hub.add(rec)
+    t = Tailer(str(tmp_path), hub)
+    a = tmp_path / "app.jsonl"
+    a.write_bytes(b"a1\na2\n")
+    got = _drain(t)
+    fp_a = fingerprint_of(b"a1\n")
+    assert got == {fp_a: b"a1\na2\n"} and rec.kinds() == ["file_added"]
+
+    # rename-and-create: the old content keeps its identity under its new name
+    a.rename(tmp_path / "app.1.jsonl")
+    with open(tmp_path / "app.1.jsonl", "ab") as fh:
+        fh.write(b"a3\n")
+    a.write_bytes(b"b1\n")
+    got = _drain(t)
+    assert got == {fp_a: b"a3\n", fingerprint_of(b"b1\n"): b"b1\n"}
+    assert ("renamed", {"fingerprint": fp_a, "old_path": str(a), "path": str(tmp_path / "app.1.jsonl")}) in rec.events
+
+    # copy-truncate: the copy has the same content (no re-read), the original starts anew
+    with open(a, "ab") as fh:
+        fh.write(b"b2\n")
+    shutil.copy(a, tmp_path / "app.jsonl.1")
+    with open(a, "r+b") as fh:
+        fh.truncate(0)
+    a.write_bytes(b"c1\n")
+    got = _drain(t)
+    assert got == {fingerprint_of(b"b1\n"): b"b2\n", fingerprint_of(b"c1\n"): b"c1\n"}
+    assert "truncated" in rec.kinds() and "switched" in rec.kinds()
+
+    # truncation below the position, same first line: re-read from the start of the new content
+    with open(a, "ab") as fh:
+        fh.write(b"c2\nc3\n")
+    assert _drain(t) == {fingerprint_of(b"c1\n"): b"c2\nc3\n"}
+    a.write_bytes(b"c1\nx\n")  # open(..., "wb") truncates, then writes: 5 bytes < position 9
+    before = len(rec.events)
+    got = _drain(t)
+    assert got == {fingerprint_of(b"c1\n"): b"c1\nx\n"}
+    assert [k for k, _ in rec.events[before:]] == ["truncated"]
+
+    # removal: drained, then forgotten; a new file in the old name (maybe the same inode) is new
+    os.unlink(tmp_path / "app.1.jsonl")
+    _drain(t)
+    assert ("file_removed", {"path": str(tmp_path / "app.1.jsonl"), "fingerprint": fp_a, "position": 9}) in rec.events  # a1 a2 a3
+    assert fp_a not in t.sources
+
+
+def test_files_without_a_complete_first_line_wait_and_others_are_ignored(tmp_path):
+    t = Tailer(str(tmp_path), Hub())
+    (tmp_path / "a.jsonl").write_bytes(b'{"partial')
+    (tmp_path / "notes.txt").write_bytes(b"ignored\n")
+    (tmp_path / "old.jsonl.gz").write_bytes(b"compressed\n")
+    assert _drain(t) == {}
+    with open(tmp_path / "a.jsonl", "ab") as fh:
+        fh.write(b'"}\n')
+    assert _drain(t) == {fingerprint_of(b'{"partial"}\n'): b'{"partial"}\n'}
+
+
+def test_resumes_from_store_positions(tmp_path):
+    (tmp_path / "a.jsonl").write_bytes(b"l1\nl2\nl3\n")
+    fp = fingerprint_of(b"l1\n")
+    t = Tailer(str(tmp_path), Hub(), start_positions={fp: 6})
+    assert _drain(t) == {fp: b"l3\n"}
