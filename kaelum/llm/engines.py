@@ -56,7 +56,15 @@ def default_threads() -> int:
 
 
 class CT2Engine:
-    """CTranslate2 `Generator` over a converted model (int8 on CPU by default)."""
+    """CTranslate2 `Generator` over a converted model (int8 on CPU by default).
+
+    Seeds: CTranslate2 samples from a thread-local Mersenne Twister that is seeded once, from the
+    process-wide seed, when the generator's worker thread first samples; it cannot be reseeded
+    afterwards. So the seed of the first sampling call seeds this engine's random stream, and later
+    calls continue that stream: a fresh engine that receives the same sequence of calls produces the
+    same samples (a LATS run with a seed is reproducible), but repeating one call with the same seed
+    in the same engine does not repeat its samples. The transformers engine reseeds every call.
+    """
 
     name = "ctranslate2"
 
@@ -64,7 +72,7 @@ class CT2Engine:
         self._generator = generator
         self._tokenizer = tokenizer
         self._end_ids = list(end_ids)
-        # ctranslate2's seed is process-global: setting it and sampling must not interleave.
+        self._stream_seeded = False
         self._lock = threading.Lock()
 
     @classmethod
@@ -97,7 +105,9 @@ class CT2Engine:
 
         greedy = params.temperature <= 0
         with self._lock:
-            ctranslate2.set_random_seed(_seed(params))
+            if not self._stream_seeded and not greedy:
+                ctranslate2.set_random_seed(_seed(params))
+                self._stream_seeded = True
             try:
                 self._generator.generate_batch(
                     [tokens] * n,
