@@ -19,7 +19,8 @@ from typing import Any, Mapping
 from ._common import DomainBase, agreement, answer_text, ask_judge, consistency_passes, content_words, failed, stem
 from .base import Verdict, VerifyContext
 
-MATCH_THRESHOLD = 0.75
+# Share of the content words (stemmed) two questions have in common, over the words of either.
+MATCH_THRESHOLD = 0.6
 
 
 def norm_fact(text: str) -> str:
@@ -80,7 +81,7 @@ def load_references(path: str | Path) -> list[ReferenceEntry]:
 
 
 def _qkey(text: str) -> set[str]:
-    return {stem(w) for w in content_words(text)}
+    return {stem(w) for w in content_words(re.sub(r"'s\b", "", text.lower()))}
 
 
 class FactualDomain(DomainBase):
@@ -93,15 +94,15 @@ class FactualDomain(DomainBase):
         self.references = load_references(ref) if ref else []
 
     def lookup(self, query: str) -> tuple[ReferenceEntry, float] | None:
-        """The reference entry whose question best matches `query` (similarity ≥ MATCH_THRESHOLD)."""
+        """The reference entry whose question best matches `query` (word overlap ≥ MATCH_THRESHOLD)."""
         q = _qkey(query)
         best, best_score = None, 0.0
         for e in self.references:
             k = _qkey(e.question)
             if not q or not k:
                 continue
-            jaccard = len(q & k) / len(q | k)
-            score = max(jaccard, SequenceMatcher(None, norm_fact(query), norm_fact(e.question)).ratio())
+            # Word overlap, not character similarity: "capital of France" must not match "capital of Australia".
+            score = len(q & k) / len(q | k)
             if score > best_score:
                 best, best_score = e, score
         return (best, best_score) if best is not None and best_score >= MATCH_THRESHOLD else None
