@@ -112,7 +112,7 @@ def resolve_model(
     raise LLMError(
         f"model {spec!r} is not a local directory or GGUF file, not in the Hugging Face cache, and no "
         "OpenAI base URL is set; use the embedded model (leave the setting empty, or run "
-        f"`kaelum models pull`), download it while online (`huggingface-cli download {spec}`), "
+        f"`kaelum models pull`), download it while online (`hf download {spec}`), "
         "or set KAELUM_OPENAI_BASE_URL to serve it from an OpenAI-compatible server"
     )
 
@@ -120,7 +120,7 @@ def resolve_model(
 def _hf_missing(repo_id: str) -> str:
     return (
         f"Hugging Face model {repo_id!r} is not in the local cache and Kaelum does not download at run "
-        f"time; download it while online (`huggingface-cli download {repo_id}`) or give a local directory"
+        f"time; download it while online (`hf download {repo_id}`) or give a local directory"
     )
 
 
