@@ -179,7 +179,7 @@ def snapshot(store_path: str, con: duckdb.DuckDBPyConnection) -> StoreSnapshot:
         os.path.relpath(p, root) for p in glob.glob(os.path.join(root, "events", "*", "*.parquet"))
     )
     try:
-        count = int(con.execute("select count(*) from events").fetchone()[0])
+        count = int(con.execute("select count(*) from events").fetchall()[0][0])
     except duckdb.Error:
         count = -1
     return StoreSnapshot(path=root, segments=segments, event_count=count)
@@ -218,7 +218,7 @@ def select_rows(
             sql = f"select count(*) from {view} where " + " and ".join(f[1] for f in filters[:i])
             params = [p for f in filters[:i] for p in f[2]]
             try:
-                n = con.execute(sql, params).fetchone()[0]
+                n = con.execute(sql, params).fetchall()[0][0]
             except duckdb.Error as exc:
                 raise DataError(f"--where failed on {view}: {str(exc).splitlines()[0]}") from None
             counted.append((filters[i - 1][0], int(n)))

@@ -341,8 +341,9 @@ def run_training(args: TrainArgs, selection: Selection, tokenizer: Any | None = 
     metrics["tokens_trained"] = trainer.tokens_trained
     metrics["tokens_per_s"] = round(trainer.tokens_trained / elapsed, 1) if elapsed > 0 else None
     if has_eval:
-        ev = trainer.evaluate()
-        metrics["eval_loss"] = ev["eval_loss"]
+        last = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
+        # The epoch/step schedule usually evaluated at the last step already; evaluate only if not.
+        metrics["eval_loss"] = last[-1]["eval_loss"] if last else trainer.evaluate()["eval_loss"]
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if losses:
         metrics["first_logged_loss"], metrics["last_logged_loss"] = losses[0], losses[-1]

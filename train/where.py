@@ -112,7 +112,7 @@ def check_where(predicate: str) -> str:
         raise WhereError(f"--where must be a single expression; found {len(statements)} statements")
     con = duckdb.connect(":memory:")
     try:
-        raw = con.execute("select json_serialize_sql(?)", [f"SELECT ({pred})"]).fetchone()[0]
+        raw = con.execute("select json_serialize_sql(?)", [f"SELECT ({pred})"]).fetchall()[0][0]
     finally:
         con.close()
     tree = json.loads(raw)
