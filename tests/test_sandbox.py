@@ -67,6 +67,13 @@ def test_split_tests_units():
     assert kinds == [["stmt", "assert", "stmt", "testfn"], ["assert"], ["assert"]]
 
 
+def test_forked_copies_of_the_harness_cannot_add_results():
+    # The child of a fork runs the rest of the harness too; only the original's outcomes count.
+    code = "import os\nif os.fork() == 0:\n    def f():\n        return 1\nelse:\n    os.wait()\n    def f():\n        return 2\n"
+    r = run_tests(code, ["assert f() == 1"], SandboxLimits(**FAST))
+    assert r.loaded and [t.passed for t in r.tests] == [False]
+
+
 def test_syntax_error_in_solution_fails_every_test():
     r = run_tests("def f(:\n", ["assert f() == 1", "assert True"], SandboxLimits(**FAST))
     assert not r.loaded and "SyntaxError" in r.load_error

@@ -90,9 +90,14 @@ def main() -> None:
         plan = json.load(f)
     out = open("results.jsonl", "a", buffering=1)
 
+    main_pid = os.getpid()
+
     def record(**row: object) -> None:
-        out.write(json.dumps(row) + "\n")
+        # Processes the code forks run this harness on too; the parent keeps only this pid's rows.
+        out.write(json.dumps({**row, "pid": os.getpid()}) + "\n")
         out.flush()
+
+    record(kind="start", main=main_pid)
 
     if plan.get("audit", True):
         sys.addaudithook(_audit)

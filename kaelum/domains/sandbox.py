@@ -344,6 +344,9 @@ def _collect(plan: dict[str, Any], workdir: Path, out_path: Path, err_path: Path
                 rows.append(json.loads(line))
             except ValueError:
                 continue  # a line cut by a kill
+    start = next((r for r in rows if r.get("kind") == "start"), None)
+    main_pid = start.get("pid") if start else None
+    rows = [r for r in rows if r.get("pid") == main_pid]
     load = next((r for r in rows if r.get("kind") == "load"), None)
     got = {(r.get("snippet"), r.get("unit")): r for r in rows if r.get("kind") == "test"}
     stdout = _read_head(out_path, limits.max_output_bytes)
