@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from .layout import SCHEMA_PARTITION, StoreError, StoreInfo, fsync_dir, fsync_file, open_store, write_durable
 from .schema import ROW_GROUP_ROWS, ZSTD_LEVEL
+from .views import DEDUP_ORDER
 from .writer import committed_seqs, parse_segment_name
 
 log = logging.getLogger("store.compact")
@@ -72,10 +73,12 @@ def compact(
     small_rows: int = 1_000_000,
     max_rows: int = 8_000_000,
     grace_s: float = 5.0,
-    min_inputs: int = 2,
+    min_inputs: int = 1,
 ) -> CompactionResult:
     """Merge, per partition, committed segments of fewer than `small_rows` rows (up to `max_rows`
-    rows per output). Inputs are removed `grace_s` seconds after the output became visible."""
+    rows per output). A single committed writer segment is rewritten too, so that afterwards the
+    views read it without de-duplication. Inputs are removed `grace_s` seconds after the output
+    became visible."""
     t0 = time.perf_counter()
     info = open_store(path)
     info.locks_dir.mkdir(exist_ok=True)
@@ -129,7 +132,9 @@ def _groups(part: Path, committed: dict[str, int], small_rows: int, max_rows: in
             parsed = parse_segment_name(seg.name)
             if parsed is None or parsed[1] > committed.get(parsed[0], 0):
                 continue  # a commit in flight (or a crash leftover its writer will remove)
-        elif not seg.name.startswith("c-"):
+        elif not (seg.name.startswith("c-") and part.parent.name == "quarantine"):
+            # Compacted event segments are never merged again: each holds ids no other one holds,
+            # and merging two would show both copies during the grace period.
             continue
         n = pq.ParquetFile(seg).metadata.num_rows
         if n < small_rows:
@@ -156,9 +161,26 @@ def _merge(con: duckdb.DuckDBPyConnection, info: StoreInfo, base: Path, part: Pa
     files = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in group) + "]"
     # Sorting by type then trace makes row-group min/max statistics selective: a view that reads
     # one event type skips the row groups of the others.
-    order = "type, trace_id, seq, id" if base == info.events_dir else "source, \"offset\""
+    if base == info.events_dir:
+        # De-duplicate like the `events` view: one copy per id, the view's choice among the
+        # inputs, and none of an id that a compacted segment of the partition already holds.
+        older = [p for p in part.glob("c-*.parquet")]
+        anti = ""
+        if older:
+            olist = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in older) + "]"
+            anti = (
+                f"WHERE NOT EXISTS (SELECT 1 FROM read_parquet({olist}, hive_partitioning = false) c "
+                "WHERE c.type = f.type AND c.trace_id = f.trace_id AND c.id = f.id)"
+            )
+        select = (
+            f"SELECT * FROM (SELECT * FROM read_parquet({files}, hive_partitioning = false) "
+            f"QUALIFY row_number() OVER (PARTITION BY type, trace_id, id ORDER BY {DEDUP_ORDER}) = 1) f {anti} "
+            "ORDER BY type, trace_id, seq, id"
+        )
+    else:
+        select = f"SELECT * FROM read_parquet({files}, hive_partitioning = false) ORDER BY source, \"offset\""
     con.execute(
-        f"COPY (SELECT * FROM read_parquet({files}, hive_partitioning = false) ORDER BY {order}) TO '{tmp}' "
+        f"COPY ({select}) TO '{tmp}' "
         f"(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL {ZSTD_LEVEL}, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
     )
     fsync_file(tmp)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from .layout import StoreError, StoreInfo, open_store
+from .layout import SCHEMA_PARTITION, SCHEMA_SEGMENT, StoreError, StoreInfo, open_store
 from .upcast import CURRENT, Contract
 
 DEFAULT_MIN_REWARD = 0.7
@@ -28,15 +28,20 @@ def _q(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def _events_up(info: StoreInfo, contract: Contract) -> str:
-    """All stored event rows, typed columns at the reader's contract version (upcast on read)."""
-    scan = (
-        f"read_parquet({_q(info.events_glob())}, hive_partitioning = true, hive_types = {{'date': DATE}})"
-    )
+def _scan(info: StoreInfo, kind: str) -> str:
+    """Segments of one kind ("c" compacted, "w" written by a writer), plus the zero-row schema
+    segment so that the scan has its columns even when no such segment exists yet."""
+    schema = info.events_dir / SCHEMA_PARTITION / SCHEMA_SEGMENT
+    files = f"[{_q(str(info.events_dir / '*' / f'{kind}-*.parquet'))}, {_q(str(schema))}]"
+    return f"read_parquet({files}, hive_partitioning = true, hive_types = {{'date': DATE}}, allow_empty = true)"
+
+
+def _events_up(scan: str, contract: Contract) -> str:
+    """Stored event rows of `scan`, typed columns at the reader's contract version (upcast on read)."""
     envelope = 'id, v, type, trace_id, seq, ts, source, source_path, "offset", writer, date'
     if not contract.upcasters:
         cols = ", ".join(f'"{n}"' for n in contract.fields)
-        return f"SELECT {envelope}, data::JSON AS data, {cols} FROM {scan}"
+        return f"SELECT {envelope}, data::JSON AS data, {cols} FROM {scan} WHERE date <> DATE '1970-01-01'"
     # Rows older than the contract: upcast the payload in SQL and re-derive the typed columns from
     # it. CASE evaluates a branch only for the rows that take it, so current rows pay nothing.
     cases = " ".join(f"WHEN {v} THEN {contract.upcast_sql(v)}" for v in range(1, contract.version))
@@ -48,8 +53,13 @@ def _events_up(info: StoreInfo, contract: Contract) -> str:
     return (
         f"SELECT {envelope}, _d AS data, {typed} FROM ("
         f"SELECT *, CASE WHEN v < {contract.version} THEN {struct} END AS _x FROM ("
-        f"SELECT * EXCLUDE (data), {data} AS _d FROM {scan}))"
+        f"SELECT * EXCLUDE (data), {data} AS _d FROM {scan} WHERE date <> DATE '1970-01-01'))"
     )
+
+
+# Which copy of a re-sent event (same id) the views keep among writer segments; compaction keeps
+# the same one, so compacting never changes a view.
+DEDUP_ORDER = 'writer, source, "offset"'
 
 
 def view_sql(info: StoreInfo, contract: Contract = CURRENT, events_source: str | None = None) -> list[tuple[str, str]]:
@@ -64,14 +74,25 @@ def view_sql(info: StoreInfo, contract: Contract = CURRENT, events_source: str |
     def view(name: str, body: str) -> None:
         defs.append((name, f"CREATE OR REPLACE VIEW {name} AS {body}"))
 
-    view("_events_all", events_source or _events_up(info, contract))
-    # Re-sent events share an id; keep one. Partitioning by (type, trace_id, id) rather than id
-    # alone is the same for re-sent events (identical content) and lets DuckDB push a view's
-    # filter on type or trace_id below the de-duplication, so each view scans only its event types.
+    if events_source is not None:
+        view("_events_compacted", f"SELECT * FROM ({events_source}) WHERE false")
+        view("_events_fresh", events_source)
+    else:
+        view("_events_compacted", _events_up(_scan(info, "c"), contract))
+        view("_events_fresh", _events_up(_scan(info, "w"), contract))
+    view("_events_all", "SELECT * FROM _events_compacted UNION ALL SELECT * FROM _events_fresh")
+    # Re-sent events share an id; the views keep one. Compacted segments hold no id twice and no id
+    # of another compacted segment (compaction removes them), so they are read as they are; only
+    # the writers' recent segments are de-duplicated, among themselves and against the compacted
+    # ones. Partitioning by (type, trace_id, id) rather than id alone is the same for re-sent
+    # events (identical content) and lets DuckDB push a view's filter on type or trace_id below
+    # the de-duplication, so each view reads only its event types.
     view(
         "events",
-        "SELECT * FROM _events_all WHERE date <> DATE '1970-01-01' "
-        'QUALIFY row_number() OVER (PARTITION BY type, trace_id, id ORDER BY writer, source, "offset") = 1',
+        "SELECT * FROM _events_compacted UNION ALL "
+        "SELECT * FROM (SELECT * FROM _events_fresh "
+        f"QUALIFY row_number() OVER (PARTITION BY type, trace_id, id ORDER BY {DEDUP_ORDER}) = 1) f "
+        "WHERE NOT EXISTS (SELECT 1 FROM _events_compacted c WHERE c.type = f.type AND c.trace_id = f.trace_id AND c.id = f.id)",
     )
     # One trace_started / trace_completed per trace (the earliest start, the latest completion).
     view(
