@@ -234,7 +234,8 @@ class Daemon:
                     progressed = True
                     if bar is not None and not caught_up:
                         bar.update(n)
-                if batch.events >= cfg.batch_events or self._flush_now:
+                due = batch and (time.monotonic() - (batch.first_at or 0)) * 1000 >= cfg.flush_ms
+                if batch.events >= cfg.batch_events or self._flush_now or due:
                     self._flush(batch, writer, tailer, summary, store_path)
                     batch = _Batch()
             due = batch and (time.monotonic() - (batch.first_at or 0)) * 1000 >= cfg.flush_ms

@@ -27,6 +27,7 @@ from kaelum.events import SCHEMA_VERSION, EventError, validate_event
 from .fastcheck import build_query
 
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+SMALL_BLOCK_LINES = 200  # up to this many lines, the exact per-line path is faster than the bulk query
 
 # Columns this module produces for each event; the emitter adds source, source_path and writer.
 PARSED_SCHEMA = pa.schema(
@@ -163,6 +164,19 @@ def parse_block(data: bytes, base_offset: int, max_line_bytes: int = DEFAULT_MAX
         bad.append(BadLine(base_offset + int(starts[i]), data[starts[i] : starts[i] + max_line_bytes], oversize_reason(int(lengths[i]), max_line_bytes)))
 
     keep = np.flatnonzero(~skip)
+    if len(keep) <= SMALL_BLOCK_LINES:
+        # Following a live file gives a few lines at a time; planning the bulk query costs more
+        # than checking them one by one.
+        rows = []
+        for i in keep:
+            s, e = int(starts[i]), int(ends[i])
+            row, reason = _exact(data[s:e], base_offset + s)
+            if row is None:
+                bad.append(BadLine(base_offset + s, data[s:e], reason or "rejected"))
+            else:
+                rows.append(row)
+        bad.sort(key=lambda b: b.offset)
+        return Parsed(pa.Table.from_pylist(rows, schema=PARSED_SCHEMA), bad, len(ends))
     if len(keep) == len(ends):
         offsets = np.empty(len(ends) + 1, dtype=np.int32)
         offsets[0] = 0
