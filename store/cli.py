@@ -75,7 +75,7 @@ def main(ctx: click.Context, store_path: Path | None, fmt: str | None, output: P
     """
     ctx.obj = {"store": store_path, "fmt": fmt, "output": output}
     if ctx.invoked_subcommand is None:
-        stdin = click.get_text_stream("stdin")
+        stdin = sys.stdin
         if stdin.isatty():
             click.echo(ctx.get_help())
             ctx.exit(0)
