@@ -195,7 +195,7 @@ def views_cmd(ctx: click.Context, store_path: Path | None) -> None:
 
 @main.command("compact")
 @store_option
-@click.option("--grace", type=float, default=5.0, show_default=True, help="Seconds to keep merged inputs for queries that already listed them.")
+@click.option("--grace", type=float, default=10.0, show_default=True, help="Seconds to keep merged inputs for queries that already listed them.")
 @click.option("--small-rows", type=int, default=1_000_000, show_default=True, help="Segments with fewer rows are merged.")
 @click.pass_context
 def compact_cmd(ctx: click.Context, store_path: Path | None, grace: float, small_rows: int) -> None:

@@ -72,7 +72,7 @@ def compact(
     path: str | os.PathLike[str],
     small_rows: int = 1_000_000,
     max_rows: int = 8_000_000,
-    grace_s: float = 5.0,
+    grace_s: float = 10.0,
     min_inputs: int = 1,
 ) -> CompactionResult:
     """Merge, per partition, committed segments of fewer than `small_rows` rows (up to `max_rows`

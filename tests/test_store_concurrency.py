@@ -115,7 +115,7 @@ def test_compaction_changes_no_view_and_fails_no_concurrent_query(tmp_path: Path
     n_before = count_segments(info)
     readers = [_spawn(READER.replace("n % batch or ", "").replace("or raw % batch", ""), root, stop, 1) for _ in range(2)]
     time.sleep(1.0)
-    res = compact(root, grace_s=3.0)
+    res = compact(root, grace_s=10.0)
     stop.touch()
     results = [_result(r) for r in readers]
     for r in results:
