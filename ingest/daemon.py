@@ -23,8 +23,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from store import QuarantineRecord, SegmentWriter, SourceRange, StoreError, open_store
+from store import QuarantineRecord, SegmentWriter, StoreError, open_store
 
+from .emit import Batch, Committer
 from .observe import Hub, LogObserver
 from .parse import DEFAULT_MAX_LINE_BYTES, oversize_reason, parse_block
 from .source import Lines, Oversize
@@ -95,37 +96,6 @@ class IngestSummary:
     commits: int = 0
     seconds: float = 0.0
     per_file: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-@dataclass
-class _Range:
-    fingerprint: str
-    path: str
-    start: int
-    end: int
-    events: int = 0
-    quarantined: int = 0
-
-
-class _Batch:
-    def __init__(self) -> None:
-        self.tables: list[pa.Table] = []
-        self.bad: list[QuarantineRecord] = []
-        self.ranges: dict[str, _Range] = {}
-        self.events = 0
-        self.first_at: float | None = None
-
-    def __bool__(self) -> bool:
-        return bool(self.ranges)
-
-    def range_for(self, src: Source, start: int) -> _Range:
-        r = self.ranges.get(src.fingerprint)
-        if r is None:
-            r = self.ranges[src.fingerprint] = _Range(src.fingerprint, src.path, start, start)
-            if self.first_at is None:
-                self.first_at = time.monotonic()
-        r.path = src.path
-        return r
 
 
 class _DirLock:
@@ -217,32 +187,57 @@ class Daemon:
 
     def _loop(self, tailer: Tailer, writer: SegmentWriter, store_path: str) -> IngestSummary:
         cfg = self.config
-        summary = IngestSummary(self.writer_id)
-        batch = _Batch()
+        committer = Committer(writer, tailer, self.hub)
+        try:
+            self._follow(tailer, committer, store_path)
+        finally:
+            committer.close()  # commits what was submitted, in order
+        self._write_status(store_path, tailer, force=True)
+        t = committer.totals
+        summary = IngestSummary(self.writer_id, files=len(self.status.sources), events=t.events, quarantined=t.quarantined, bytes=t.bytes, commits=t.commits)
+        summary.per_file = {s.path: {"events": s.events, "quarantined": s.quarantined, "bytes": s.bytes} for s in self.status.sources.values()}
+        return summary
+
+    def _follow(self, tailer: Tailer, committer: Committer, store_path: str) -> None:
+        cfg = self.config
+        batch = Batch()
         tailer.scan()
         bar = _progress(cfg.progress, sum(s.pending_bytes for s in tailer.sources.values()))
         caught_up = False
         min_poll = 0.02  # coalesce bursts of file-system events (one per written line)
         last_poll = 0.0
+        failures = 0
         while True:
+            if committer.error is not None:
+                err = committer.recover()
+                batch = Batch()  # read after the failed batch: re-read from the durable positions
+                self.status.last_error = err
+                failures += 1
+                if cfg.once and failures >= 3:
+                    raise RuntimeError(f"the store refused 3 commits in a row, last: {err}")
+                time.sleep(min(5.0, 0.5 * failures))
             progressed = False
             for src in tailer.readable(include_gone=True):
                 if self._stop.is_set():
                     break
+                if self._flush_now:  # a truncation: commit what was read before re-reading
+                    self._flush_now = False
+                    committer.submit(batch)
+                    batch = Batch()
                 n = self._read_one(tailer, src, batch)
                 if n:
                     progressed = True
-                    if bar is not None and not caught_up:
+                    if bar is not None:
                         bar.update(n)
-                due = batch and (time.monotonic() - (batch.first_at or 0)) * 1000 >= cfg.flush_ms
-                if batch.events >= cfg.batch_events or self._flush_now or due:
-                    self._flush(batch, writer, tailer, summary, store_path)
-                    batch = _Batch()
-            due = batch and (time.monotonic() - (batch.first_at or 0)) * 1000 >= cfg.flush_ms
-            if batch and (due or not progressed or self._stop.is_set() or self._flush_now):
-                self._flush(batch, writer, tailer, summary, store_path)
-                batch = _Batch()
+                if batch.events >= cfg.batch_events or batch.age_ms() >= cfg.flush_ms:
+                    committer.submit(batch)
+                    batch = Batch()
+            if batch and (batch.age_ms() >= cfg.flush_ms or not progressed or self._stop.is_set() or self._flush_now):
+                self._flush_now = False
+                committer.submit(batch)
+                batch = Batch()
             tailer.settle()
+            self._write_status(store_path, tailer)
             if self._stop.is_set():
                 self.hub.emit("stopping", writer=self.writer_id, reason="signal")
                 break
@@ -252,30 +247,27 @@ class Daemon:
                     if bar is not None:
                         bar.close()
                         bar = None
-                    self.hub.emit("caught_up", files=len(tailer.sources), events=summary.events, quarantined=summary.quarantined)
+                    committer.drain()
+                    t = committer.totals
+                    self.hub.emit("caught_up", files=len(tailer.sources), events=t.events, quarantined=t.quarantined)
                     self._write_status(store_path, tailer, force=True)
                 if cfg.once:
-                    break
-                timeout = cfg.rescan_ms / 1000
-                if batch:
-                    timeout = min(timeout, max(0.0, cfg.flush_ms / 1000 - (time.monotonic() - (batch.first_at or 0))))
-                self._wake.wait(timeout)
+                    committer.drain()
+                    if committer.error is None:
+                        break
+                    continue
+                self._wake.wait(cfg.rescan_ms / 1000)
                 self._wake.clear()
                 wait_more = min_poll - (time.monotonic() - last_poll)
                 if wait_more > 0 and not self._stop.is_set():
                     time.sleep(wait_more)
             last_poll = time.monotonic()
             tailer.scan()
-        if batch:
-            self._flush(batch, writer, tailer, summary, store_path)
+        committer.submit(batch)
         if bar is not None:
             bar.close()
-        self._write_status(store_path, tailer, force=True)
-        summary.files = len(self.status.sources)
-        summary.per_file = {s.path: {"events": s.events, "quarantined": s.quarantined, "bytes": s.bytes} for s in self.status.sources.values()}
-        return summary
 
-    def _read_one(self, tailer: Tailer, src: Source, batch: _Batch) -> int:
+    def _read_one(self, tailer: Tailer, src: Source, batch: Batch) -> int:
         """Read and parse one block of `src` into the batch; the number of bytes consumed."""
         start = src.position
         got = tailer.read(src)
@@ -290,8 +282,6 @@ class Daemon:
                 return src.size - start
             return 0
         r = batch.range_for(src, start)
-        if r.end != start:  # never: reads of one source are contiguous within a batch
-            raise RuntimeError(f"internal error: non-contiguous read of {src.path} ({r.end} != {start})")
         if isinstance(got, Oversize):
             self._quarantine(batch, src, got.start, got.head, oversize_reason(got.end - got.start - 1, self.config.max_line_bytes))
             r.quarantined += 1
@@ -313,39 +303,9 @@ class Daemon:
         r.end = got.end
         return got.end - got.start
 
-    def _quarantine(self, batch: _Batch, src: Source, offset: int, raw: bytes, reason: str) -> None:
+    def _quarantine(self, batch: Batch, src: Source, offset: int, raw: bytes, reason: str) -> None:
         batch.bad.append(QuarantineRecord(src.path, src.fingerprint, offset, bytes(raw), reason))
         self.hub.emit("quarantined", path=src.path, fingerprint=src.fingerprint, offset=offset, reason=reason, raw=bytes(raw[:200]))
-
-    def _flush(self, batch: _Batch, writer: SegmentWriter, tailer: Tailer, summary: IngestSummary, store_path: str) -> None:
-        self._flush_now = False
-        if not batch:
-            return
-        t0 = time.monotonic()
-        table = pa.concat_tables(batch.tables) if batch.tables else None
-        ranges = [SourceRange(r.fingerprint, r.path, r.start, r.end, r.events, r.quarantined) for r in batch.ranges.values()]
-        try:
-            info = writer.commit(table, quarantine=batch.bad, sources=ranges)
-        except Exception as exc:  # the store refused or the disk failed: re-read, retry later
-            self.hub.emit("commit_failed", error=f"{type(exc).__name__}: {exc}", events=batch.events, files=len(ranges))
-            tailer.rewind([r.fingerprint for r in ranges])
-            time.sleep(0.5)
-            return
-        for r in ranges:
-            src = tailer.sources.get(r.fingerprint)
-            if src is not None and src.committed == r.start:
-                src.committed = r.end
-        summary.commits += 1
-        summary.events += batch.events
-        summary.quarantined += len(batch.bad)
-        summary.bytes += sum(r.end - r.start for r in ranges)
-        self.hub.emit(
-            "flushed", seq=info.seq, events=batch.events, quarantined=len(batch.bad), files=len(ranges),
-            bytes=sum(r.end - r.start for r in ranges), ms=round((time.monotonic() - t0) * 1000, 1),
-            waited_ms=round((time.monotonic() - (batch.first_at or t0)) * 1000, 1),
-            ranges=[{"path": r.path, "start": r.start, "end": r.end} for r in ranges],
-        )
-        self._write_status(store_path, tailer)
 
     def _write_status(self, store_path: str, tailer: Tailer, force: bool = False) -> None:
         now = time.monotonic()

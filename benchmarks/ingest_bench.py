@@ -1,0 +1,193 @@
+"""Benchmark: kaelum-ingest catch-up throughput against DuckDB's own bulk load, and freshness.
+
+One run, one synthetic file of realistic events (whole LATS traces: trace_started, node_expanded,
+node_evaluated, verification, trace_completed with realistic payload sizes):
+
+(a) catch-up: `kaelum-ingest --once` (a subprocess, the real CLI) over the file into a new store;
+(b) ceiling: DuckDB's `COPY (SELECT * FROM read_ndjson(file)) TO ... (FORMAT parquet)`;
+(c) freshness: the daemon follows a directory while a TraceLogger appends 1,000 events/s; a
+    reader polls `store.connect()` and records, per event, write → first visible.
+
+    python benchmarks/ingest_bench.py --events 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import duckdb
+import orjson
+
+from kaelum.events import Event, new_event_id, utc_now
+from kaelum.tracelog import TraceLogger
+
+DOMAINS = ("math", "code", "logic", "factual", "creative", "analysis")
+WORDS = ("the of a to in is we that for it with as on by this be are from at an so let then sum total value step "
+         "compute answer check carry remainder prime factor equation solve derivative integral variable").split()
+
+
+def _text(r: random.Random, n: int) -> str:
+    return " ".join(r.choice(WORDS) for _ in range(n))
+
+
+def synthetic_trace(r: random.Random) -> list[dict]:
+    """The events of one LATS search, shaped like the runtime's (see docs/architecture.md)."""
+    tid = new_event_id()
+    out: list[dict] = []
+
+    def ev(t: str, data: dict) -> None:
+        out.append({"v": 1, "id": new_event_id(), "type": t, "trace_id": tid, "seq": len(out), "ts": utc_now(), "data": data})
+
+    d = r.choice(DOMAINS)
+    ev("trace_started", {"query": _text(r, 25), "domain": d, "router": {"domain": d, "confidence": r.random(), "method": "keywords"},
+                         "worker_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                         "params": {"simulations": 8, "max_depth": 5, "branching": 2, "exploration": 1.414, "temperature": 0.7, "seed": None}, "tags": ["bench"]})
+    ev("node_expanded", {"node_id": "n0", "parent_id": None, "depth": 0, "thought": _text(r, 25), "terminal": False, "answer": None, "llm": None})
+    path = ["n0"]
+    for i in range(1, r.randint(6, 14)):
+        term = r.random() < 0.2
+        ev("node_expanded", {"node_id": f"n{i}", "parent_id": f"n{i - 1}", "depth": i, "thought": f"Step {i}: " + _text(r, r.randint(8, 40)),
+                             "terminal": term, "answer": "42" if term else None,
+                             "llm": {"model": "smol", "prompt_tokens": r.randint(50, 400), "completion_tokens": r.randint(5, 60), "latency_ms": r.random() * 300}})
+        ev("node_evaluated", {"node_id": f"n{i}", "value": r.random(), "signals": {"llm": r.random(), "consistency": r.random()}})
+        path.append(f"n{i}")
+        if term:
+            ev("verification", {"node_id": f"n{i}", "answer": "42", "passed": True, "score": 1.0, "verifier": "math.sympy", "details": {"expected": "42"}})
+    ev("trace_completed", {"status": "ok", "final_answer": "42", "best_path": path, "verified": True, "reward": r.random(),
+                           "reward_components": {"verifier": 1.0, "value": 0.5}, "node_stats": [{"node_id": n, "visits": 3, "value": 0.5} for n in path],
+                           "usage": {"llm_calls": len(path), "prompt_tokens": 900, "completion_tokens": 200}, "duration_ms": 1234.5, "error": None})
+    return out
+
+
+def write_file(path: str, n: int, seed: int = 0) -> int:
+    r = random.Random(seed)
+    count = 0
+    with open(path, "wb") as fh:
+        while count < n:
+            for e in synthetic_trace(r)[: n - count]:
+                fh.write(orjson.dumps(e) + b"\n")
+                count += 1
+    return count
+
+
+def duckdb_ceiling(path: str, out: str) -> float:
+    con = duckdb.connect()
+    t = time.perf_counter()
+    con.execute(f"COPY (SELECT * FROM read_ndjson('{path}')) TO '{out}' (FORMAT parquet)")
+    return time.perf_counter() - t
+
+
+def catch_up(log_dir: str, store: str) -> tuple[float, dict]:
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "ingest.cli", "--log-dir", log_dir, "--store", store, "--once", "--no-progress", "--log-level", "warning"],
+                         capture_output=True, check=True)
+    wall = time.perf_counter() - t
+    return wall, json.loads(out.stdout.decode().strip().splitlines()[-1])
+
+
+def freshness(work: str, seconds: float, rate: int) -> dict:
+    log_dir, store = os.path.join(work, "fresh-logs"), os.path.join(work, "fresh-store")
+    os.makedirs(log_dir)
+    daemon = subprocess.Popen([sys.executable, "-m", "ingest.cli", "--log-dir", log_dir, "--store", store, "--no-progress", "--log-level", "warning"])
+    import store as store_pkg
+
+    written: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+    # wait until the daemon has created the store
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(store, "kaelum-store.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+
+    def poll() -> None:
+        while not stop.is_set() or len(seen) < len(written):
+            con = store_pkg.connect(store)
+            rows = con.execute("select id from events where ts >= now() - interval 10 second").fetchall()
+            now = time.time()
+            con.close()
+            for (i,) in rows:
+                if i not in seen:
+                    seen[i] = now
+            if stop.is_set() and time.time() - stop_time[0] > 10:
+                break
+            time.sleep(0.02)
+
+    stop_time = [0.0]
+    poller = threading.Thread(target=poll)
+    poller.start()
+    r = random.Random(1)
+    with TraceLogger(log_dir, fsync="never") as tl:
+        t0 = time.monotonic()
+        i = 0
+        while time.monotonic() - t0 < seconds:
+            target = t0 + i / rate
+            delay = target - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            e = Event(type="reflection", trace_id="bench", seq=i, data={"node_id": f"n{i}", "text": _text(r, 30)})
+            tl.log(e)
+            written[e.id] = time.time()
+            i += 1
+    stop_time[0] = time.time()
+    stop.set()
+    poller.join()
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(timeout=60)
+    delays = sorted(seen[k] - written[k] for k in written if k in seen)
+    q = statistics.quantiles(delays, n=100) if len(delays) > 1 else [float("nan")] * 99
+    return {"written": len(written), "seen": len(delays), "p50_s": q[49], "p99_s": q[98], "max_s": delays[-1] if delays else float("nan"),
+            "achieved_rate": len(written) / seconds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--fresh-seconds", type=float, default=20.0)
+    ap.add_argument("--rate", type=int, default=1000)
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    work = args.workdir or tempfile.mkdtemp(prefix="kaelum-ingest-bench-")
+    os.makedirs(work, exist_ok=True)
+    try:
+        log_dir = os.path.join(work, "logs")
+        os.makedirs(log_dir, exist_ok=True)
+        path = os.path.join(log_dir, "synthetic.jsonl")
+        t = time.perf_counter()
+        n = write_file(path, args.events)
+        size = os.path.getsize(path)
+        print(f"synthetic file: {n} events, {size / 2**20:.1f} MiB ({time.perf_counter() - t:.1f}s to write)", flush=True)
+
+        ceiling = duckdb_ceiling(path, os.path.join(work, "duckdb.parquet"))
+        wall, summary = catch_up(log_dir, os.path.join(work, "store"))
+        assert summary["events"] == n, summary
+        own = summary["seconds"]
+        fresh = freshness(work, args.fresh_seconds, args.rate)
+
+        mib = size / 2**20
+        print()
+        print(f"{'':38} {'seconds':>9} {'events/s':>12} {'MiB/s':>8}")
+        print(f"{'DuckDB COPY read_ndjson -> parquet':38} {ceiling:9.2f} {n / ceiling:12,.0f} {mib / ceiling:8.1f}")
+        print(f"{'kaelum-ingest --once (in-process)':38} {own:9.2f} {n / own:12,.0f} {mib / own:8.1f}")
+        print(f"{'kaelum-ingest --once (incl. startup)':38} {wall:9.2f} {n / wall:12,.0f} {mib / wall:8.1f}")
+        print(f"catch-up / ceiling: {ceiling / own:.0%} (goal >= 50%); incl. interpreter startup: {ceiling / wall:.0%}")
+        print(f"freshness at {fresh['achieved_rate']:.0f} events/s: p50 {fresh['p50_s'] * 1000:.0f} ms, p99 {fresh['p99_s'] * 1000:.0f} ms, "
+              f"max {fresh['max_s'] * 1000:.0f} ms ({fresh['seen']}/{fresh['written']} seen; goal p99 <= 1000 ms)")
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
