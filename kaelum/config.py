@@ -62,13 +62,13 @@ class Settings(BaseSettings):
 
     # --- LATS --------------------------------------------------------------------------------
     # Defaults are sized for the embedded 135M model on a 2-core CPU (~30 tokens/s through
-    # CTranslate2): a math query costs at most ~24 LLM calls, usually far fewer with early stop.
+    # CTranslate2): a math query costs at most 20 LLM calls, usually far fewer with early stop.
     LATS_SIMULATIONS: int = Field(4, ge=1, le=10_000, description="select-expand-evaluate-simulate-backpropagate iterations")
     LATS_MAX_DEPTH: int = Field(6, ge=1, le=64, description="maximum steps on a path (root = depth 0)")
     LATS_BRANCHING: int = Field(3, ge=1, le=32, description="candidate next steps sampled per expansion (one batched call)")
     LATS_EXPLORATION: float = Field(1.0, ge=0, le=100, description="UCT exploration constant c")
     LATS_REWARD_THRESHOLD: float = Field(0.8, ge=0, le=1, description="stop early once a verified answer reaches this reward")
-    LATS_MAX_LLM_CALLS: int = Field(24, ge=1, le=100_000, description="hard budget of LLM calls per query")
+    LATS_MAX_LLM_CALLS: int = Field(20, ge=1, le=100_000, description="hard budget of LLM calls per query")
     LATS_LLM_VALUE_WEIGHT: float = Field(0.5, ge=0, le=1, description="weight of the LLM value judgement vs. sibling self-consistency")
     LATS_JUDGE_SAMPLES: int = Field(3, ge=1, le=32, description="yes/no samples per LLM judgement (one batched call)")
     LATS_PRUNE_THRESHOLD: float = Field(0.1, ge=0, le=1, description="children evaluated below this are pruned")

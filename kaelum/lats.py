@@ -54,7 +54,7 @@ class LatsParams:
     branching: int = 3
     exploration: float = 1.0
     reward_threshold: float = 0.8
-    max_llm_calls: int = 24
+    max_llm_calls: int = 20
     llm_value_weight: float = 0.5
     judge_samples: int = 3
     prune_threshold: float = 0.1
@@ -66,6 +66,9 @@ class LatsParams:
     max_step_tokens: int = 64
     max_rollout_tokens: int = 256
     max_answer_tokens: int = 384
+    # False for domains whose answer is one line (math, logic, factual): an answer asked for on
+    # its own is then short and cut at its first line. True where it is a code block or prose.
+    multiline_answers: bool = False
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -202,6 +205,8 @@ class SearchResult:
 # --- parsing model output --------------------------------------------------------------------
 
 _ANSWER_RE = re.compile(r"\banswer\s*:", re.IGNORECASE)
+# Small models copy the instruction literally ("Step N: ..."); strip that label too.
+_LABEL_RE = re.compile(r"^\s*Step\s+(\d+|N)\s*[:.)-]\s*", re.IGNORECASE)
 _STEP_START_RE = re.compile(r"^\s*Step\s+\d+\s*[:.)-]", re.IGNORECASE | re.MULTILINE)
 _WS_RE = re.compile(r"\s+")
 
@@ -221,7 +226,7 @@ def parse_continuation(text: str) -> tuple[list[str], str | None]:
             continue
         m = _ANSWER_RE.search(s)
         if m is not None:
-            before = strip_step_label(s[: m.start()]).strip()
+            before = _strip_label(s[: m.start()]).strip()
             if before:
                 steps.append(before)
             rest = s[m.start() :] + ("\n" + "\n".join(lines[i + 1 :]) if i + 1 < len(lines) else "")
@@ -230,10 +235,14 @@ def parse_continuation(text: str) -> tuple[list[str], str | None]:
             # The prompt's spelling: "Answer:" whatever case the model used.
             block = ANSWER_PREFIX + block[block.index(":") + 1 :]
             return steps, block.rstrip()
-        thought = strip_step_label(s)
+        thought = _strip_label(s)
         if thought:
             steps.append(thought)
     return steps, None
+
+
+def _strip_label(line: str) -> str:
+    return _LABEL_RE.sub("", strip_step_label(line), count=1).strip()
 
 
 def normalise(text: str) -> str:
@@ -333,6 +342,19 @@ class LATS:
     def _extract(self, answer_block: str) -> str | None:
         return self.domain.extract_answer(answer_block)
 
+    def _answer_tokens(self) -> int:
+        # A one-line answer needs few tokens; a small model would otherwise ramble to the limit.
+        return self.params.max_answer_tokens if self.params.multiline_answers else min(self.params.max_answer_tokens, 32)
+
+    def _answer_block(self, text: str) -> str:
+        """'Answer: ...' from what the model wrote after an 'Answer:' prefix."""
+        text = text.strip()
+        nxt = _STEP_START_RE.search(text)
+        text = text[: nxt.start()].rstrip() if nxt else text
+        if not self.params.multiline_answers:
+            text = next((ln.strip() for ln in text.split("\n") if ln.strip()), "")
+        return f"{ANSWER_PREFIX} {text}"
+
     # --- 1. selection -------------------------------------------------------------------------
 
     def uct(self, child: Node, parent: Node) -> float:
@@ -371,8 +393,8 @@ class LATS:
         last_level = node.depth + 1 >= self.params.max_depth
         if last_level:
             # Children at the depth limit must end the solution: ask for the answer directly.
-            completions = self._call(self._messages(), self.params.branching, prefix + ANSWER_PREFIX, self.params.max_answer_tokens, self.params.temperature)
-            candidates = [(f"{ANSWER_PREFIX} {c.text.strip()}", c) for c in completions]
+            completions = self._call(self._messages(), self.params.branching, prefix + ANSWER_PREFIX, self._answer_tokens(), self.params.temperature)
+            candidates = [(self._answer_block(c.text), c) for c in completions]
         else:
             completions = self._call(self._messages(), self.params.branching, prefix, self.params.max_step_tokens, self.params.temperature, stop=("\nStep",))
             candidates = [(c.text, c) for c in completions]
@@ -514,10 +536,8 @@ class LATS:
         forced: Completion | None = None
         if answer_block is None and self.calls_left() > 0:
             # The model stopped (or was cut off) without answering: ask for the answer of the path.
-            forced = self._call(self._messages(), 1, format_partial(start.steps() + steps) + ANSWER_PREFIX, self.params.max_answer_tokens, self.params.temperature)[0]
-            text = forced.text.strip()
-            nxt = _STEP_START_RE.search(text)
-            answer_block = f"{ANSWER_PREFIX} {text[: nxt.start()].rstrip() if nxt else text}"
+            forced = self._call(self._messages(), 1, format_partial(start.steps() + steps) + ANSWER_PREFIX, self._answer_tokens(), self.params.temperature)[0]
+            answer_block = self._answer_block(forced.text)
         # An answer with no step before it becomes its own node whose thought is the answer line.
         steps_nodes = list(steps) if steps or answer_block is None else [answer_block.split("\n", 1)[0].strip()]
         if not steps_nodes:
@@ -566,7 +586,7 @@ class LATS:
                     "This answer is wrong. In one sentence, what should the next attempt do differently?",
                 },
             ]
-            comp = self._call(msgs, 1, "", 48, self.params.temperature)[0]
+            comp = self._call(msgs, 1, "", 40, self.params.temperature, stop=("\n\n",))[0]
             lines = [ln.strip() for ln in comp.text.split("\n") if ln.strip()]
             if lines:
                 text += " " + lines[0][:300]

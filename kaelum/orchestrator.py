@@ -185,7 +185,12 @@ class Orchestrator:
     def params_for(self, domain: str) -> LatsParams:
         params = self.settings.lats_params()
         if domain in LONG_ANSWER_DOMAINS:
-            params = replace(params, max_step_tokens=max(params.max_step_tokens, params.max_answer_tokens), max_rollout_tokens=max(params.max_rollout_tokens, params.max_answer_tokens * 2))
+            params = replace(
+                params,
+                multiline_answers=True,
+                max_step_tokens=max(params.max_step_tokens, params.max_answer_tokens),
+                max_rollout_tokens=max(params.max_rollout_tokens, params.max_answer_tokens * 2),
+            )
         return params
 
     # --- one query ------------------------------------------------------------------------------

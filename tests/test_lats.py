@@ -59,6 +59,24 @@ def test_parse_continuation_steps_answer_and_inline_answer():
     assert parse_continuation(code) == (["write it"], "Answer:\n```python\ndef f():\n    return 1\n```")
 
 
+def test_literal_step_n_labels_are_stripped():
+    assert parse_continuation("Step N: add 7 to 12\nStep 2. then stop") == (["add 7 to 12", "then stop"], None)
+
+
+def test_answers_asked_for_alone_are_one_line_unless_the_domain_is_multiline():
+    llm = ScriptedLLM(rollout=lambda c: "Step 2: thinking", answer=lambda c: " 5\nand some rambling\nStep 7: more")
+    result = LATS(llm, ArithmeticDomain("5"), QUERY, params()).run()
+    forced = [c for c in llm.calls if c.kind == "answer"]
+    assert forced[0].params.max_tokens == 32 and result.final_answer == "5"
+    terminal = result.best
+    assert (terminal.thought, terminal.answer) == ("thinking", "5")
+    seen = []
+    dom = ArithmeticDomain("5")
+    dom.extract_answer = lambda text: seen.append(text) or "5"
+    LATS(ScriptedLLM(rollout=lambda c: "Step 2: code", answer=lambda c: "\n```python\nx = 5\n```\nStep 3: junk"), dom, QUERY, params(multiline_answers=True, max_answer_tokens=300)).run()
+    assert seen[-1] == "Answer: ```python\nx = 5\n```"
+
+
 def test_params_validation_collects_every_problem():
     with pytest.raises(ValueError) as err:
         LatsParams(simulations=0, branching=0, reward_threshold=1.5, top_p=0)
