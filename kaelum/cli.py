@@ -216,8 +216,8 @@ def run(ctx: click.Context, queries_path: str, log_dir: str | None, domain: str 
         orch.close()
 
     table = Table(title=f"{len(rows)} queries, {time.monotonic() - t0:.0f} s, traces in {log_dir}")
-    for col in ("id", "domain", "status", "verified", "reward", "answer", "LLM calls", "tokens", "s"):
-        table.add_column(col, justify="right" if col in ("reward", "LLM calls", "tokens", "s") else "left")
+    for col in ("id", "domain", "status", "verified", "reward", "answer", "calls", "tokens", "s"):
+        table.add_column(col, justify="right" if col in ("reward", "calls", "tokens", "s") else "left")
     for qid, r in rows:
         answer = "" if r.answer is None else (r.answer if len(r.answer) <= 40 else r.answer[:37] + "...")
         table.add_row(qid, r.domain, r.status, "yes" if r.verified else "no", f"{r.reward:.2f}", answer, str(r.usage["llm_calls"]), str(r.usage["completion_tokens"]), f"{r.duration_ms / 1000:.1f}")

@@ -576,14 +576,14 @@ class LATS:
         shown = node.answer if node.answer is not None else "(no answer)"
         # What the verifier knows (e.g. the expected value) is never put in the prompt: only that
         # this answer failed, plus the model's own diagnosis.
-        text = f"The answer {shown} was checked and is wrong."
+        text = f"The answer {shown} failed verification."
         if self.calls_left() > 0:
             msgs = [
                 {"role": "system", "content": REFLECT_SYSTEM},
                 {
                     "role": "user",
                     "content": f"Problem: {self.query}\n\nAttempt:\n{format_completion(node.steps(), shown)}\n\n"
-                    "This answer is wrong. In one sentence, what should the next attempt do differently?",
+                    "This answer failed verification. In one sentence, what should the next attempt do differently?",
                 },
             ]
             comp = self._call(msgs, 1, "", 40, self.params.temperature, stop=("\n\n",))[0]

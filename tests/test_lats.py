@@ -222,7 +222,7 @@ def test_a_failed_terminal_reflects_and_later_expansions_see_the_reflection():
     llm = ScriptedLLM(rollout=lambda c: "Step 2: 2*3=6\nAnswer: 6", reflect=lambda c: "Add, do not multiply.\nextra line")
     rec = Recorder()
     result = LATS(llm, ArithmeticDomain("5"), QUERY, params(simulations=2, reflections=True), observer=rec).run()
-    expected = "The answer 6 was checked and is wrong. Add, do not multiply."
+    expected = "The answer 6 failed verification. Add, do not multiply."
     assert result.reflections[0] == expected
     assert ("reflect", next(n.id for n in result.nodes() if n.terminal), expected) in rec.log
     expands = [c for c in llm.calls if c.kind == "expand"]

@@ -133,7 +133,7 @@ def test_failed_verification_and_reflection_events(tmp_path):
     events = read_events(tmp_path / "logs")
     check_trace_shape(events, QUERY)
     reflections = [e["data"] for e in events if e["type"] == "reflection"]
-    assert reflections and reflections[0]["text"] == "The answer 4 was checked and is wrong. Add the numbers."
+    assert reflections and reflections[0]["text"] == "The answer 4 failed verification. Add the numbers."
     done = events[-1]["data"]
     assert (done["status"], done["final_answer"], done["verified"]) == ("ok", "4", False)
     assert result.reflections == [r["text"] for r in reflections]

@@ -1,0 +1,49 @@
+"""The Orchestrator with the real domain modules (kaelum.domains.get_domain) and a scripted worker:
+the math verifier's signals and reward components reach the trace; the code domain runs the tests
+given with the query in the sandbox."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kaelum import Orchestrator, Settings
+from test_lats_support import ScriptedLLM
+from test_orchestrator import check_trace_shape, read_events
+
+
+def test_math_with_the_real_verifier(tmp_path):
+    llm = ScriptedLLM(expand=lambda c: ["Step 1: 6 * 4 = 24", "Step 1: 6 * 4 = 20", "Step 1: multiply"], rollout=lambda c: "Answer: 24", judge=lambda c: "yes")
+    settings = Settings(LATS_SIMULATIONS=2, SEED=0)
+    with Orchestrator(settings, enable_logging=True, log_dir=tmp_path / "logs", llm=llm) as orch:
+        result = orch.run("What is 6 * 4?", domain="math")
+    events = read_events(tmp_path / "logs")
+    check_trace_shape(events, "What is 6 * 4?")
+    assert (result.answer, result.verified, result.status) == ("24", True, "ok")
+    ver = next(e["data"] for e in events if e["type"] == "verification")
+    assert ver["verifier"].startswith("math.") and ver["passed"]
+    assert set(events[-1]["data"]["reward_components"]) == set(result.reward_components) and result.reward_components
+    assert 0.0 <= result.reward <= 1.0
+
+
+def test_math_wrong_answer_is_not_verified(tmp_path):
+    llm = ScriptedLLM(expand=lambda c: ["Step 1: 6 * 4 = 20"] * c.n, rollout=lambda c: "Answer: 20", reflect=lambda c: "Multiply again.")
+    with Orchestrator(Settings(LATS_SIMULATIONS=1), llm=llm) as orch:
+        result = orch.run("What is 6 * 4?", domain="math")
+    assert (result.answer, result.verified) == ("20", False)
+    assert result.reflections and result.reflections[0].startswith("The answer 20 failed verification.")
+
+
+@pytest.mark.timeout(120)
+def test_code_runs_the_given_tests_in_the_sandbox(tmp_path):
+    solution = "Step 1: return the reverse\nAnswer:\n```python\ndef rev(s):\n    return s[::-1]\n```"
+    llm = ScriptedLLM(expand=lambda c: [solution] * c.n, judge=lambda c: "yes")
+    settings = Settings(LATS_SIMULATIONS=1, SANDBOX_TIMEOUT_S=20)
+    with Orchestrator(settings, enable_logging=True, log_dir=tmp_path / "logs", llm=llm) as orch:
+        result = orch.run("Write a Python function rev(s) that reverses a string.", tests=["assert rev('abc') == 'cba'", "assert rev('') == ''"])
+    events = read_events(tmp_path / "logs")
+    check_trace_shape(events, "Write a Python function rev(s) that reverses a string.")
+    assert result.domain == "code" and result.verified, json.dumps(events[-1]["data"])
+    ver = next(e["data"] for e in events if e["type"] == "verification")
+    assert ver["verifier"].startswith("code.") and ver["score"] == 1.0
