@@ -47,3 +47,33 @@ def test_code_runs_the_given_tests_in_the_sandbox(tmp_path):
     assert result.domain == "code" and result.verified, json.dumps(events[-1]["data"])
     ver = next(e["data"] for e in events if e["type"] == "verification")
     assert ver["verifier"].startswith("code.") and ver["score"] == 1.0
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(120)
+def test_a_model_that_cannot_be_loaded_closes_the_trace_with_error(tmp_path):
+    settings = Settings(MATH_WORKER_MODEL=str(tmp_path / "no-such-model"))
+    with Orchestrator(settings, enable_logging=True, log_dir=tmp_path / "logs") as orch:
+        result = orch.run("What is 6 * 4?", domain="math")
+    events = read_events(tmp_path / "logs")
+    assert [e["type"] for e in events] == ["trace_started", "trace_completed"]
+    assert events[0]["data"]["worker_model"] == str(tmp_path / "no-such-model")
+    assert result.status == "error" and result.error.startswith("LLMError: ") and "no-such-model" in result.error
+
+
+@pytest.mark.timeout(120)
+def test_a_server_that_is_down_closes_the_trace_with_error(tmp_path):
+    settings = Settings(DEFAULT_WORKER_MODEL="some-model", OPENAI_BASE_URL=f"http://127.0.0.1:{_closed_port()}/v1", LLM_MAX_RETRIES=0, LLM_TIMEOUT_S=5)
+    with Orchestrator(settings, enable_logging=True, log_dir=tmp_path / "logs") as orch:
+        result = orch.run("What is 6 * 4?", domain="math")
+    events = read_events(tmp_path / "logs")
+    check_trace_shape(events, "What is 6 * 4?")
+    assert events[-1]["data"]["status"] == "error" and result.error.startswith("LLMError: ")
+    assert events[1]["type"] == "node_expanded"  # the root was written before the first call failed
