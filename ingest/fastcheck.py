@@ -8,7 +8,7 @@ or NULL, the line goes to the exact Python path, which either accepts it or give
 
 DuckDB's JSON reader is more lenient than JSON (it takes NaN, Infinity, trailing commas, numbers
 that overflow a double), so lines that *might* use those go to the Python path too
-(``SUSPICIOUS_RE``); a false alarm only costs speed.
+(``TRAILING_COMMA_RE``, ``NONFINITE_RE``); a false alarm only costs speed.
 
 One known divergence, kept for speed (checking it costs ~40% of the bulk path): an object with a
 duplicated key is read first-wins here and last-wins by Python's JSON readers. JSON leaves that
@@ -19,23 +19,29 @@ from __future__ import annotations
 
 from kaelum.events import ENVELOPE_SPEC, PAYLOAD_SPECS, SCHEMA_VERSION, Field, _TS_RE
 
-# Anything DuckDB's parser accepts but strict JSON (orjson) does not, found anywhere in the line.
-SUSPICIOUS_RE = r"[:,\[]\s*-?([Nn][Aa][Nn]|[Ii][Nn][Ff]|[0-9]+(\.[0-9]+)?[eE][+-]?[0-9]{3})|,\s*[}\]]"
+# What DuckDB's JSON reader accepts but strict JSON (orjson) does not. Trailing commas are looked
+# for in the raw line. NaN/Infinity (any case) only matter inside the payload (the envelope's numbers are checked field by field, unknown top-level keys
+# are not stored), and the payload's text as json_extract gives it back is minified, so there a
+# value starts right after ':', ',' or '['. The patterns may match inside strings too: a false
+# alarm only sends the line to the exact path.
+TRAILING_COMMA_RE = r",\s*[}\]]"
+# Three patterns that each start with a literal are much faster than one starting with a class.
+NONFINITE_RES = (r":-?[NnIi][AaNn]", r",-?[NnIi][AaNn]", r"\[-?[NnIi][AaNn]")
 
 
 def _q(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-# Type tests on the JSON *text* of a value as json_extract returns it (minified, so it starts
-# with its first significant character): string tests, no second parse. An escaped spelling of
-# an enum value ("\\u006dath") fails the test and goes to the exact path, which is safe.
-_INT_RE = "-?(0|[1-9][0-9]{0,17})"  # fits in 64 bits for sure; longer ones take the exact path
-_NUM_RE = "-?(0|[1-9][0-9]*)(\\.[0-9]+)?([eE][+-]?[0-9]{1,2})?"
+# Type tests on the JSON *text* of a value as json_extract returns it (the token as written, so
+# it starts with its first significant character): string tests and casts, no second parse. The
+# text comes from a parsed document, so a number is a JSON number token (NaN/Infinity in the
+# payload are excluded up front): it is an integer iff it has no '.', 'e' or 'E'. An escaped
+# spelling of an enum value ("\\u006dath") fails the test and goes to the exact path: safe.
 _TYPE_TESTS = {
     "string": "starts_with({t}, '\"')",
-    "integer": "regexp_full_match({t}, '" + _INT_RE + "')",
-    "number": "regexp_full_match({t}, '" + _NUM_RE + "')",
+    "integer": "(TRY_CAST({t} AS BIGINT) IS NOT NULL AND strpos({t}, '.') = 0 AND strpos({t}, 'e') = 0 AND strpos({t}, 'E') = 0)",
+    "number": "coalesce(isfinite(TRY_CAST({t} AS DOUBLE)), false)",
     "boolean": "{t} IN ('true', 'false')",
     "object": "starts_with({t}, '{')",
     "array": "starts_with({t}, '[')",
@@ -82,7 +88,7 @@ def _field_check(t: str, f: Field, sub, depth: int = 0) -> str:
         it = f"{var}::VARCHAR"
         item_sub = (lambda name, _v=var: f"json_extract({_v}, {_q('$.' + name)})::VARCHAR")
         item = _field_check(it, f.items, item_sub, depth + 1)
-        inner.append(f"coalesce(list_bool_and(list_transform(json_extract({t}, '$[*]'), lambda {var}: {item})), true)")
+        inner.append(f"coalesce(list_bool_and(list_transform(json_extract({t}, '$[*]'), lambda {var}: coalesce({item}, false))), true)")
     checks = f"({type_ok})"
     if inner:
         body = " AND ".join(inner)
@@ -124,13 +130,18 @@ def _payload_checks() -> tuple[list[str], str]:
     return columns, " ".join(cases)
 
 
+def _unquote(x: str) -> str:
+    # The value of a JSON string: its text without the quotes unless it holds an escape.
+    return f"CASE WHEN contains({x}, '\\') THEN json_extract_string({x}, '$') ELSE ({x})[2:-2] END"
+
+
 def build_query(table: str) -> str:
     """One SELECT over `table(line VARCHAR, off BIGINT)` giving the store's columns and `ok`.
 
     `line` is the raw line, newline included. Rows with ok = true are contract-valid events of
     the current schema version; every other row must be decided by the exact Python path. The
-    JSON of a line is parsed once for the envelope and once for the payload (json_extract with a
-    list of paths); the checks then look at the minified JSON text of each value.
+    JSON of a line is parsed once for the envelope and once for the payload of its type
+    (json_extract with a list of paths); the checks then look at the JSON text of each value.
     """
     env = Paths("j")
     payload_columns, payload_cases = _payload_checks()
@@ -138,33 +149,35 @@ def build_query(table: str) -> str:
     no_sub = lambda name: "NULL"  # the envelope has no objects with declared members
     env_ok = " AND ".join(_field_check(t[n], f, no_sub) for n, f in ENVELOPE_SPEC.items())
     ts_pattern = _q('"' + _TS_RE.pattern.lstrip("^").rstrip("$") + '"')
+    finite = " AND ".join(f"NOT regexp_matches({t['data']}, {_q(r)})" for r in NONFINITE_RES)
     return f"""
-WITH raw AS (
-    SELECT off, json_valid(line) AND NOT regexp_matches(line, {_q(SUSPICIOUS_RE)}) AS parsable, line
+WITH env AS (
+    -- try(): a line that is not JSON gives NULL (→ exact path) instead of failing the query.
+    SELECT off, CASE WHEN starts_with(line, '{{') AND NOT regexp_matches(line, {_q(TRAILING_COMMA_RE)})
+                     THEN try(json_extract(line, {env.sql_list()})) END AS j
     FROM {table}
-), env AS (
-    SELECT off, CASE WHEN parsable AND json_type(line) = 'OBJECT' THEN json_extract(line, {env.sql_list()}) END AS j
-    FROM raw
 ), body AS (
-    SELECT *, {", ".join(payload_columns)}
-    FROM (SELECT off, j, {t['type']} AS type_json, CASE WHEN starts_with({t['data']}, '{{') THEN {t['data']} END AS data_json FROM env)
+    SELECT *, {", ".join(payload_columns)}, TRY_CAST({_unquote("ts_json")} AS TIMESTAMPTZ) AS ts_value
+    FROM (SELECT off, j, {t['type']} AS type_json, {t['ts']} AS ts_json,
+                 CASE WHEN starts_with({t['data']}, '{{') AND {finite} THEN {t['data']} END AS data_json
+          FROM env)
 )
 SELECT
     off,
     TRY_CAST({t['v']} AS INTEGER) AS v,
-    json_extract_string({t['id']}, '$') AS id,
-    json_extract_string({t['type']}, '$') AS type,
-    json_extract_string({t['trace_id']}, '$') AS trace_id,
+    {_unquote(t['id'])} AS id,
+    {_unquote("type_json")} AS type,
+    {_unquote(t['trace_id'])} AS trace_id,
     TRY_CAST({t['seq']} AS BIGINT) AS seq,
-    TRY_CAST(json_extract_string({t['ts']}, '$') AS TIMESTAMPTZ) AS ts,
+    ts_value AS ts,
     {t['data']} AS data,
     coalesce(
         data_json IS NOT NULL
         AND {env_ok}
         AND {t['v']} = '{SCHEMA_VERSION}'
-        AND regexp_full_match({t['ts']}, {ts_pattern})
-        AND TRY_CAST(json_extract_string({t['ts']}, '$') AS TIMESTAMPTZ) IS NOT NULL
-        AND CASE {t['type']} {payload_cases} ELSE false END,
+        AND regexp_full_match(ts_json, {ts_pattern})
+        AND ts_value IS NOT NULL
+        AND CASE type_json {payload_cases} ELSE false END,
         false) AS ok
 FROM body
 """
