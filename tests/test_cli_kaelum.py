@@ -87,6 +87,10 @@ def test_bad_queries_file_and_bad_settings_give_messages_that_name_the_fix(tmp_p
 def test_help_lists_commands_with_examples():
     res = CliRunner().invoke(main, ["--help"])
     assert res.exit_code == 0 and "ask" in res.output and "run" in res.output
+    # The backends' `kaelum models` group is part of the same CLI.
+    assert "models" in res.output
+    sub = CliRunner().invoke(main, ["models", "--help"])
+    assert sub.exit_code == 0 and "list" in sub.output and "pull" in sub.output
     for cmd in ("ask", "run"):
         sub = CliRunner().invoke(main, [cmd, "--help"])
         assert "Example: kaelum" in sub.output
