@@ -32,7 +32,7 @@ def _setup_logging(level: str) -> None:
 @click.option("--writer-id", default=None, help="Writer id in the store (default: <host>-<hash of the log dir>). One per daemon.")
 @click.option("--once", is_flag=True, help="Catch up on everything in the directory, then exit (cron, tests).")
 @click.option("--batch-events", type=int, default=100_000, show_default=True, help="Commit when a batch holds this many events ...")
-@click.option("--flush-ms", type=int, default=250, show_default=True, help="... or when its oldest line has waited this long.")
+@click.option("--flush-ms", type=int, default=200, show_default=True, help="... or when its oldest line has waited this long.")
 @click.option("--rescan-ms", type=int, default=1000, show_default=True, help="Periodic rescan, for file systems that send no change events.")
 @click.option("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES, show_default=True, help="Longer lines are quarantined.")
 @click.option("--no-watchdog", is_flag=True, help="Do not use file-system events; rescan only.")

@@ -51,7 +51,7 @@ class IngestConfig:
     store: str
     writer_id: str | None = None  # default: <host>-<hash of the log directory>
     batch_events: int = 100_000  # flush at this many events ...
-    flush_ms: int = 250  # ... or when the oldest unflushed line has waited this long
+    flush_ms: int = 200  # ... or when the oldest unflushed line has waited this long
     rescan_ms: int = 1000  # periodic rescan, for file systems that send no events
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     block_bytes: int = 16 << 20
