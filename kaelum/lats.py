@@ -298,13 +298,16 @@ class LATS:
     # --- budgets ------------------------------------------------------------------------------
 
     def calls_left(self) -> int:
+        # Past the deadline nothing more is spent, so a simulation in progress winds down at once.
+        if self._timed_out():
+            return 0
         return self.params.max_llm_calls - self.usage.llm_calls
 
     def _timed_out(self) -> bool:
         return self._deadline is not None and self.clock() >= self._deadline
 
     def _call(self, messages: Sequence[dict[str, str]], n: int, prefix: str, max_tokens: int, temperature: float, stop: tuple[str, ...] = ()) -> list[Completion]:
-        if self.calls_left() <= 0:
+        if self.usage.llm_calls >= self.params.max_llm_calls:
             raise SearchError("LLM call budget exhausted")  # callers check first; this is a guard
         seed = None if self.params.seed is None else self.params.seed + self.usage.llm_calls
         sp = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=self.params.top_p, stop=stop, seed=seed)
@@ -618,6 +621,9 @@ class LATS:
             leaf = self.select()
             if leaf is None:
                 stop = "exhausted"
+                break
+            if self.calls_left() <= 0:  # the deadline passed during selection
+                stop = "timeout" if self._timed_out() else "llm_calls"
                 break
             simulations += 1
             children = self.expand(leaf)
