@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import random
+import signal
 import sys
 import time
 from collections import Counter
@@ -150,31 +151,36 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, list[Outcome]] = {k: [] for k in names}
     per_question = []
     t0 = time.monotonic()
-    for i, q in enumerate(questions, 1):
-        g = strategies.greedy(q)
-        vote, picked = strategies.best_of_n(q)
-        lt = strategies.lats(q)
-        lt0 = strategies.lats(q, llm_value_weight=0.0)
-        outcomes = (g, vote, picked, lt, lt0)
-        for k, o in zip(names, outcomes):
-            rows[k].append(o)
-        per_question.append({"question": q, **{k: {"answer": o.answer, "verified": o.verified, "calls": o.usage.llm_calls, "tokens": o.usage.completion_tokens} for k, o in zip(names, outcomes)}})
-        marks = "  ".join(f"{k}={o.answer}{'✓' if o.verified else '✗'}" for k, o in zip(names, outcomes))
-        print(f"[{i}/{len(questions)}] {q}  {marks}", flush=True)
-
-    n = len(questions)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        for i, q in enumerate(questions, 1):
+            g = strategies.greedy(q)
+            vote, picked = strategies.best_of_n(q)
+            lt = strategies.lats(q)
+            lt0 = strategies.lats(q, llm_value_weight=0.0)
+            outcomes = (g, vote, picked, lt, lt0)
+            for k, o in zip(names, outcomes):
+                rows[k].append(o)
+            per_question.append({"question": q, **{k: {"answer": o.answer, "verified": o.verified, "calls": o.usage.llm_calls, "tokens": o.usage.completion_tokens} for k, o in zip(names, outcomes)}})
+            marks = "  ".join(f"{k}={o.answer}{'✓' if o.verified else '✗'}" for k, o in zip(names, outcomes))
+            print(f"[{i}/{len(questions)}] {q}  {marks}", flush=True)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: report the questions that finished
+        print(f"interrupted after {len(per_question)} of {len(questions)} questions", flush=True)
+    n = len(per_question)
+    if n == 0:
+        return 1
     print(f"\nmodel {llm.model_name}, {n} held-out arithmetic questions, budget {args.budget} LLM calls/question, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, total {time.monotonic() - t0:.0f} s\n")
     print("| strategy | verified accuracy | LLM calls / q | completion tokens / q | prompt tokens / q | s / q |")
     print("|---|---|---|---|---|---|")
     for k in names:
-        os_ = rows[k]
+        os_ = rows[k][:n]
         acc = sum(o.verified for o in os_) / n
         calls = sum(o.usage.llm_calls for o in os_) / n
         toks = sum(o.usage.completion_tokens for o in os_) / n
         ptoks = sum(o.usage.prompt_tokens for o in os_) / n
         secs = sum(o.seconds for o in os_) / n
-        # best-of-N rows share their samples: the seconds are the same run.
+        # The two best-of-N rows are one run scored two ways: same calls, tokens and seconds.
         print(f"| {k} | {acc:.0%} ({sum(o.verified for o in os_)}/{n}) | {calls:.1f} | {toks:.0f} | {ptoks:.0f} | {secs:.1f} |")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
