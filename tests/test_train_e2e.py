@@ -198,3 +198,49 @@ def test_kaelum_eval_compares_models_side_by_side(trained, world, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "eval.csv")))
     assert [r["model"] for r in rows] == [world["model"], str(out)] and all(r["queries"] == "2" for r in rows)
     assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_guide_programmatic_example_runs_as_written(world, tmp_path, monkeypatch):
+    import shutil
+
+    from train import collect_traces, filter_high_quality, finetune_worker, prepare_dataset
+
+    shutil.copytree(world["logs"], tmp_path / "logs")
+    monkeypatch.chdir(tmp_path)
+    traces = collect_traces("./logs")
+    high_quality = filter_high_quality(traces, min_reward=0.8)
+    math_traces = [t for t in high_quality if t.domain == "math" and t.reward > 0.9]
+    assert sorted(t.trace_id for t in math_traces) == world["expected"]
+    assert len(traces) == 33 and len(high_quality) == 27
+    rows = prepare_dataset(math_traces, world["model"], max_seq_len=256)
+    assert len(rows) == 24 and all(r["labels"][-1] != -100 for r in rows)
+    result = finetune_worker(model_name=world["model"], domain="math", output_dir="./specialized_math_model", min_reward=0.9, epochs=1, progress=False)
+    assert result.train_examples + result.eval_examples == 27 - 3  # reward >= 0.9 keeps the 24 selected traces
+    assert (tmp_path / "specialized_math_model" / "kaelum_manifest.json").is_file()
+
+
+def test_merge_and_packing_write_a_full_model_the_runtime_serves(world, tmp_path):
+    from kaelum import Settings
+    from kaelum.llm import load_llm
+    from kaelum.llm.base import SamplingParams
+    from kaelum.prompts import worker_messages
+
+    out = tmp_path / "merged"
+    res = _train(world, out, "--merge", "--packing", "--epochs", "1")
+    assert res.exit_code == 0, res.output
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    m = json.load(open(out / "kaelum_manifest.json"))
+    assert m["kind"] == "merged" and m["hyperparameters"]["packing"] is True
+    assert [s["step"] for s in m["data"]["pipeline"]][-1] == "pack"
+    llm = load_llm(Settings(MATH_WORKER_MODEL=str(out)).worker_model("math"))
+    [c] = llm.generate(worker_messages("math", "What is 1 + 2?"), n=1, params=SamplingParams(max_tokens=8, temperature=0.0))
+    assert c.completion_tokens > 0
+
+
+def test_qlora_on_cpu_says_it_needs_a_gpu(world, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    res = _train(world, tmp_path / "q", "--qlora")
+    assert res.exit_code == 1 and "--qlora needs a CUDA GPU" in res.output and "use --lora" in res.output
