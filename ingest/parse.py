@@ -27,6 +27,7 @@ from kaelum.events import SCHEMA_VERSION, EventError, validate_event
 from .fastcheck import build_query
 
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+SCAN_CHUNK_ROWS = 4096
 SMALL_BLOCK_LINES = 200  # up to this many lines, the exact per-line path is faster than the bulk query
 
 # Columns this module produces for each event; the emitter adds source, source_path and writer.
@@ -188,6 +189,8 @@ def parse_block(data: bytes, base_offset: int, max_line_bytes: int = DEFAULT_MAX
         offs = starts[keep]
         lines = pa.array([data[starts[i] : ends[i] + 1] for i in keep], type=pa.binary()).cast(pa.string())
     block = pa.table({"line": lines, "off": pa.array(offs.astype(np.int64))})
+    # Several record batches (zero-copy slices), so DuckDB scans them on all its threads.
+    block = pa.Table.from_batches(block.to_batches(max_chunksize=SCAN_CHUNK_ROWS))
     con = _connection()
     con.register("block", block)
     try:

@@ -263,7 +263,7 @@ def test_two_daemons_on_one_log_dir_refuse_and_two_writers_share_a_store(tmp_pat
                                 capture_output=True, timeout=60)
         assert second.returncode == 1
         assert b"is already ingesting" in second.stderr and b"stop it first" in second.stderr
-        b = _daemon(logs2, store, "--writer-id", "host-b")
+        b = _daemon(logs2, store, "--writer-id", "host-b", "--no-watchdog")  # periodic rescan only
         try:
             h2 = Hostile(logs2)
             for _ in range(50):
