@@ -115,10 +115,11 @@ def catch_up(log_dir: str, store: str) -> tuple[float, dict]:
     return wall, json.loads(out.stdout.decode().strip().splitlines()[-1])
 
 
-def freshness(work: str, seconds: float, rate: int) -> dict:
+def freshness(work: str, seconds: float, rate: int, extra: list[str] = ()) -> dict:
     log_dir, store = os.path.join(work, "fresh-logs"), os.path.join(work, "fresh-store")
     os.makedirs(log_dir)
-    daemon = subprocess.Popen([sys.executable, "-m", "ingest.cli", "--log-dir", log_dir, "--store", store, "--no-progress", "--log-level", "warning"])
+    daemon = subprocess.Popen([sys.executable, "-m", "ingest.cli", "--log-dir", log_dir, "--store", store, "--no-progress", "--log-level", "info", *extra],
+                              stderr=open(os.path.join(work, "fresh-daemon.log"), "wb"))
     import store as store_pkg
 
     written: dict[str, float] = {}
@@ -177,10 +178,17 @@ def main() -> None:
     ap.add_argument("--fresh-seconds", type=float, default=20.0)
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--fresh-only", action="store_true", help="only the freshness part")
+    ap.add_argument("--daemon-arg", action="append", default=[], help="extra kaelum-ingest flag for the freshness daemon (repeat)")
     args = ap.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="kaelum-ingest-bench-")
     os.makedirs(work, exist_ok=True)
     try:
+        if args.fresh_only:
+            f = freshness(work, args.fresh_seconds, args.rate, args.daemon_arg)
+            print(f"freshness at {f['achieved_rate']:.0f} events/s {' '.join(args.daemon_arg)}: p50 {f['p50_s'] * 1000:.0f} ms, "
+                  f"p99 {f['p99_s'] * 1000:.0f} ms, max {f['max_s'] * 1000:.0f} ms ({f['seen']}/{f['written']} seen)")
+            return
         log_dir = os.path.join(work, "logs")
         os.makedirs(log_dir, exist_ok=True)
         path = os.path.join(log_dir, "synthetic.jsonl")
@@ -194,7 +202,7 @@ def main() -> None:
         wall, summary = catch_up(log_dir, os.path.join(work, "store"))
         assert summary["events"] == n, summary
         own = summary["seconds"]
-        fresh = freshness(work, args.fresh_seconds, args.rate)
+        fresh = freshness(work, args.fresh_seconds, args.rate, args.daemon_arg)
 
         mib = size / 2**20
         print()

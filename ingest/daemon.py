@@ -232,7 +232,9 @@ class Daemon:
                 if batch.events >= cfg.batch_events or batch.age_ms() >= cfg.flush_ms:
                     committer.submit(batch)
                     batch = Batch()
-            if batch and (batch.age_ms() >= cfg.flush_ms or not progressed or self._stop.is_set() or self._flush_now):
+            # Following, a batch waits out its flush window even when nothing more arrives: at
+            # most one commit per flush_ms, so segments stay few and large enough.
+            if batch and (batch.age_ms() >= cfg.flush_ms or (not progressed and cfg.once) or self._stop.is_set() or self._flush_now):
                 self._flush_now = False
                 committer.submit(batch)
                 batch = Batch()
@@ -256,7 +258,10 @@ class Daemon:
                     if committer.error is None:
                         break
                     continue
-                self._wake.wait(cfg.rescan_ms / 1000)
+                timeout = cfg.rescan_ms / 1000
+                if batch:
+                    timeout = min(timeout, max(0.0, (cfg.flush_ms - batch.age_ms()) / 1000))
+                self._wake.wait(timeout)
                 self._wake.clear()
                 wait_more = min_poll - (time.monotonic() - last_poll)
                 if wait_more > 0 and not self._stop.is_set():
