@@ -242,3 +242,29 @@ def test_packing_does_not_leak_attention_across_examples(tiny):
     torch.testing.assert_close(lp[len(a) :], lb, atol=1e-5, rtol=1e-4)
     # Without the per-example positions the second example would see the first: the check above can fail.
     assert not torch.allclose(naive[len(a) :], lb, atol=1e-3)
+
+
+def test_completion_only_loss_equals_the_models_own_loss(tiny):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from train.trainer import completion_only_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    batch = SFTCollator(pad_id=3)([
+        {"input_ids": [1, 40, 41, 42, 43, 2], "labels": [IGNORE, IGNORE, IGNORE, 42, 43, 2]},
+        {"input_ids": [1, 50, 51, 2], "labels": [IGNORE, IGNORE, 51, 2]},
+    ])
+    batch.pop("num_real_tokens")
+    ours = completion_only_loss(model, batch)
+    ref = model(**batch).loss
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    ours.backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    model(**batch).loss.backward()
+    for g, p in zip(grads, [p for p in model.parameters() if p.requires_grad]):
+        torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-4)
+    # Summed over tokens and divided by the count over all accumulated batches:
+    torch.testing.assert_close(completion_only_loss(model, batch, num_items=10), ref * 5 / 10, atol=1e-5, rtol=1e-5)

@@ -115,7 +115,7 @@ def test_loss_falls_and_eval_loss_is_in_trainer_state(trained):
     history = json.loads(text)["log_history"]
     losses = [h["loss"] for h in history if "loss" in h]
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
-    assert len(losses) >= 5 and losses[-1] < 0.7 * losses[0]
+    assert len(losses) >= 5 and sum(losses[-3:]) < 0.8 * sum(losses[:3])  # about 6.3 → 4.3 on this data
     assert len(evals) == 2 and evals[-1] < evals[0]
 
 

@@ -225,6 +225,46 @@ def reference_logps(model: Any, rows: list[dict], pad_id: int, batch_size: int) 
     model.train(was_training)
 
 
+def _lm_parts(model: Any) -> tuple[Any, Any] | None:
+    """(decoder body, LM head) of a plain causal LM (LoRA layers live inside them), or None when the
+    model post-processes its logits (soft-capping, scaling) and must go through its own forward."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    if cfg is None or getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) not in (None, 1, 1.0):
+        return None
+    get_dec, get_head = getattr(base, "get_decoder", None), getattr(base, "get_output_embeddings", None)
+    dec = get_dec() if get_dec else None
+    head = get_head() if get_head else None
+    if dec is None or head is None or dec is base:
+        return None
+    return dec, head
+
+
+def completion_only_loss(model: Any, inputs: dict, num_items: Any = None) -> torch.Tensor | None:
+    """Causal-LM loss computed through the LM head only at labelled (completion) positions.
+
+    The prompt is most of every example, and the vocabulary projection with its softmax is the
+    largest single cost of a small model's step; computing logits only where a label exists gives
+    the same loss and gradients as the full forward for a fraction of that cost. Returns None when
+    the model has to be run through its own forward (see `_lm_parts`).
+    """
+    parts = _lm_parts(model)
+    if parts is None:
+        return None
+    dec, head = parts
+    labels = inputs["labels"]
+    kw = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
+    hidden = dec(input_ids=inputs["input_ids"], use_cache=False, **kw).last_hidden_state
+    target = labels[:, 1:]
+    mask = target != IGNORE
+    logits = head(hidden[:, :-1][mask]).float()
+    total = F.cross_entropy(logits, target[mask], reduction="sum")
+    denom = num_items if num_items is not None else mask.sum().clamp(min=1)
+    if torch.is_tensor(denom):
+        denom = denom.to(total.device)
+    return total / denom
+
+
 def _make_trainer_class() -> type:
     from transformers import Trainer
 
@@ -242,6 +282,13 @@ def _make_trainer_class() -> type:
             if model.training and real is not None:
                 self.tokens_trained += int(real)
             if self.method != "dpo":
+                if not return_outputs:
+                    # num_items_in_batch (labelled tokens across the accumulated batches) makes the
+                    # loss of gradient accumulation equal to the loss of one big batch.
+                    n = num_items_in_batch if self.model_accepts_loss_kwargs else None
+                    loss = completion_only_loss(model, inputs, n)
+                    if loss is not None:
+                        return loss
                 return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
             ref = inputs.pop("ref_logps")
             labels = inputs.pop("labels")
