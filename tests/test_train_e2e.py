@@ -244,3 +244,21 @@ def test_qlora_on_cpu_says_it_needs_a_gpu(world, tmp_path):
         pytest.skip("a GPU is present")
     res = _train(world, tmp_path / "q", "--qlora")
     assert res.exit_code == 1 and "--qlora needs a CUDA GPU" in res.output and "use --lora" in res.output
+
+
+def test_eval_held_out_queries_from_the_store_exclude_trained_traces(trained, world):
+    from train.evaluate import queries_from_store, trained_trace_ids
+
+    out, _ = trained
+    ids = trained_trace_ids(str(out))
+    assert sorted(ids) == world["expected"]
+    qs = queries_from_store(world["store"], "domain = 'math'", ids)
+    assert len(qs) == 6 and all(q["id"] not in ids for q in qs)  # the 3 low-reward and 3 below-min traces
+    from click.testing import CliRunner as _R
+
+    from train.eval_cli import main as eval_main
+
+    res = _R().invoke(eval_main, ["--model", str(out), "--where", "reward > 0.9; drop table x", "--store", world["store"]])
+    assert res.exit_code == 1 and "found 2 statements" in res.output
+    res = _R().invoke(eval_main, ["--model", str(out), "--where", "reward > 2", "--store", world["store"]])
+    assert res.exit_code == 1 and "selects no held-out traces" in res.output
