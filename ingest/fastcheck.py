@@ -84,11 +84,7 @@ def _field_check(t: str, f: Field, sub, depth: int = 0) -> str:
         for name, spec in f.properties.items():
             inner.append(_field_check(sub(name), spec, None if spec.properties is None else _nested(sub, name), depth + 1))
     if f.items is not None:
-        var = f"e{depth}"
-        it = f"{var}::VARCHAR"
-        item_sub = (lambda name, _v=var: f"json_extract({_v}, {_q('$.' + name)})::VARCHAR")
-        item = _field_check(it, f.items, item_sub, depth + 1)
-        inner.append(f"coalesce(list_bool_and(list_transform(json_extract({t}, '$[*]'), lambda {var}: coalesce({item}, false))), true)")
+        inner.append(_items_check(t, f.items, depth))
     checks = f"({type_ok})"
     if inner:
         body = " AND ".join(inner)
@@ -96,6 +92,39 @@ def _field_check(t: str, f: Field, sub, depth: int = 0) -> str:
     if f.required:
         return f"({t} IS NOT NULL AND {checks})"
     return f"({t} IS NULL OR ({checks}))"
+
+
+# Arrays of plain scalars are checked on their minified text by one regular expression.
+_ITEM_RES = {
+    "string": r'"([^"\\]|\\.)*"',
+    "integer": r"-?(0|[1-9][0-9]{0,17})",
+    "number": r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]{1,2})?",
+    "boolean": r"(true|false)",
+}
+
+
+def _items_check(t: str, item: Field, depth: int) -> str:
+    """SQL that is true iff every element of the JSON array text `t` satisfies `item`."""
+    scalar = item.properties is None and item.items is None and item.enum is None and item.minimum is None and item.maximum is None
+    if scalar and all(name in _ITEM_RES for name in item.types):
+        e = "(" + "|".join(_ITEM_RES[name] for name in item.types) + ")"
+        pattern = r"\[(" + e + r"(," + e + r")*)?\]"
+        return f"regexp_full_match({t}, {_q(pattern)})"
+    var = f"e{depth}"
+    if item.properties is not None and any(p.required for p in item.properties.values()):
+        # One parse of the array into a list of structs (members as JSON text). A non-object
+        # element becomes a struct of NULLs and fails its required members.
+        structure = "[{" + ", ".join(f'"{name}": "JSON"' for name in item.properties) + "}]"
+        items = f"try(json_transform({t}, {_q(structure)}))"
+        member = (lambda name, _v=var: _v + '."' + name + '"::VARCHAR')
+        body = " AND ".join(_field_check(member(name), spec, None, depth + 1) for name, spec in item.properties.items())
+        check = f"{var} IS NOT NULL AND {body}"
+    else:
+        items = f"json_extract({t}, '$[*]')"
+        item_sub = (lambda name, _v=var: f"json_extract({_v}, {_q('$.' + name)})::VARCHAR")
+        check = _field_check(f"{var}::VARCHAR", item, item_sub, depth + 1)
+    # list_bool_and skips NULLs and gives NULL for an empty list: make both explicit.
+    return f"coalesce(list_bool_and(list_transform({items}, lambda {var}: coalesce({check}, false))), len({items}) = 0)"
 
 
 def _nested(sub, name: str):
