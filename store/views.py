@@ -12,13 +12,18 @@ file written by ``kaelum-sql attach-file`` define exactly the same views.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
 from .layout import SCHEMA_PARTITION, SCHEMA_SEGMENT, StoreError, StoreInfo, open_store
+from .snapshot import SnapshotFiles
 from .upcast import CURRENT, Contract
 
 DEFAULT_MIN_REWARD = 0.7
@@ -28,12 +33,24 @@ def _q(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def _scan(info: StoreInfo, kind: str) -> str:
-    """Segments of one kind ("c" compacted, "w" written by a writer), plus the zero-row schema
-    segment so that the scan has its columns even when no such segment exists yet."""
+def _read(files: str, hive: bool = True) -> str:
+    opts = "hive_partitioning = true, hive_types = {'date': DATE}" if hive else "hive_partitioning = false"
+    return f"read_parquet({files}, {opts})"
+
+
+def _scan(info: StoreInfo, kind: str, mode: str) -> str:
+    """The segments of one kind as a read_parquet call.
+
+    ``snapshot`` mode (``connect``): the files of the query's snapshot, from ``kaelum_files`` (see
+    store/snapshot.py). ``glob`` mode (the views-only file for other DuckDB clients, which cannot
+    call back into Python): every segment by glob, and the views de-duplicate all of them.
+    """
+    if mode == "snapshot":
+        return _read(f"kaelum_files('{kind}', txid_current())", hive=kind != "derived")
     schema = info.events_dir / SCHEMA_PARTITION / SCHEMA_SEGMENT
-    files = f"[{_q(str(info.events_dir / '*' / f'{kind}-*.parquet'))}, {_q(str(schema))}]"
-    return f"read_parquet({files}, hive_partitioning = true, hive_types = {{'date': DATE}}, allow_empty = true)"
+    if kind == "fresh":
+        return _read(f"[{_q(str(info.events_dir / '*' / '*.parquet'))}]")
+    return _read(f"[{_q(str(schema))}]")
 
 
 def _events_up(scan: str, contract: Contract) -> str:
@@ -62,74 +79,129 @@ def _events_up(scan: str, contract: Contract) -> str:
 DEDUP_ORDER = 'writer, source, "offset"'
 
 
-def view_sql(info: StoreInfo, contract: Contract = CURRENT, events_source: str | None = None) -> list[tuple[str, str]]:
+def _trace_views(p: str, src: str) -> list[tuple[str, str]]:
+    """The per-trace helpers over the event relation `src`, named with prefix `p`.
+
+    They exist twice: over ``events`` (prefix ``_``, used by ``nodes`` and ``preference_pairs``)
+    and over ``_events_live`` (prefix ``_l``: only the traces that fresh segments touch), whose
+    ``_trace_live`` is also what compaction stores as the derived per-trace summary.
+    """
+    return [
+        # One trace_started / trace_completed per trace (the earliest start, the latest completion).
+        (f"{p}_started", f"SELECT trace_id, query, domain, worker_model, tags, ts AS started_at, data FROM {src} "
+         "WHERE type = 'trace_started' QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY seq, id) = 1"),
+        (f"{p}_completed", f"SELECT trace_id, status, final_answer, best_path, verified, reward, ts AS completed_at, data FROM {src} "
+         "WHERE type = 'trace_completed' QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY seq DESC, id DESC) = 1"),
+        # Corrections are new events: the latest feedback that carries a reward wins.
+        (f"{p}_feedback", "SELECT trace_id, arg_max(reward, (ts, seq, id)) FILTER (WHERE reward IS NOT NULL) AS feedback_reward, "
+         "arg_max(label, (ts, seq, id)) FILTER (WHERE label IS NOT NULL) AS feedback_label, count(*) AS feedback_count "
+         f"FROM {src} WHERE type = 'feedback' GROUP BY trace_id"),
+        (f"{p}_node_expanded", "SELECT trace_id, node_id, parent_id, depth, thought, terminal, answer, ts, seq, data "
+         f"FROM {src} WHERE type = 'node_expanded'"),
+    ]
+
+
+def _summary_sql(p: str) -> str:
+    """One row per trace: the columns of ``traces`` plus the best path's steps and ``complete``."""
+    return f"""
+        WITH path AS (
+            SELECT trace_id, unnest(best_path) AS node_id, generate_subscripts(best_path, 1) AS pos, len(best_path) AS n
+            FROM {p}_completed
+        ),
+        -- The best path of each completed trace, checked node by node against its node_expanded events.
+        pc AS (
+            SELECT p.trace_id,
+                   list(n.thought ORDER BY p.pos) FILTER (WHERE p.pos > 1) AS steps,
+                   list(p.node_id ORDER BY p.pos) FILTER (WHERE p.pos > 1) AS step_node_ids,
+                   bool_and(n.node_id IS NOT NULL AND coalesce(n.thought, '') <> '') AS nodes_ok,
+                   bool_or(p.pos = p.n AND coalesce(n.terminal, false) AND coalesce(n.answer, '') <> '') AS last_ok
+            FROM path p LEFT JOIN {p}_node_expanded n ON n.trace_id = p.trace_id AND n.node_id = p.node_id
+            GROUP BY p.trace_id
+        ),
+        t AS (
+            SELECT coalesce(s.trace_id, c.trace_id) AS trace_id, s.domain, s.query, s.worker_model, s.tags,
+                   s.data->>'$.router.method' AS router_method, (s.data->>'$.router.confidence')::DOUBLE AS router_confidence,
+                   s.started_at, c.completed_at, c.status, c.final_answer, c.best_path, c.verified,
+                   coalesce(f.feedback_reward, c.reward) AS reward, c.reward AS completed_reward,
+                   f.feedback_reward, f.feedback_label, coalesce(f.feedback_count, 0) AS feedback_count,
+                   (c.data->>'$.duration_ms')::DOUBLE AS duration_ms, c.data->>'$.error' AS error,
+                   (c.data->>'$.usage.llm_calls')::BIGINT AS llm_calls
+            FROM {p}_started s FULL OUTER JOIN {p}_completed c ON s.trace_id = c.trace_id
+            LEFT JOIN {p}_feedback f ON f.trace_id = coalesce(s.trace_id, c.trace_id)
+        )
+        SELECT t.*, coalesce(pc.steps, []::VARCHAR[]) AS steps, coalesce(pc.step_node_ids, []::VARCHAR[]) AS step_node_ids,
+               (t.started_at IS NOT NULL AND t.status = 'ok' AND coalesce(pc.nodes_ok AND pc.last_ok, false)) AS complete
+        FROM t LEFT JOIN pc ON pc.trace_id = t.trace_id
+        """
+
+
+TRACE_COLUMNS = (
+    "trace_id, domain, query, worker_model, tags, router_method, router_confidence, started_at, completed_at, status, "
+    "final_answer, best_path, verified, reward, completed_reward, feedback_reward, feedback_label, feedback_count, "
+    "duration_ms, error, llm_calls"
+)
+
+
+def view_sql(
+    info: StoreInfo, contract: Contract = CURRENT, events_source: str | None = None, mode: str = "glob"
+) -> list[tuple[str, str]]:
     """(name, CREATE statement) of every view and macro, in dependency order.
 
-    `events_source` replaces the segment scan (a SELECT with the columns of ``_events_all``); the
-    benchmark uses it to ask the raw JSONL the very same questions.
+    `mode` is ``snapshot`` for ``connect`` (segments from the query's snapshot, compacted ones read
+    as they are, per-trace rows from the derived summary) or ``glob`` (every segment by glob, all
+    de-duplicated: the views-only file for other DuckDB clients). `events_source` replaces the
+    segment scan (a SELECT with the columns of ``_events_all``); the benchmark uses it to ask the
+    raw JSONL the very same questions.
     """
     qglob = _q(info.quarantine_glob())
     defs: list[tuple[str, str]] = []
+    snapshot = mode == "snapshot" and events_source is None
 
     def view(name: str, body: str) -> None:
         defs.append((name, f"CREATE OR REPLACE VIEW {name} AS {body}"))
 
     if events_source is not None:
         view("_events_compacted", f"SELECT * FROM ({events_source}) WHERE false")
-        view("_events_fresh", events_source)
+        view("_events_fresh_raw", events_source)
     else:
-        view("_events_compacted", _events_up(_scan(info, "c"), contract))
-        view("_events_fresh", _events_up(_scan(info, "w"), contract))
-    view("_events_all", "SELECT * FROM _events_compacted UNION ALL SELECT * FROM _events_fresh")
-    # Re-sent events share an id; the views keep one. Compacted segments hold no id twice and no id
-    # of another compacted segment (compaction removes them), so they are read as they are; only
-    # the writers' recent segments are de-duplicated, among themselves and against the compacted
-    # ones. Partitioning by (type, trace_id, id) rather than id alone is the same for re-sent
-    # events (identical content) and lets DuckDB push a view's filter on type or trace_id below
-    # the de-duplication, so each view reads only its event types.
+        view("_events_compacted", _events_up(_scan(info, "compacted", mode), contract))
+        view("_events_fresh_raw", _events_up(_scan(info, "fresh", mode), contract))
+    view("_events_all", "SELECT * FROM _events_compacted UNION ALL SELECT * FROM _events_fresh_raw")
+    # Re-sent events share an id; the views keep one. Compacted segments hold no id twice
+    # (compaction de-duplicates), so they are read as they are; only the fresh segments are
+    # de-duplicated, among themselves and against the compacted ones. Partitioning by
+    # (type, trace_id, id) rather than id alone is the same for re-sent events (identical content)
+    # and lets DuckDB push a view's filter on type or trace_id below the de-duplication.
     view(
-        "events",
-        "SELECT * FROM _events_compacted UNION ALL "
-        "SELECT * FROM (SELECT * FROM _events_fresh "
+        "_events_fresh",
+        "SELECT * FROM (SELECT * FROM _events_fresh_raw "
         f"QUALIFY row_number() OVER (PARTITION BY type, trace_id, id ORDER BY {DEDUP_ORDER}) = 1) f "
         "WHERE NOT EXISTS (SELECT 1 FROM _events_compacted c WHERE c.type = f.type AND c.trace_id = f.trace_id AND c.id = f.id)",
     )
-    # One trace_started / trace_completed per trace (the earliest start, the latest completion).
-    view(
-        "_started",
-        "SELECT trace_id, query, domain, worker_model, tags, ts AS started_at, data FROM events "
-        "WHERE type = 'trace_started' QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY seq, id) = 1",
-    )
-    view(
-        "_completed",
-        "SELECT trace_id, status, final_answer, best_path, verified, reward, ts AS completed_at, data FROM events "
-        "WHERE type = 'trace_completed' QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY seq DESC, id DESC) = 1",
-    )
-    # Corrections are new events: the latest feedback that carries a reward wins.
-    view(
-        "_feedback",
-        "SELECT trace_id, arg_max(reward, (ts, seq, id)) FILTER (WHERE reward IS NOT NULL) AS feedback_reward, "
-        "arg_max(label, (ts, seq, id)) FILTER (WHERE label IS NOT NULL) AS feedback_label, count(*) AS feedback_count "
-        "FROM events WHERE type = 'feedback' GROUP BY trace_id",
-    )
-    view(
-        "traces",
-        """
-        SELECT coalesce(s.trace_id, c.trace_id) AS trace_id, s.domain, s.query, s.worker_model, s.tags,
-               s.data->>'$.router.method' AS router_method, (s.data->>'$.router.confidence')::DOUBLE AS router_confidence,
-               s.started_at, c.completed_at, c.status, c.final_answer, c.best_path, c.verified,
-               coalesce(f.feedback_reward, c.reward) AS reward, c.reward AS completed_reward,
-               f.feedback_reward, f.feedback_label, coalesce(f.feedback_count, 0) AS feedback_count,
-               (c.data->>'$.duration_ms')::DOUBLE AS duration_ms, c.data->>'$.error' AS error,
-               (c.data->>'$.usage.llm_calls')::BIGINT AS llm_calls
-        FROM _started s FULL OUTER JOIN _completed c ON s.trace_id = c.trace_id
-        LEFT JOIN _feedback f ON f.trace_id = coalesce(s.trace_id, c.trace_id)
-        """,
-    )
-    view(
-        "_node_expanded",
-        "SELECT trace_id, node_id, parent_id, depth, thought, terminal, answer, ts, seq, data FROM events WHERE type = 'node_expanded'",
-    )
+    view("events", "SELECT * FROM _events_compacted UNION ALL SELECT * FROM _events_fresh")
+    for name, body in _trace_views("", "events"):
+        view(name, body)
+    if snapshot:
+        # Per-trace rows come from the summary that compaction derived from the compacted segments,
+        # except for the traces that fresh segments touch: those are recomputed from all their events.
+        view("_touched", "SELECT DISTINCT trace_id FROM _events_fresh_raw")
+        view(
+            "_events_live",
+            f"SELECT * FROM ({_events_up(_scan(info, 'compacted_if_fresh', mode), contract)}) c "
+            "WHERE c.trace_id IN (SELECT trace_id FROM _touched) UNION ALL SELECT * FROM _events_fresh",
+        )
+        for name, body in _trace_views("_l", "_events_live"):
+            view(name, body)
+        view("_trace_live", _summary_sql("_l"))
+        view(
+            "_trace_summary",
+            f"SELECT * FROM {_scan(info, 'derived', mode)} d "
+            "WHERE NOT EXISTS (SELECT 1 FROM _touched t WHERE t.trace_id = d.trace_id) UNION ALL SELECT * FROM _trace_live",
+        )
+    else:
+        view("_trace_live", _summary_sql(""))
+        view("_trace_summary", "SELECT * FROM _trace_live")
+    view("traces", f"SELECT {TRACE_COLUMNS} FROM _trace_summary")
     view(
         "_node_value",
         "SELECT trace_id, node_id, arg_max(value, (ts, seq, id)) AS value, count(*) AS evaluations "
@@ -154,33 +226,13 @@ def view_sql(info: StoreInfo, contract: Contract = CURRENT, events_source: str |
         LEFT JOIN _node_verdict r ON r.trace_id = n.trace_id AND r.node_id = n.node_id
         """,
     )
-    # The best path of each completed trace, checked node by node against its node_expanded events.
-    view(
-        "_path_check",
-        """
-        WITH path AS (
-            SELECT trace_id, unnest(best_path) AS node_id, generate_subscripts(best_path, 1) AS pos, len(best_path) AS n
-            FROM _completed
-        )
-        SELECT p.trace_id,
-               list(n.thought ORDER BY p.pos) FILTER (WHERE p.pos > 1) AS steps,
-               list(p.node_id ORDER BY p.pos) FILTER (WHERE p.pos > 1) AS step_node_ids,
-               bool_and(n.node_id IS NOT NULL AND coalesce(n.thought, '') <> '') AS nodes_ok,
-               bool_or(p.pos = p.n AND coalesce(n.terminal, false) AND coalesce(n.answer, '') <> '') AS last_ok
-        FROM path p LEFT JOIN _node_expanded n ON n.trace_id = p.trace_id AND n.node_id = p.node_id
-        GROUP BY p.trace_id
-        """,
-    )
     view(
         "trajectories",
         """
-        SELECT t.trace_id, t.domain, t.query, coalesce(pc.steps, []::VARCHAR[]) AS steps,
-               coalesce(pc.step_node_ids, []::VARCHAR[]) AS step_node_ids, t.final_answer, t.reward, t.verified,
-               t.status, t.worker_model, t.started_at, t.completed_at, t.tags, t.best_path,
-               t.completed_reward, t.feedback_reward, t.feedback_label,
-               (t.started_at IS NOT NULL AND t.status = 'ok' AND coalesce(pc.nodes_ok AND pc.last_ok, false)) AS complete
-        FROM traces t LEFT JOIN _path_check pc ON pc.trace_id = t.trace_id
-        WHERE t.completed_at IS NOT NULL
+        SELECT trace_id, domain, query, steps, step_node_ids, final_answer, reward, verified,
+               status, worker_model, started_at, completed_at, tags, best_path,
+               completed_reward, feedback_reward, feedback_label, complete
+        FROM _trace_summary WHERE completed_at IS NOT NULL
         """,
     )
     view("verified_trajectories", "SELECT * FROM trajectories WHERE verified")
@@ -259,10 +311,10 @@ def view_sql(info: StoreInfo, contract: Contract = CURRENT, events_source: str |
             ORDER BY p.cvalue DESC NULLS LAST, p.rvalue ASC NULLS LAST, p.cnode, p.rnode) = 1
         """,
     )
+    qscan = _read("kaelum_files('quarantine', txid_current())") if snapshot else _read(qglob)
     view(
         "quarantine",
-        f"SELECT source, source_path, \"offset\", reason, raw_text, raw, writer, quarantined_at, date "
-        f"FROM read_parquet({qglob}, hive_partitioning = true, hive_types = {{'date': DATE}}) "
+        f"SELECT source, source_path, \"offset\", reason, raw_text, raw, writer, quarantined_at, date FROM {qscan} "
         "WHERE date <> DATE '1970-01-01' "
         'QUALIFY row_number() OVER (PARTITION BY source, "offset" ORDER BY quarantined_at, writer) = 1',
     )
@@ -285,8 +337,44 @@ PUBLIC_VIEWS = (
 MACROS = ("high_reward_trajectories_at", "training_examples_at")
 
 
-def install_views(con: duckdb.DuckDBPyConnection, info: StoreInfo, contract: Contract = CURRENT, events_source: str | None = None) -> None:
-    for _name, sql in view_sql(info, contract, events_source):
+_DERIVED_SCHEMAS: dict[tuple, Path] = {}
+_DERIVED_LOCK = threading.Lock()
+
+
+def _derived_schema_file(con: duckdb.DuckDBPyConnection, contract: Contract) -> Path:
+    """A zero-row Parquet file with the columns of the per-trace summary (one per process and contract).
+
+    It ends every list of derived files, so that the summary scan has its columns in a store that
+    was never compacted; it lives in a temporary folder, so that readers never write to the store.
+    """
+    key = (contract.version, tuple(sorted(contract.fields.items())))
+    with _DERIVED_LOCK:
+        path = _DERIVED_SCHEMAS.get(key)
+        if path is None or not path.exists():
+            d = Path(tempfile.mkdtemp(prefix="kaelum-store-schema-"))
+            atexit.register(shutil.rmtree, d, True)
+            path = d / "s-derived.parquet"
+            con.execute(f"COPY (SELECT * FROM _trace_live LIMIT 0) TO {_q(str(path))} (FORMAT parquet)")
+            _DERIVED_SCHEMAS[key] = path
+        return path
+
+
+def install_views(
+    con: duckdb.DuckDBPyConnection,
+    info: StoreInfo,
+    contract: Contract = CURRENT,
+    events_source: str | None = None,
+    mode: str = "glob",
+    files: SnapshotFiles | None = None,
+) -> None:
+    """Create the views on `con`. ``snapshot`` mode registers ``kaelum_files`` (pass `files` to fix the
+    snapshot, as compaction does; by default each query resolves the store's current one)."""
+    if mode == "snapshot" and events_source is None:
+        files = files or SnapshotFiles(info)
+        con.create_function("kaelum_files", files, ["VARCHAR", "UBIGINT"], "VARCHAR[]", side_effects=True)
+    for name, sql in view_sql(info, contract, events_source, mode):
+        if name == "_trace_summary" and files is not None and files.derived_schema is None:
+            files.derived_schema = _derived_schema_file(con, contract)
         con.execute(sql)
 
 
@@ -294,13 +382,15 @@ def connect(path: str | os.PathLike[str] | None = None, contract: Contract = CUR
     """An in-process DuckDB connection with the store's views (see docs/store.md).
 
     `path` defaults to ``$KAELUM_STORE`` or ``./store``. Raises StoreError if it is not a store.
+    Every query (every transaction) reads one consistent snapshot of the store, resolved when it
+    starts: a long-lived connection sees each commit as soon as it is durable.
     """
     info = open_store(default_store_path() if path is None else path)
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
-    install_views(con, info, contract)
+    install_views(con, info, contract, mode="snapshot")
     return con
 
 
