@@ -88,7 +88,7 @@ def duckdb_ceiling(path: str, out: str) -> float:
     return time.perf_counter() - t
 
 
-def parse_only(path: str, block: int = 16 << 20) -> float:
+def parse_only(path: str, block: int = 16 << 20, keep: list | None = None) -> float:
     """The ingester's read + parse + contract check over the file, without writing the store."""
     from ingest.parse import parse_block
 
@@ -101,10 +101,26 @@ def parse_only(path: str, block: int = 16 << 20) -> float:
                 break
             data = rest + chunk
             cut = data.rfind(b"\n") + 1
-            parse_block(data[:cut], pos)
+            parsed = parse_block(data[:cut], pos)
+            if keep is not None:
+                keep.append(parsed.events)
             pos += cut
             rest = data[cut:]
     return time.perf_counter() - t
+
+
+def commit_only(tables: list, store: str) -> float:
+    """The store's share: SegmentWriter.commit of the already parsed blocks, one commit each."""
+    import pyarrow as pa
+
+    from store import SegmentWriter
+
+    with SegmentWriter(store, writer_id="bench-commit-only") as w:
+        t = time.perf_counter()
+        for tb in tables:
+            n = tb.num_rows
+            w.commit(tb.append_column("source", pa.array(["fp"] * n, pa.string())).append_column("source_path", pa.array(["p"] * n, pa.string())))
+        return time.perf_counter() - t
 
 
 def catch_up(log_dir: str, store: str) -> tuple[float, dict]:
@@ -198,7 +214,10 @@ def main() -> None:
         print(f"synthetic file: {n} events, {size / 2**20:.1f} MiB ({time.perf_counter() - t:.1f}s to write)", flush=True)
 
         ceiling = duckdb_ceiling(path, os.path.join(work, "duckdb.parquet"))
-        parse_s = parse_only(path)
+        tables: list = []
+        parse_s = parse_only(path, keep=tables)
+        commit_s = commit_only(tables, os.path.join(work, "commit-only-store"))
+        del tables
         wall, summary = catch_up(log_dir, os.path.join(work, "store"))
         assert summary["events"] == n, summary
         own = summary["seconds"]
@@ -209,6 +228,7 @@ def main() -> None:
         print(f"{'':38} {'seconds':>9} {'events/s':>12} {'MiB/s':>8}")
         print(f"{'DuckDB COPY read_ndjson -> parquet':38} {ceiling:9.2f} {n / ceiling:12,.0f} {mib / ceiling:8.1f}")
         print(f"{'  ingest read+parse+check only':38} {parse_s:9.2f} {n / parse_s:12,.0f} {mib / parse_s:8.1f}")
+        print(f"{'  store SegmentWriter.commit only':38} {commit_s:9.2f} {n / commit_s:12,.0f} {mib / commit_s:8.1f}")
         print(f"{'kaelum-ingest --once (in-process)':38} {own:9.2f} {n / own:12,.0f} {mib / own:8.1f}")
         print(f"{'kaelum-ingest --once (incl. startup)':38} {wall:9.2f} {n / wall:12,.0f} {mib / wall:8.1f}")
         print(f"catch-up / ceiling: {ceiling / own:.0%} (goal >= 50%); incl. interpreter startup: {ceiling / wall:.0%}")
