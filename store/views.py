@@ -101,6 +101,21 @@ def _trace_views(p: str, src: str) -> list[tuple[str, str]]:
     ]
 
 
+def _trace_columns_sql(p: str) -> str:
+    """One row per trace with the columns of ``traces`` (no best-path check: ``traces`` needs none)."""
+    return f"""
+            SELECT coalesce(s.trace_id, c.trace_id) AS trace_id, s.domain, s.query, s.worker_model, s.tags,
+                   s.data->>'$.router.method' AS router_method, (s.data->>'$.router.confidence')::DOUBLE AS router_confidence,
+                   s.started_at, c.completed_at, c.status, c.final_answer, c.best_path, c.verified,
+                   coalesce(f.feedback_reward, c.reward) AS reward, c.reward AS completed_reward,
+                   f.feedback_reward, f.feedback_label, coalesce(f.feedback_count, 0) AS feedback_count,
+                   (c.data->>'$.duration_ms')::DOUBLE AS duration_ms, c.data->>'$.error' AS error,
+                   (c.data->>'$.usage.llm_calls')::BIGINT AS llm_calls
+            FROM {p}_started s FULL OUTER JOIN {p}_completed c ON s.trace_id = c.trace_id
+            LEFT JOIN {p}_feedback f ON f.trace_id = coalesce(s.trace_id, c.trace_id)
+    """
+
+
 def _summary_sql(p: str) -> str:
     """One row per trace: the columns of ``traces`` plus the best path's steps and ``complete``."""
     return f"""
@@ -118,17 +133,7 @@ def _summary_sql(p: str) -> str:
             FROM path p LEFT JOIN {p}_node_expanded n ON n.trace_id = p.trace_id AND n.node_id = p.node_id
             GROUP BY p.trace_id
         ),
-        t AS (
-            SELECT coalesce(s.trace_id, c.trace_id) AS trace_id, s.domain, s.query, s.worker_model, s.tags,
-                   s.data->>'$.router.method' AS router_method, (s.data->>'$.router.confidence')::DOUBLE AS router_confidence,
-                   s.started_at, c.completed_at, c.status, c.final_answer, c.best_path, c.verified,
-                   coalesce(f.feedback_reward, c.reward) AS reward, c.reward AS completed_reward,
-                   f.feedback_reward, f.feedback_label, coalesce(f.feedback_count, 0) AS feedback_count,
-                   (c.data->>'$.duration_ms')::DOUBLE AS duration_ms, c.data->>'$.error' AS error,
-                   (c.data->>'$.usage.llm_calls')::BIGINT AS llm_calls
-            FROM {p}_started s FULL OUTER JOIN {p}_completed c ON s.trace_id = c.trace_id
-            LEFT JOIN {p}_feedback f ON f.trace_id = coalesce(s.trace_id, c.trace_id)
-        )
+        t AS ({_trace_columns_sql(p)})
         SELECT t.*, coalesce(pc.steps, []::VARCHAR[]) AS steps, coalesce(pc.step_node_ids, []::VARCHAR[]) AS step_node_ids,
                (t.started_at IS NOT NULL AND t.status = 'ok' AND coalesce(pc.nodes_ok AND pc.last_ok, false)) AS complete
         FROM t LEFT JOIN pc ON pc.trace_id = t.trace_id
@@ -172,11 +177,17 @@ def view_sql(
     # de-duplicated, among themselves and against the compacted ones. Partitioning by
     # (type, trace_id, id) rather than id alone is the same for re-sent events (identical content)
     # and lets DuckDB push a view's filter on type or trace_id below the de-duplication.
+    # The compacted rows a fresh row may duplicate: in snapshot mode none are read when there is no
+    # fresh segment (``compacted_if_fresh``), so a compacted store pays nothing for this check.
+    if snapshot:
+        view("_events_c_if_fresh", _events_up(_scan(info, "compacted_if_fresh", mode), contract))
+    else:
+        view("_events_c_if_fresh", "SELECT * FROM _events_compacted")
     view(
         "_events_fresh",
         "SELECT * FROM (SELECT * FROM _events_fresh_raw "
         f"QUALIFY row_number() OVER (PARTITION BY type, trace_id, id ORDER BY {DEDUP_ORDER}) = 1) f "
-        "WHERE NOT EXISTS (SELECT 1 FROM _events_compacted c WHERE c.type = f.type AND c.trace_id = f.trace_id AND c.id = f.id)",
+        "WHERE NOT EXISTS (SELECT 1 FROM _events_c_if_fresh c WHERE c.type = f.type AND c.trace_id = f.trace_id AND c.id = f.id)",
     )
     view("events", "SELECT * FROM _events_compacted UNION ALL SELECT * FROM _events_fresh")
     for name, body in _trace_views("", "events"):
@@ -187,21 +198,19 @@ def view_sql(
         view("_touched", "SELECT DISTINCT trace_id FROM _events_fresh_raw")
         view(
             "_events_live",
-            f"SELECT * FROM ({_events_up(_scan(info, 'compacted_if_fresh', mode), contract)}) c "
-            "WHERE c.trace_id IN (SELECT trace_id FROM _touched) UNION ALL SELECT * FROM _events_fresh",
+            "SELECT * FROM _events_c_if_fresh c WHERE c.trace_id IN (SELECT trace_id FROM _touched) UNION ALL SELECT * FROM _events_fresh",
         )
         for name, body in _trace_views("_l", "_events_live"):
             view(name, body)
         view("_trace_live", _summary_sql("_l"))
-        view(
-            "_trace_summary",
-            f"SELECT * FROM {_scan(info, 'derived', mode)} d "
-            "WHERE NOT EXISTS (SELECT 1 FROM _touched t WHERE t.trace_id = d.trace_id) UNION ALL SELECT * FROM _trace_live",
-        )
+        view("_trace_live_columns", _trace_columns_sql("_l"))
+        derived = f"{_scan(info, 'derived', mode)} d WHERE NOT EXISTS (SELECT 1 FROM _touched t WHERE t.trace_id = d.trace_id)"
+        view("_trace_summary", f"SELECT * FROM {derived} UNION ALL SELECT * FROM _trace_live")
+        view("traces", f"SELECT {TRACE_COLUMNS} FROM {derived} UNION ALL SELECT {TRACE_COLUMNS} FROM _trace_live_columns")
     else:
         view("_trace_live", _summary_sql(""))
         view("_trace_summary", "SELECT * FROM _trace_live")
-    view("traces", f"SELECT {TRACE_COLUMNS} FROM _trace_summary")
+        view("traces", _trace_columns_sql(""))
     view(
         "_node_value",
         "SELECT trace_id, node_id, arg_max(value, (ts, seq, id)) AS value, count(*) AS evaluations "
