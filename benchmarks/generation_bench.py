@@ -132,11 +132,16 @@ def main() -> None:
                 got = run_backend(ct2, messages, prefix, args.n, args.n, args.max_tokens, seed)
             totals[row] = [a + b for a, b in zip(totals[row], got)]
 
+    import torch
+
+    from kaelum.llm.engines import default_threads
+
     base_rate = _rate(totals["baseline"][1], totals["baseline"][2])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"\nmodel {EMBEDDED_NAME}, {args.prompts} prompts, n={args.n} (baseline {args.baseline_samples} per prompt), "
-        f"max {args.max_tokens} new tokens, {os.cpu_count()} CPUs, load average {load:.1f}"
+        f"max {args.max_tokens} new tokens, {os.cpu_count()} CPUs, threads ct2 {default_threads()} / torch "
+        f"{torch.get_num_threads()}, load average at the end {load:.1f}"
     )
     print(f"{'row':<12} {'calls':>6} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'vs baseline':>12}")
     for name in rows:

@@ -49,15 +49,23 @@ def _seed(params: SamplingParams) -> int:
     return params.seed if params.seed is not None else random.SystemRandom().randrange(1, 2**31 - 1)
 
 
-def default_threads() -> int:
-    """OpenMP threads for one engine: `KAELUM_THREADS`, else all cores up to 8."""
+def configured_threads() -> int | None:
+    """`KAELUM_THREADS` when set: the threads each engine computes with."""
     env = os.environ.get("KAELUM_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError as exc:
-            raise LLMError(f"KAELUM_THREADS must be a positive integer, got {env!r}") from exc
-    return max(1, min(8, os.cpu_count() or 1))
+    if not env:
+        return None
+    try:
+        value = int(env)
+    except ValueError as exc:
+        raise LLMError(f"KAELUM_THREADS must be a positive integer, got {env!r}") from exc
+    if value < 1:
+        raise LLMError(f"KAELUM_THREADS must be a positive integer, got {env!r}")
+    return value
+
+
+def default_threads() -> int:
+    """Threads for one engine: `KAELUM_THREADS`, else all cores up to 8."""
+    return configured_threads() or max(1, min(8, os.cpu_count() or 1))
 
 
 class CT2Engine:
@@ -155,7 +163,8 @@ class TransformersEngine:
         import torch
         from transformers import AutoModelForCausalLM
 
-        if threads:
+        threads = threads or configured_threads() or 0
+        if threads:  # otherwise torch's own default (all cores)
             torch.set_num_threads(threads)
         try:
             model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device)
