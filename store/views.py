@@ -183,11 +183,13 @@ def view_sql(
         view("_events_c_if_fresh", _events_up(_scan(info, "compacted_if_fresh", mode), contract))
     else:
         view("_events_c_if_fresh", "SELECT * FROM _events_compacted")
+    # The anti-join first, the window last: a view's filter on type then reaches the scan (DuckDB
+    # pushes it through a window partitioned by type, not into a window below an anti-join).
     view(
         "_events_fresh",
-        "SELECT * FROM (SELECT * FROM _events_fresh_raw "
-        f"QUALIFY row_number() OVER (PARTITION BY type, trace_id, id ORDER BY {DEDUP_ORDER}) = 1) f "
-        "WHERE NOT EXISTS (SELECT 1 FROM _events_c_if_fresh c WHERE c.type = f.type AND c.trace_id = f.trace_id AND c.id = f.id)",
+        "SELECT * FROM (SELECT * FROM _events_fresh_raw f "
+        "WHERE NOT EXISTS (SELECT 1 FROM _events_c_if_fresh c WHERE c.type = f.type AND c.trace_id = f.trace_id AND c.id = f.id)) "
+        f"QUALIFY row_number() OVER (PARTITION BY type, trace_id, id ORDER BY {DEDUP_ORDER}) = 1",
     )
     view("events", "SELECT * FROM _events_compacted UNION ALL SELECT * FROM _events_fresh")
     for name, body in _trace_views("", "events"):
