@@ -1,9 +1,10 @@
 """Readers: an in-process DuckDB connection whose views turn the segments into traces and datasets.
 
-Every view is derived from the segments at query time (a projection of the events; it holds no
-state of its own). A connection holds nothing on the store's files between queries: each query
-expands the segment glob anew, so it sees every commit finished before it started and never a
-segment being written (those have ``.partial`` names the glob does not match).
+Every view is derived from the segments at query time, except that per-trace views read the
+summary compaction derived from the compacted segments for the traces no fresh segment touches.
+A connection holds nothing on the store's files between queries: each query (transaction)
+resolves a snapshot of the store anew (store/snapshot.py), so it sees every commit finished
+before it started, all of a commit or none of it, and never a segment being written.
 
 The definitions follow DESIGN.md ("Definitions the views implement"); docs/store.md lists every
 view's columns. The SQL lives here, in one place, so that ``connect`` and the views-only DuckDB
