@@ -25,13 +25,20 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def make_questions(n_train: int, n_test: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """Two- and three-digit additions and subtractions; train and test share no (a, op, b)."""
+def make_questions(n_train: int, n_test: int, seed: int, max_operand: int = 50) -> tuple[list[dict], list[dict]]:
+    """Additions and non-negative subtractions of operands up to `max_operand`; train and test share no (a, op, b).
+
+    A 135M model gets few multi-digit sums right, and only verified traces become training data,
+    so the operands stay small enough for the base model to be right some of the time."""
     rng = random.Random(seed)
     seen: set[tuple[int, str, int]] = set()
     out: list[dict] = []
+    if n_train + n_test > 2 * (max_operand - 1) ** 2 // 2:
+        raise SystemExit(f"--max-operand {max_operand} allows too few distinct questions for {n_train + n_test}")
     while len(out) < n_train + n_test:
-        a, b, op = rng.randint(10, 199), rng.randint(10, 99), rng.choice("+-")
+        a, b, op = rng.randint(2, max_operand), rng.randint(2, max_operand), rng.choice("+-")
+        if op == "-" and b > a:
+            a, b = b, a
         if (a, op, b) in seen:
             continue
         seen.add((a, op, b))
@@ -46,7 +53,8 @@ def main() -> None:
     p.add_argument("--test-questions", type=int, default=100)
     p.add_argument("--simulations", type=int, default=2, help="LATS_SIMULATIONS for collection and evaluation")
     p.add_argument("--branching", type=int, default=3, help="LATS_BRANCHING")
-    p.add_argument("--max-llm-calls", type=int, default=8, help="LATS_MAX_LLM_CALLS per query")
+    p.add_argument("--max-llm-calls", type=int, default=12, help="LATS_MAX_LLM_CALLS per query")
+    p.add_argument("--max-operand", type=int, default=50)
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--min-reward", type=float, default=0.0, help="verified traces are all kept by default")
@@ -63,7 +71,7 @@ def main() -> None:
 
     work = args.workdir or tempfile.mkdtemp(prefix="kaelum-loop-")
     logs, store, out = (os.path.join(work, d) for d in ("logs", "store", "finetuned_math"))
-    train_q, test_q = make_questions(args.train_questions, args.test_questions, args.seed)
+    train_q, test_q = make_questions(args.train_questions, args.test_questions, args.seed, args.max_operand)
     assert not {q["query"] for q in train_q} & {q["query"] for q in test_q}
     overrides = {"LATS_SIMULATIONS": args.simulations, "LATS_BRANCHING": args.branching, "LATS_MAX_LLM_CALLS": args.max_llm_calls, "SEED": args.seed}
     timings = {}
@@ -83,7 +91,12 @@ def main() -> None:
     targs = TrainArgs(model=args.model, output_dir=out, epochs=args.epochs, lr=args.lr, batch_size=8, seed=args.seed,
                       lora=LoraArgs(r=16, alpha=32), data=DataArgs(store=store, domain="math", min_reward=args.min_reward,
                                                                    max_seq_len=512, eval_split=0.1))
-    result = train(targs)
+    from train.data import DataError
+
+    try:
+        result = train(targs)
+    except DataError as exc:
+        raise SystemExit(f"base model verified {100 * base_train_acc:.1f}% of {len(train_q)} training questions; nothing to train on: {exc}")
     timings["train_s"] = time.perf_counter() - t0
     manifest = json.load(open(os.path.join(out, "kaelum_manifest.json")))
     trained_queries = {q for q in (r.query for r in collected)}
