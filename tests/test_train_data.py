@@ -268,3 +268,11 @@ def test_completion_only_loss_equals_the_models_own_loss(tiny):
         torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-4)
     # Summed over tokens and divided by the count over all accumulated batches:
     torch.testing.assert_close(completion_only_loss(model, batch, num_items=10), ref * 5 / 10, atol=1e-5, rtol=1e-5)
+
+
+def test_missing_log_dir_and_missing_store_name_the_fix(tmp_path):
+    common = ["--model", "m", "--output-dir", str(tmp_path / "o")]
+    res = CliRunner().invoke(train_main, common + ["--log-dir", str(tmp_path / "nologs"), "--store", str(tmp_path / "s")])
+    assert res.exit_code == 1 and "does not exist; point it at the folder the orchestrator logs to" in res.output
+    res = CliRunner().invoke(train_main, common + ["--store", str(tmp_path / "nostore")])
+    assert res.exit_code == 1 and f"no store at {tmp_path / 'nostore'} — run `kaelum-ingest --once" in res.output

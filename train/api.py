@@ -26,8 +26,15 @@ DEFAULT_STORE = "./store"
 
 def ingest_logs(log_dir: str, store: str, progress: bool = True) -> Any:
     """Ingest `log_dir` into `store` with the same code as `kaelum-ingest --once`."""
+    import os
+
     from ingest import ingest_once
 
+    if not os.path.isdir(log_dir):
+        raise DataError(
+            f"--log-dir {log_dir} does not exist; point it at the folder the orchestrator logs to "
+            "(Orchestrator(enable_logging=True, log_dir=...)), or leave it out to train on what --store holds"
+        )
     log.info("ingesting %s into %s", log_dir, store)
     return ingest_once(log_dir, store, progress=progress)
 
