@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from .observe import Hub
-from .source import FINGERPRINT_BYTES, Lines, Oversize, fingerprint_of, read_lines
+from .source import FINGERPRINT_BYTES, Lines, Oversize, fingerprint_of, read_fingerprint, read_lines
 
 DEFAULT_INCLUDE = ("*.jsonl", "*.jsonl.*", "*.log", "*.ndjson")
 DEFAULT_EXCLUDE = ("*.gz", "*.zst", "*.bz2", "*.xz", "*.zip", ".*")
@@ -113,6 +113,9 @@ class Tailer:
                 continue
             try:
                 with open(path, "rb") as fh:
+                    # Identity and size of the inode actually opened: the name may have moved on
+                    # to another file between stat() and open() (rotation).
+                    st = os.fstat(fh.fileno())
                     fp = fingerprint_of(fh.read(FINGERPRINT_BYTES))
             except FileNotFoundError:
                 continue
@@ -197,7 +200,13 @@ class Tailer:
             if (src.dev, src.ino) in by_inode:
                 continue  # handled above as a truncation
             if src.fd is not None:
-                src.size = os.fstat(src.fd).st_size
+                st = os.fstat(src.fd)
+                if st.st_nlink > 0:
+                    # Still linked somewhere: renamed while we listed the directory (the next scan
+                    # finds it), or moved out of it. Either way it is still readable here.
+                    src.size = st.st_size
+                    continue
+                src.size = st.st_size
             else:
                 src.size = src.position  # closed while idle and caught up: nothing left to drain
             src.gone = True
@@ -256,6 +265,12 @@ class Tailer:
             if size != src.size:
                 src.size, src.last_change = size, time.monotonic()
         got = read_lines(src.fd, src.position, src.size, self.block_bytes, self.max_line_bytes, src.scanned_to)
+        if got is not None and read_fingerprint(src.fd) != src.fingerprint:
+            # The file was truncated and rewritten since it was identified, maybe before this
+            # read: what was read may be the new content. Drop it; the next scan sees the
+            # truncation, and the new content is read as the new source it is (and the old
+            # content from its copy, with copy-truncate).
+            return None
         if isinstance(got, int):
             src.scanned_to = got
             return None
@@ -274,6 +289,9 @@ class Tailer:
             if src.gone and src.position >= src.size and src.committed >= src.position:
                 self._close(src)
                 del self.sources[fp]
+                # Remember where it ended: if the same content shows up again (moved back, or
+                # seen again after a race with a rename) it continues there, never from 0.
+                self.start_positions[fp] = src.position
                 self.hub.emit("file_removed", path=src.path, fingerprint=fp, position=src.position)
             elif src.fd is not None and src.committed >= src.size and now - src.last_change > self.idle_close_s:
                 self._close(src)  # reopened by path (and re-identified) when it changes
