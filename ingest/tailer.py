@@ -74,6 +74,7 @@ class Tailer:
         block_bytes: int = 16 << 20,
         max_line_bytes: int = 1 << 20,
         idle_close_s: float = 60.0,
+        max_open: int = 256,
     ) -> None:
         self.log_dir = log_dir
         self.hub = hub
@@ -83,6 +84,7 @@ class Tailer:
         self.block_bytes = max(block_bytes, max_line_bytes + 1)
         self.max_line_bytes = max_line_bytes
         self.idle_close_s = idle_close_s
+        self.max_open = max_open
         self.sources: dict[str, Source] = {}
         self._seen: dict[str, _Seen] = {}  # by path, from the previous scan
 
@@ -295,6 +297,13 @@ class Tailer:
                 self.hub.emit("file_removed", path=src.path, fingerprint=fp, position=src.position)
             elif src.fd is not None and src.committed >= src.size and now - src.last_change > self.idle_close_s:
                 self._close(src)  # reopened by path (and re-identified) when it changes
+        # Many rotated files: keep at most max_open descriptors, closing caught-up ones first
+        # (the least recently changed); sources with unread bytes keep theirs.
+        open_srcs = [s for s in self.sources.values() if s.fd is not None]
+        if len(open_srcs) > self.max_open:
+            idle = sorted((s for s in open_srcs if not s.gone and s.committed >= s.size), key=lambda s: s.last_change)
+            for src in idle[: len(open_srcs) - self.max_open]:
+                self._close(src)
 
     def rewind(self, fps: list[str]) -> None:
         """A commit failed: read those sources again from what the store durably holds."""

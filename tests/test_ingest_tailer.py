@@ -127,3 +127,31 @@ def test_resumes_from_store_positions(tmp_path):
     fp = fingerprint_of(b"l1\n")
     t = Tailer(str(tmp_path), Hub(), start_positions={fp: 6})
     assert _drain(t) == {fp: b"l3\n"}
+
+
+def test_descriptors_are_capped_and_reopened_when_a_file_grows(tmp_path):
+    t = Tailer(str(tmp_path), Hub(), max_open=2)
+    for i in range(5):
+        (tmp_path / f"f{i}.jsonl").write_bytes(f"line {i}\n".encode())
+    assert len(_drain(t)) == 5
+    assert sum(s.fd is not None for s in t.sources.values()) == 2
+    with open(tmp_path / "f0.jsonl", "ab") as fh:
+        fh.write(b"more\n")
+    assert _drain(t) == {fingerprint_of(b"line 0\n"): b"more\n"}
+
+
+def test_a_read_racing_a_truncate_and_rewrite_is_dropped(tmp_path):
+    # The file is identified, then cut and rewritten before the read: the bytes read belong to
+    # the new content and must not be emitted as the old source.
+    rec = Recorder()
+    hub = Hub()
+    hub.add(rec)
+    t = Tailer(str(tmp_path), hub)
+    a = tmp_path / "a.jsonl"
+    a.write_bytes(b"old-1\nold-2\n")
+    t.scan()
+    src = t.sources[fingerprint_of(b"old-1\n")]
+    a.write_bytes(b"new-1\n")  # truncate + rewrite, the tailer has not scanned since
+    assert t.read(src) is None and src.position == 0
+    got = _drain(t)
+    assert got == {fingerprint_of(b"new-1\n"): b"new-1\n"} and "truncated" in rec.kinds()
