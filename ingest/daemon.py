@@ -23,7 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from store import QuarantineRecord, SegmentWriter, StoreError, open_store
+from store import QuarantineRecord, SegmentWriter, open_store
 
 from .emit import Batch, Committer
 from .observe import Hub, LogObserver
@@ -157,10 +157,7 @@ class Daemon:
     def run(self) -> IngestSummary:
         cfg = self.config
         started = time.monotonic()
-        try:
-            info = open_store(cfg.store, create=True)
-        except StoreError:
-            raise
+        info = open_store(cfg.store, create=True)  # StoreError names the fix; the CLI shows it
         lock = _DirLock(str(info.path), cfg.log_dir, self.writer_id)
         watcher = None
         try:
@@ -172,8 +169,10 @@ class Daemon:
                 self.hub.emit("started", writer=self.writer_id, log_dir=cfg.log_dir, store=str(info.path), known_sources=len(positions), pid=os.getpid())
                 if cfg.use_watchdog and not cfg.once:
                     watcher = _watch(cfg.log_dir, self._wake)
-                summary = self._loop(tailer, writer, str(info.path))
-                tailer.close()
+                try:
+                    summary = self._loop(tailer, writer, str(info.path))
+                finally:
+                    tailer.close()
             finally:
                 writer.close()
         finally:
