@@ -173,3 +173,31 @@ def test_content_hash_changes_with_content(tmp_path):
     assert cache.content_hash(d) == h1
     (d / "model.safetensors").write_bytes(b"b" * 10)
     assert cache.content_hash(d) != h1
+
+
+def test_concurrent_builds_of_one_entry_build_it_once(home):
+    import threading
+    import time
+
+    final = cache.models_dir() / "gguf" / "shared-entry"
+    built, skipped = [], []
+    start = threading.Barrier(4)
+
+    def worker(i: int) -> None:
+        start.wait()
+        with cache.building(final) as tmp:
+            if tmp is None:
+                skipped.append(i)
+                return
+            time.sleep(0.2)  # a slow conversion: the others must wait, then find it done
+            (tmp / "config.json").write_text("{}")
+            cache.write_meta(tmp, name="shared", kind="gguf", source=f"worker {i}")
+            built.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and len(skipped) == 3
+    assert cache.read_meta(final)["source"] == f"worker {built[0]}"
