@@ -18,6 +18,7 @@ query). Also the segment count before and after ``compact``.
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import shutil
 import statistics
@@ -194,7 +195,9 @@ def main() -> None:
     install_views(raw_con, info, events_source=raw_events_source(str(log_dir / "*.jsonl")))
     raw = {name: timed(raw_con, sql, args.raw_repeat) for name, sql in QUERIES.items()}
 
-    print(f"\n{n:,} events ({n / EVENTS_PER_TRACE:,.0f} traces): built in {build_s:.1f} s; "
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nload average (1/5/15 min) at the end: {load}")
+    print(f"{n:,} events ({n / EVENTS_PER_TRACE:,.0f} traces): built in {build_s:.1f} s; "
           f"Parquet store {store_mb:,.0f} MB vs JSONL {jsonl_mb:,.0f} MB; DuckDB threads={args.threads}")
     print(f"segments: {seg_before} before compaction, {res.segments_after} after ({compact_s:.1f} s)\n")
     w = max(map(len, QUERIES))
