@@ -52,6 +52,12 @@ def test_get_domain_all_and_unknown():
     ("Answer: x = 4", "4"),
     ("Answer: 12 apples", "12"),
     ("Answer: The answer is 7/2.", "7/2"),
+    # An equation as the answer states its result, not its first operand (SmolLM2 writes these).
+    ("Answer: Remaining equation: 2 - 2 = 0", "0"),
+    ("Answer: 4 + 9 = 13", "13"),
+    ("Answer: So, 20 + 5 = 25.", "25"),
+    ("Answer: 12 - 4 = 12 - 4 = 8", "8"),
+    ("Answer: x = 2 or x = -2", "2, -2"),
 ])
 def test_math_extract(text, expected):
     assert get_domain("math").extract_answer(text) == expected

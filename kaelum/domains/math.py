@@ -47,6 +47,12 @@ def normalise_math_answer(raw: str) -> str | None:
     eqs = [m.group(1).strip() for m in _VAR_EQ.finditer(s)]
     if eqs and len(eqs) >= 1 and re.match(r"^\s*[a-zA-Z]\s*=", s):
         s = ", ".join(eqs)
+    elif "=" in s:
+        # An equation as the answer ("4 + 9 = 13", "Remaining equation: 2 - 2 = 0") states its
+        # last side; its leading number would be an operand, not the result.
+        last = s.rsplit("=", 1)[1].strip()
+        if parse_number(last) is not None or _LEADING_NUMBER.match(last):
+            s = last
     if parse_number(s) is not None or _parses_as_list(s):
         return re.sub(r"(?<=\d),(?=\d{3}\b)", "", s).rstrip("%").strip()
     m = _LEADING_NUMBER.match(s)
