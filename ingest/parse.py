@@ -12,6 +12,7 @@ either accepts them after all or names the reason.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -70,6 +71,9 @@ def _connection() -> duckdb.DuckDBPyConnection:
     con = getattr(_local, "con", None)
     if con is None:
         con = duckdb.connect(":memory:")
+        # Parsing runs beside the store's commit thread (its own DuckDB): half the cores each
+        # avoids oversubscription (measured ~10% faster catch-up on 2 cores).
+        con.execute(f"SET threads = {max(1, (os.cpu_count() or 2) // 2)}")
         _local.con = con
     return con
 
