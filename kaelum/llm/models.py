@@ -95,8 +95,11 @@ def content_hash(path: Path) -> str:
     h = hashlib.sha256()
     for f in files:
         h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0")
+        fh_hash = hashlib.sha256()  # hashlib.file_digest would need Python 3.11
         with open(f, "rb") as fh:
-            h.update(hashlib.file_digest(fh, "sha256").digest())
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                fh_hash.update(chunk)
+        h.update(fh_hash.digest())
     return h.hexdigest()
 
 
