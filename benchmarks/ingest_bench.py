@@ -229,6 +229,7 @@ def main() -> None:
         parse_s = parse_only(path, keep=tables)
         commit_s = commit_only(tables, os.path.join(work, "commit-only-store"))
         del tables
+        os.sync()  # the phases above wrote GBs; their writeback would stall the daemon's fsyncs
         fresh = freshness(work, args.fresh_seconds, args.rate, args.daemon_arg)
 
         mib = size / 2**20
