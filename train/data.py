@@ -7,7 +7,6 @@ examples each stage kept, so that "zero examples" can name the filter that remov
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import logging
 import os
@@ -174,10 +173,14 @@ def open_store(store_path: str) -> duckdb.DuckDBPyConnection:
 
 
 def snapshot(store_path: str, con: duckdb.DuckDBPyConnection) -> StoreSnapshot:
+    from store import open_store
+    from store.snapshot import resolve
+
     root = os.path.abspath(store_path)
-    segments = sorted(
-        os.path.relpath(p, root) for p in glob.glob(os.path.join(root, "events", "*", "*.parquet"))
-    )
+    # The segments a reader sees now: committed writer segments and the current compaction
+    # generation, never uncommitted files or inputs waiting for deletion.
+    snap = resolve(open_store(store_path))
+    segments = sorted(os.path.relpath(str(p), root) for p in (*snap.compacted, *snap.fresh))
     try:
         count = int(con.execute("select count(*) from events").fetchall()[0][0])
     except duckdb.Error:
