@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .layout import StoreError, StoreInfo, check_writer_id, open_store, write_durable
-from .schema import QUARANTINE_SCHEMA, SEGMENT_SCHEMA, check_events_table, write_segment
+from .schema import EVENTS_SCHEMA, QUARANTINE_SCHEMA, SEGMENT_SCHEMA, WRITER_ZSTD_LEVEL, check_events_table, write_segment
 from .upcast import CURRENT, Contract
 
 log = logging.getLogger("store.writer")
@@ -327,8 +327,14 @@ class SegmentWriter:
         if problems:
             raise StoreError("commit refused, nothing written: " + "; ".join(problems))
 
-    def _derive(self, table: pa.Table) -> pa.Table:
-        """Add the typed columns (one JSON parse per row, in DuckDB) and sort for good statistics."""
+    def typed_columns(self, table: pa.Table) -> pa.Table:
+        """The typed columns of `table` (``EVENTS_SCHEMA``), one row per event, in its order.
+
+        Only ``v``, ``type`` and ``data`` go through DuckDB (one ``json_transform`` per row, which
+        measured ~0.14 s per 200k events); the other columns stay in Arrow. Round-tripping the whole
+        batch through DuckDB, as this used to, cost 2-3x that: it copies the large ``data`` column
+        twice.
+        """
         c = self.contract
         struct = c.extract_sql("_d")
         if c.upcasters:
@@ -337,19 +343,30 @@ class SegmentWriter:
         else:
             data_cur = "data::JSON"
         typed = ", ".join(f"{c.column_of('_x', name)} AS \"{name}\"" for name in c.fields)
-        sql = f"""
-            SELECT id, v, type, trace_id, seq, ts, data, source, source_path, "offset", $writer AS writer, {typed}
-            FROM (SELECT *, {struct} AS _x FROM (SELECT *, {data_cur} AS _d FROM batch))
-            ORDER BY type, trace_id, seq
-        """
-        self._duck.register("batch", table)
+        # No ORDER BY: DuckDB keeps the scan's row order for a projection (preserve_insertion_order,
+        # the default); the row count and a test guard the alignment with the Arrow columns.
+        sql = f"SELECT {typed} FROM (SELECT {struct} AS _x FROM (SELECT {data_cur} AS _d FROM batch))"
+        self._duck.register("batch", table.select(["v", "type", "data"]))
         try:
-            out = self._duck.sql(sql, params={"writer": self.writer_id}).to_arrow_table()
+            out = self._duck.sql(sql).to_arrow_table()
         except duckdb.Error as exc:
             raise StoreError(f"batch does not match EVENTS_SCHEMA, nothing written: column 'data' must hold JSON objects ({exc})") from exc
         finally:
             self._duck.unregister("batch")
-        return out.cast(SEGMENT_SCHEMA)
+        if out.num_rows != table.num_rows:  # pragma: no cover - would be a DuckDB bug
+            raise StoreError(f"internal error: typed columns for {out.num_rows} of {table.num_rows} rows")
+        return out.cast(pa.schema([SEGMENT_SCHEMA.field(name) for name in c.fields]))
+
+    def _derive(self, table: pa.Table) -> pa.Table:
+        """The stored segment rows: the batch plus its typed columns, sorted for good statistics."""
+        typed = self.typed_columns(table)
+        columns = [table.column(name) for name in EVENTS_SCHEMA.names if name != "writer"]
+        columns.append(pa.repeat(pa.scalar(self.writer_id, pa.string()), table.num_rows))
+        out = pa.Table.from_arrays(columns + typed.columns, schema=SEGMENT_SCHEMA)
+        # Sorted by (type, trace_id, seq) so min/max statistics let a view skip other event types.
+        # Arrow's sort_indices + take measured ~3x faster than DuckDB's ORDER BY on the whole batch.
+        order = pc.sort_indices(out, [("type", "ascending"), ("trace_id", "ascending"), ("seq", "ascending")])
+        return out.take(order)
 
     def _write(self, table: pa.Table, rel: str, seq: int, sources: list[SourceRange]) -> None:
         target = self.info.path / rel
@@ -361,7 +378,7 @@ class SegmentWriter:
             "kaelum.schema_version": str(self.contract.version),
             "kaelum.sources": json.dumps([asdict(r) for r in sources]),
         }
-        write_segment(table, target, meta)
+        write_segment(table, target, meta, compression_level=WRITER_ZSTD_LEVEL)
 
     def _prune_records(self) -> None:
         names = sorted(p.name for p in self._writer_dir.glob("*.json"))
@@ -390,14 +407,20 @@ class SegmentWriter:
 
 
 def _split_by_date(table: pa.Table) -> Iterable[tuple[str, pa.Table]]:
-    """One table per UTC date of `ts` (the hive partition of the segment)."""
-    dates = pc.strftime(table.column("ts"), format="%Y-%m-%d")
-    uniq = pc.unique(dates).to_pylist()
-    if len(uniq) == 1:
-        yield uniq[0], table
+    """One table per UTC date of `ts` (the hive partition of the segment).
+
+    Dates come from a cast to ``date32`` (~8 ms per 200k rows; ``strftime`` on every row cost
+    0.2-0.35 s), and a batch on one date — the usual case — is not filtered at all.
+    """
+    if not table.num_rows:
         return
-    for d in sorted(uniq):
-        yield d, table.filter(pc.equal(dates, d))
+    days = table.column("ts").cast(pa.date32())
+    uniq = sorted(pc.unique(days).to_pylist())
+    if len(uniq) == 1:
+        yield uniq[0].isoformat(), table
+        return
+    for d in uniq:
+        yield d.isoformat(), table.filter(pc.equal(days, pa.scalar(d, pa.date32())))
 
 
 def _quarantine_table(records: list[QuarantineRecord], writer: str, now: datetime) -> pa.Table:

@@ -159,6 +159,37 @@ def test_events_split_into_one_segment_per_utc_date(tmp_path: Path) -> None:
     assert sorted(Path(s).parent.name for s in info.segments) == ["date=2026-01-01", "date=2026-01-02"]
 
 
+
+def test_typed_columns_stay_aligned_with_their_rows_through_the_sort(tmp_path: Path) -> None:
+    # The typed columns are computed apart from the other columns (only v/type/data go through
+    # DuckDB) and the rows are then sorted: every stored row must carry its own payload's values.
+    t = TraceEvents()
+    events = []
+    for i in range(3000):  # several DuckDB vectors, types interleaved so the sort moves rows
+        if i % 3 == 0:
+            events.append(t.make("node_expanded", node_id=f"n{i}", parent_id=f"n{i - 1}", depth=i % 7, thought=f"step {i}",
+                                 terminal=i % 2 == 0, answer=str(i), llm=None).to_dict())
+        elif i % 3 == 1:
+            events.append(t.make("node_evaluated", node_id=f"n{i}", value=(i % 100) / 100, signals={}).to_dict())
+        else:
+            events.append(dict(t.make("feedback", by="u", reward=(i % 10) / 10, label=f"l{i}").to_dict(),
+                               ts=f"2026-01-0{1 + i // 3 % 3}T12:00:00.000000Z"))
+    with SegmentWriter(tmp_path, "w") as w:
+        info = w.commit(events_from_dicts(events, offsets=list(range(len(events)))))
+    assert len(info.segments) == len({e["ts"][:10] for e in events}) >= 3  # one segment per date
+    rows = [r for s in info.segments for r in pq.read_table(tmp_path / s).to_pylist()]
+    assert len(rows) == len(events)
+    for r in rows:
+        d = json.loads(r["data"])
+        assert r["id"] == events[r["offset"]]["id"] and r["writer"] == "w"
+        assert (r["node_id"], r["depth"], r["thought"], r["value"], r["reward"], r["label"]) == (
+            d.get("node_id"), d.get("depth"), d.get("thought"), d.get("value"), d.get("reward"), d.get("label"))
+    for s in info.segments:  # sorted by (type, trace_id, seq) within each segment
+        tb = pq.read_table(tmp_path / s)
+        keys = list(zip(tb.column("type").to_pylist(), tb.column("trace_id").to_pylist(), tb.column("seq").to_pylist()))
+        assert keys == sorted(keys)
+
+
 _CRASH = """
 import os, sys, store
 from store import SegmentWriter, SourceRange, events_from_dicts
