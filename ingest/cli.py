@@ -35,11 +35,13 @@ def _setup_logging(level: str) -> None:
 @click.option("--flush-ms", type=int, default=200, show_default=True, help="... or when its oldest line has waited this long.")
 @click.option("--rescan-ms", type=int, default=1000, show_default=True, help="Periodic rescan, for file systems that send no change events.")
 @click.option("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES, show_default=True, help="Longer lines are quarantined.")
+@click.option("--compact-every-s", type=float, default=300.0, show_default=True, help="While following, compact the store this often when enough segments are uncompacted (0 = off).")
+@click.option("--compact-min-segments", type=int, default=8, show_default=True, help="Uncompacted segments that make a compaction worth it.")
 @click.option("--no-watchdog", is_flag=True, help="Do not use file-system events; rescan only.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar while catching up (default: when stderr is a terminal).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.pass_context
-def main(ctx: click.Context, log_dir, store_path, writer_id, once, batch_events, flush_ms, rescan_ms, max_line_bytes, no_watchdog, progress, log_level) -> None:  # noqa: ANN001
+def main(ctx: click.Context, log_dir, store_path, writer_id, once, batch_events, flush_ms, rescan_ms, max_line_bytes, compact_every_s, compact_min_segments, no_watchdog, progress, log_level) -> None:  # noqa: ANN001
     """Follow a log directory and stream every event into the store, exactly once.
 
     Catches up on what is already there (with a progress bar), then follows new lines, driven
@@ -59,6 +61,7 @@ def main(ctx: click.Context, log_dir, store_path, writer_id, once, batch_events,
     cfg = IngestConfig(
         log_dir=log_dir, store=store_path, writer_id=writer_id, batch_events=batch_events, flush_ms=flush_ms,
         rescan_ms=rescan_ms, max_line_bytes=max_line_bytes, once=once, use_watchdog=not no_watchdog,
+        compact_every_s=compact_every_s, compact_min_segments=compact_min_segments,
         progress=sys.stderr.isatty() if progress is None else progress,
     )
     try:

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from store import QuarantineRecord, SegmentWriter, open_store
 
+from .compactor import Compactor
 from .emit import Batch, Committer
 from .observe import Hub, LogObserver
 from .parse import DEFAULT_MAX_LINE_BYTES, oversize_reason, parse_block
@@ -60,6 +61,10 @@ class IngestConfig:
     progress: bool = True
     once: bool = False
     use_watchdog: bool = True
+    # Automatic compaction while following (not with --once): every compact_every_s seconds, if
+    # at least compact_min_segments segments are uncompacted. 0 turns it off.
+    compact_every_s: float = 300.0
+    compact_min_segments: int = 8
 
     def validate(self) -> "IngestConfig":
         problems = []
@@ -73,6 +78,10 @@ class IngestConfig:
             problems.append(f"--rescan-ms must be at least 10, got {self.rescan_ms}")
         if self.max_line_bytes < 1024:
             problems.append(f"--max-line-bytes must be at least 1024, got {self.max_line_bytes}")
+        if self.compact_every_s < 0:
+            problems.append(f"--compact-every-s must be 0 (off) or a positive number of seconds, got {self.compact_every_s}")
+        if self.compact_min_segments < 1:
+            problems.append(f"--compact-min-segments must be at least 1, got {self.compact_min_segments}")
         if self.writer_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", self.writer_id):
             problems.append(f"--writer-id {self.writer_id!r} may hold only letters, digits, '_', '.', '-' (1-128, starting alphanumeric)")
         if problems:
@@ -141,6 +150,7 @@ class Daemon:
         self._wake = threading.Event()
         self._last_status_write = 0.0
         self._flush_now = False
+        self.compactor: Compactor | None = None  # set by run() when automatic compaction is on
         self.hub.add(self._on_event)
 
     def stop(self) -> None:
@@ -160,6 +170,7 @@ class Daemon:
         info = open_store(cfg.store, create=True)  # StoreError names the fix; the CLI shows it
         lock = _DirLock(str(info.path), cfg.log_dir, self.writer_id)
         watcher = None
+        compactor = None
         try:
             writer = SegmentWriter(info.path, writer_id=self.writer_id)
             try:
@@ -169,10 +180,15 @@ class Daemon:
                 self.hub.emit("started", writer=self.writer_id, log_dir=cfg.log_dir, store=str(info.path), known_sources=len(positions), pid=os.getpid())
                 if cfg.use_watchdog and not cfg.once:
                     watcher = _watch(cfg.log_dir, self._wake)
+                if cfg.compact_every_s > 0 and not cfg.once:
+                    compactor = self.compactor = Compactor(str(info.path), self.hub, cfg.compact_every_s, cfg.compact_min_segments)
+                    compactor.start()
                 try:
                     summary = self._loop(tailer, writer, str(info.path))
                 finally:
                     tailer.close()
+                    if compactor is not None:
+                        compactor.stop()
             finally:
                 writer.close()
         finally:

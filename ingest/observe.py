@@ -5,7 +5,8 @@ logs, the status model and tests hang off the same calls by adding an observer.
 
 Kinds: started, file_added, renamed, switched (same content found under another file, e.g. the
 copy of copy-truncate), truncated, file_removed, quarantined, flushed, commit_failed,
-caught_up, stopping, stopped, error.
+caught_up, stopping, stopped, error; compacted, compaction_skipped, compaction_failed (the
+daemon's automatic compaction, ``ingest/compactor.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Callable, Protocol
 log = logging.getLogger("kaelum.ingest")
 
 # Decisions a user should see at the default level; the rest (each flush) at DEBUG/INFO.
-_WARN = {"truncated", "commit_failed", "error", "quarantined"}
+_WARN = {"truncated", "commit_failed", "error", "quarantined", "compaction_failed"}
 
 
 class Observer(Protocol):
