@@ -88,9 +88,12 @@ def duckdb_ceiling(path: str, out: str) -> float:
     return time.perf_counter() - t
 
 
-def parse_only(path: str, block: int = 16 << 20, keep: list | None = None) -> float:
+def parse_only(path: str, block: int | None = None, keep: list | None = None) -> float:
     """The ingester's read + parse + contract check over the file, without writing the store."""
+    from ingest.daemon import IngestConfig
     from ingest.parse import parse_block
+
+    block = block or IngestConfig.block_bytes  # the daemon's block size
 
     t = time.perf_counter()
     with open(path, "rb") as fh:

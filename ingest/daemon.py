@@ -55,7 +55,9 @@ class IngestConfig:
     flush_ms: int = 200  # ... or when the oldest unflushed line has waited this long
     rescan_ms: int = 1000  # periodic rescan, for file systems that send no events
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-    block_bytes: int = 16 << 20
+    # Read and parse this much per call: each bulk query has a fixed cost (~30 ms of CPU), so 32 MiB
+    # (~80k events) measured ~4% less CPU per event than 16 MiB; memory stays ~4x the block.
+    block_bytes: int = 32 << 20
     include: tuple[str, ...] = DEFAULT_INCLUDE
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     progress: bool = True

@@ -40,7 +40,9 @@ def _q(s: str) -> str:
 # spelling of an enum value ("\\u006dath") fails the test and goes to the exact path: safe.
 _TYPE_TESTS = {
     "string": "starts_with({t}, '\"')",
-    "integer": "(TRY_CAST({t} AS BIGINT) IS NOT NULL AND strpos({t}, '.') = 0 AND strpos({t}, 'e') = 0 AND strpos({t}, 'E') = 0)",
+    # At most 18 digits: always inside BIGINT (19-digit integers take the exact path). One regular
+    # expression measured ~5% faster on the whole query than a cast plus three strpos.
+    "integer": "regexp_full_match({t}, '-?(0|[1-9][0-9]{0,17})')",
     "number": "coalesce(isfinite(TRY_CAST({t} AS DOUBLE)), false)",
     "boolean": "{t} IN ('true', 'false')",
     "object": "starts_with({t}, '{')",
@@ -111,6 +113,7 @@ def _items_check(t: str, item: Field, depth: int) -> str:
         pattern = r"\[(" + e + r"(," + e + r")*)?\]"
         return f"regexp_full_match({t}, {_q(pattern)})"
     var = f"e{depth}"
+    fast = _fast_objects_re(item)
     if item.properties is not None and any(p.required for p in item.properties.values()):
         # One parse of the array into a list of structs (members as JSON text). A non-object
         # element becomes a struct of NULLs and fails its required members.
@@ -123,8 +126,67 @@ def _items_check(t: str, item: Field, depth: int) -> str:
         items = f"json_extract({t}, '$[*]')"
         item_sub = (lambda name, _v=var: f"json_extract({_v}, {_q('$.' + name)})::VARCHAR")
         check = _field_check(f"{var}::VARCHAR", item, item_sub, depth + 1)
-    # list_bool_and skips NULLs and gives NULL for an empty list: make both explicit.
-    return f"coalesce(list_bool_and(list_transform({items}, lambda {var}: coalesce({check}, false))), len({items}) = 0)"
+    # list_bool_and skips NULLs and gives NULL for an empty list: make both explicit. The text is
+    # minified (json_extract wrote it), so an empty array is exactly '[]'.
+    full = f"CASE WHEN {t} = '[]' THEN true ELSE coalesce(list_bool_and(list_transform({items}, lambda {var}: coalesce({check}, false))), false) END"
+    if fast is None:
+        return full
+    # Arrays of small objects (trace_completed.node_stats) cost ~10% of the whole query with the
+    # per-element check; one regular expression accepts their usual, canonical spelling and only
+    # the rest takes the per-element path. CASE evaluates the ELSE branch for those rows only.
+    return f"CASE WHEN regexp_full_match({t}, {_q(fast)}) THEN true ELSE {full} END"
+
+
+# Canonical spellings that are certainly valid, for the fast path of arrays of objects. Bounded
+# digit counts keep every accepted number inside what orjson and a double represent exactly enough.
+_FAST_STRING = r'"([^"\\]|\\.)*"'
+_FAST_INT = r"-?(0|[1-9][0-9]{0,17})"
+_FAST_NONNEG_INT = r"(0|[1-9][0-9]{0,17})"
+_FAST_NUMBER = r"-?(0|[1-9][0-9]{0,14})(\.[0-9]{1,17})?"
+_FAST_NONNEG_NUMBER = r"(0|[1-9][0-9]{0,14})(\.[0-9]{1,17})?"
+_FAST_UNIT_NUMBER = r"(0(\.[0-9]{1,17})?|1(\.0{1,17})?)"
+
+
+def _fast_scalar_re(f: Field) -> str | None:
+    if f.properties is not None or f.items is not None or f.enum is not None or not f.required:
+        return None
+    alts = []
+    for typ in f.types:
+        bounds = (f.minimum, f.maximum)
+        if typ == "string" and bounds == (None, None):
+            alts.append(_FAST_STRING)
+        elif typ == "integer" and bounds == (None, None):
+            alts.append(_FAST_INT)
+        elif typ == "integer" and bounds == (0, None):
+            alts.append(_FAST_NONNEG_INT)
+        elif typ == "number" and bounds == (None, None):
+            alts.append(_FAST_NUMBER)
+        elif typ == "number" and bounds == (0, None):
+            alts.append(_FAST_NONNEG_NUMBER)
+        elif typ == "number" and bounds == (0, 1):
+            alts.append(_FAST_UNIT_NUMBER)
+        elif typ == "boolean" and bounds == (None, None):
+            alts.append("(true|false)")
+        elif typ == "null":
+            alts.append("null")
+        else:
+            return None
+    return "(" + "|".join(alts) + ")"
+
+
+def _fast_objects_re(item: Field) -> str | None:
+    """A regular expression for an array of objects with exactly the declared members, in declared
+    order, each a plain scalar; None when the item spec has no such canonical form."""
+    if item.properties is None or tuple(item.types) != ("object",) or item.items is not None:
+        return None
+    members = []
+    for name, f in item.properties.items():
+        value = _fast_scalar_re(f)
+        if value is None or not name.replace("_", "").isalnum() or not name.isascii():
+            return None
+        members.append(f'"{name}":{value}')
+    obj = r"\{" + ",".join(members) + r"\}"
+    return r"\[(" + obj + "(," + obj + r")*)?\]"
 
 
 def _nested(sub, name: str):

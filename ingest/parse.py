@@ -74,6 +74,12 @@ def _connection() -> duckdb.DuckDBPyConnection:
         # Parsing runs beside the store's commit thread (its own DuckDB): half the cores each
         # avoids oversubscription (measured ~10% faster catch-up on 2 cores).
         con.execute(f"SET threads = {max(1, (os.cpu_count() or 2) // 2)}")
+        # The query as a view: each block then sends a few bytes of SQL instead of 12 kB that the
+        # client tokenizes and parses again (measured 48 -> 31 ms of CPU per block). The view is
+        # bound to whatever table is registered as `block` when it is queried.
+        con.register("block", pa.table({"line": pa.array([], pa.string()), "off": pa.array([], pa.int64())}))
+        con.execute(f"CREATE TEMP VIEW checked_block AS {_QUERY}")
+        con.unregister("block")
         _local.con = con
     return con
 
@@ -198,7 +204,7 @@ def parse_block(data: bytes, base_offset: int, max_line_bytes: int = DEFAULT_MAX
     con = _connection()
     con.register("block", block)
     try:
-        result = con.sql(_QUERY).to_arrow_table()
+        result = con.sql("SELECT * FROM checked_block").to_arrow_table()
     finally:
         con.unregister("block")
 
