@@ -23,7 +23,6 @@ import logging
 import os
 import secrets
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
