@@ -13,7 +13,7 @@
 
 Goal: the fine-tuned worker beats the base worker by at least 10 points of verified accuracy.
 
-    python benchmarks/loop_bench.py --train-questions 130 --test-questions 80   # the recorded run (benchmarks/train.md)
+    python benchmarks/loop_bench.py --train-questions 130 --test-questions 80   # the recorded run (benchmarks/README.md)
 """
 
 from __future__ import annotations
