@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from abc import ABC, abstractmethod
 from typing import Callable, Iterable, Mapping, Sequence
 
 from ..prompts import ANSWER_PREFIX
@@ -135,7 +136,7 @@ __all__ = ["DomainBase", "ANSWER_PREFIX", "answer_text", "norm_text", "agreement
            "compose", "failed", "words", "content_words", "stem", "first_line", "unique", "STOPWORDS"]
 
 
-class DomainBase:
+class DomainBase(ABC):
     """What every domain shares: options, a verify that never raises, a reward from the verdict's signals.
 
     A subclass implements `extract_answer` and `_verify`; `_verify` puts the measured reward
@@ -159,8 +160,11 @@ class DomainBase:
             log.exception("%s verifier failed", self.name)
             return failed(f"{self.name}.error", f"internal error: {type(e).__name__}: {e}")
 
-    def _verify(self, answer: str | None, ctx: VerifyContext) -> Verdict:
-        raise NotImplementedError
+    @abstractmethod
+    def extract_answer(self, text: str) -> str | None: ...
+
+    @abstractmethod
+    def _verify(self, answer: str | None, ctx: VerifyContext) -> Verdict: ...
 
     def reward(self, verdict: Verdict, value: float, ctx: VerifyContext) -> Reward:
         signals = dict(verdict.details.get("signals") or {}) if isinstance(verdict.details, Mapping) else {}
