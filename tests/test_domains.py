@@ -97,6 +97,26 @@ def test_math_right_wrong_malformed():
     assert r_right.components["correct"] == 1.0 and r_right.components["steps"] == 1.0
 
 
+@pytest.mark.parametrize(
+    "query, answer, passed",
+    [
+        ("What is 3 * 4 + 15?", "3 * 4 + 15", False),  # restating the question is not computing it
+        ("What is 3 * 4 + 15?", "54/2", False),  # an unreduced fraction is still an expression
+        ("What is 3 * 4 + 15?", "27", True),
+        ("What is 3 * 4 + 15?", "27.0", True),
+        ("What is 1/2?", "1/2", True),  # a fraction in lowest terms is a value
+        ("Solve x^2 = 4", "2, -2", True),
+        ("What is 7 - 10?", "-3", True),
+        ("What is the square root of 2?", "sqrt(2)", True),  # an irrational result is an expression
+    ],
+)
+def test_math_answer_must_state_the_value_not_the_expression(query, answer, passed):
+    verdict = get_domain("math").verify(answer, VerifyContext(query=query))
+    assert verdict.passed is passed
+    if not passed:
+        assert verdict.details["reason"] == "the answer restates an expression instead of its value"
+
+
 def test_math_step_equations_lower_the_reward():
     d = get_domain("math")
     good = ctx("What is 17 * 23?", steps=["17 * 23 = 391"])

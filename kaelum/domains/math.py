@@ -9,6 +9,7 @@ tree's other answers (self-consistency) and the LLM judge.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -76,6 +77,33 @@ def _values(answer: str) -> list[Any] | None:
     return vals if vals and all(v is not None for v in vals) else None
 
 
+_LITERAL_RE = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?%?$", re.IGNORECASE)
+_FRACTION_RE = re.compile(r"^([-+]?\d+)\s*/\s*(\d+)$")
+_LATEX_FRACTION_RE = re.compile(r"^\\d?frac\{\s*([-+]?\d+)\s*\}\{\s*(\d+)\s*\}$")
+
+
+def _states_a_value(part: str) -> bool:
+    """A number literal or a fraction in lowest terms: a computed value, not an expression."""
+    part = _LATEX_FRACTION_RE.sub(r"\1/\2", part.strip())
+    if _LITERAL_RE.match(part):
+        return True
+    m = _FRACTION_RE.match(part)
+    return bool(m) and int(m.group(2)) > 1 and math.gcd(int(m.group(1)), int(m.group(2))) == 1
+
+
+def _unevaluated(answer: str, expected: Any) -> bool:
+    """True when the answer restates an expression instead of computing it ('3 * 4 + 15' for 27).
+
+    Only for rational expected values: an irrational result (sqrt(2), pi/4) is itself an expression.
+    """
+    exp = list(expected) if isinstance(expected, sympy.FiniteSet) else [expected]
+    if not all(getattr(e, "is_Rational", False) for e in exp):
+        return False
+    text = answer.strip()
+    parts = [text] if parse_number(text.rstrip("%")) is not None else [p for p in re.split(r"\s*(?:,|\bor\b|\band\b)\s*", text) if p]
+    return not all(_states_a_value(p) for p in parts)
+
+
 def _matches(answer: str, vals: list[Any], expected: Any) -> bool:
     if isinstance(expected, sympy.FiniteSet):
         exp = list(expected)
@@ -115,6 +143,9 @@ class MathDomain(DomainBase):
                 return failed("math.sympy", f"answer is not a number or expression: {answer[:100]!r}",
                               signals={"correct": 0.0, "steps": steps}, **details)
             ok = _matches(answer, vals, expected)
+            if ok and _unevaluated(answer, expected):
+                ok = False
+                details["reason"] = "the answer restates an expression instead of its value"
             details["answer_value"] = ", ".join(fmt(v) for v in vals)
             details["signals"] = {"correct": 1.0 if ok else 0.0, "steps": steps}
             return Verdict(passed=ok, score=1.0 if ok else 0.0, verifier="math.sympy", details=details)
