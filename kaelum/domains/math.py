@@ -62,9 +62,22 @@ def normalise_math_answer(raw: str) -> str | None:
     return s
 
 
+_LIST_SEPARATOR = re.compile(r"\s*(?:,|\bor\b|\band\b)\s*")
+
+
+def _list_items(s: str) -> list[str]:
+    """'2, -2' / '2 or -2' / '2 and -2' -> ['2', '-2']."""
+    return [p for p in _LIST_SEPARATOR.split(s) if p]
+
+
 def _parses_as_list(s: str) -> bool:
-    parts = [p for p in re.split(r"\s*(?:,|\bor\b|\band\b)\s*", s) if p]
+    parts = _list_items(s)
     return len(parts) > 1 and all(parse_number(p) is not None for p in parts)
+
+
+def _answer_parts(answer: str) -> list[str]:
+    """The answer as one value when it parses as one, else its list items."""
+    return [answer] if parse_number(answer.rstrip("%")) is not None else _list_items(answer)
 
 
 def _values(answer: str) -> list[Any] | None:
@@ -72,8 +85,7 @@ def _values(answer: str) -> list[Any] | None:
     whole = parse_number(answer.rstrip("%"))
     if whole is not None:
         return [whole]
-    parts = [p for p in re.split(r"\s*(?:,|\bor\b|\band\b)\s*", answer) if p]
-    vals = [parse_number(p) for p in parts]
+    vals = [parse_number(p) for p in _list_items(answer)]
     return vals if vals and all(v is not None for v in vals) else None
 
 
@@ -99,9 +111,7 @@ def _unevaluated(answer: str, expected: Any) -> bool:
     exp = list(expected) if isinstance(expected, sympy.FiniteSet) else [expected]
     if not all(getattr(e, "is_Rational", False) for e in exp):
         return False
-    text = answer.strip()
-    parts = [text] if parse_number(text.rstrip("%")) is not None else [p for p in re.split(r"\s*(?:,|\bor\b|\band\b)\s*", text) if p]
-    return not all(_states_a_value(p) for p in parts)
+    return not all(_states_a_value(p) for p in _answer_parts(answer.strip()))
 
 
 def _matches(answer: str, vals: list[Any], expected: Any) -> bool:
