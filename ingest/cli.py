@@ -82,6 +82,12 @@ def main(ctx: click.Context, log_dir, store_path, writer_id, once, batch_events,
     signal.signal(signal.SIGINT, _on_signal)
     try:
         summary = daemon.run()
+        if signals_seen:
+            # Stopping on a signal: everything read is flushed. Python resets its handlers to the
+            # default at interpreter exit, so a second signal arriving then would kill the process
+            # with -SIGTERM instead of the documented exit; ignore it, we are exiting anyway.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     except AlreadyRunning as exc:
         raise click.ClickException(str(exc)) from exc
     except StoreError as exc:

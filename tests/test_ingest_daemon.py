@@ -296,8 +296,15 @@ def test_second_signal_exits_at_once_and_nothing_is_lost(tmp_path):
     with open(logs / "big.jsonl", "ab") as fh:
         for _ in range(40000):
             fh.write(h.good())
-    proc = _daemon(logs, store, "--batch-events", "5000")
-    time.sleep(1.5)
+    log_file = tmp_path / "daemon.log"
+    proc = _daemon(logs, store, "--batch-events", "5000", log_file=log_file)
+    # Signal only once the daemon has installed its handlers (it logs `started` after that);
+    # a fixed sleep raced interpreter start-up on a loaded machine.
+    deadline = time.monotonic() + 60
+    while b"event=started" not in log_file.read_bytes():
+        assert proc.poll() is None and time.monotonic() < deadline, log_file.read_text(errors="replace")
+        time.sleep(0.05)
+    time.sleep(0.3)  # let it get into the catch-up
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
