@@ -7,10 +7,13 @@ that the kernel layer holds on its own.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -21,11 +24,22 @@ from kaelum.domains import sandbox
 from kaelum.domains.sandbox import SandboxLimits, run_python, run_tests, split_tests
 
 FAST = dict(timeout_s=4.0, per_test_timeout_s=2.0, cpu_s=2, memory_mb=256, max_processes=16)
-KERNEL = os.geteuid() == 0 and sys.platform.startswith("linux")
-# (audit_hook, namespaces): both layers, the kernel's alone, the audit hook alone (what a non-root user gets).
+ROOT = os.geteuid() == 0
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _kernel_layer() -> bool:
+    """Whether this machine grants the sandbox its namespaces (as root, or via user namespaces)."""
+    isolation = run_python("pass\n", SandboxLimits(**FAST)).isolation
+    return bool(isolation.get("netns") and isolation.get("mountns") and isolation.get("readonly_fs"))
+
+
+KERNEL = sys.platform.startswith("linux") and _kernel_layer()
+# (audit_hook, namespaces): both layers, the kernel's alone, the audit hook alone (what a user gets
+# where the kernel refuses namespaces).
 LAYERS = [pytest.param(dict(audit_hook=True, namespaces=True), id="audit+kernel"),
           pytest.param(dict(audit_hook=False, namespaces=True), id="kernel-only",
-                       marks=pytest.mark.skipif(not KERNEL, reason="needs root namespaces")),
+                       marks=pytest.mark.skipif(not KERNEL, reason="the kernel refuses the sandbox namespaces here")),
           pytest.param(dict(audit_hook=True, namespaces=False), id="audit-only")]
 
 
@@ -156,26 +170,36 @@ def test_the_work_directory_is_deleted_afterwards(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_environment_secrets_are_not_inherited(monkeypatch):
+@pytest.mark.parametrize("audit", LAYERS)
+def test_environment_secrets_are_not_inherited(tmp_path, audit):
+    # The secret is in the real environment block of the process that runs the sandbox (what
+    # /proc/<pid>/environ shows), not only in os.environ. The code searches its own environment and
+    # every /proc/*/environ it can open, and needs the secret to "pass".
     secret = f"s3cr3t-{uuid.uuid4().hex}"
-    monkeypatch.setenv("KAELUM_FAKE_SECRET", secret)
-    monkeypatch.setenv("OPENAI_API_KEY", secret)
-    # The child tries the environment and the parent's /proc environ, prints what it found, and
-    # needs the secret to "pass".
-    code = ("import os\n"
+    code = ("import os, glob\n"
             "found = os.environ.get('KAELUM_FAKE_SECRET') or os.environ.get('OPENAI_API_KEY') or ''\n"
             "print(sorted(os.environ))\n"
-            "try:\n"
-            f"    found += open('/proc/{os.getpid()}/environ').read()\n"
-            "except OSError as e:\n"
-            "    print('proc refused:', type(e).__name__)\n"
-            "print(found)\n"
+            "readable = 0\n"
+            "for p in glob.glob('/proc/[0-9]*/environ'):\n"
+            "    try:\n"
+            "        found += open(p).read()\n"
+            "        readable += 1\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "print('readable environ files:', readable)\n"
             "def stolen():\n    return found\n")
-    r = run_tests(code, [f"assert {secret!r} in stolen()"], SandboxLimits(**FAST))
-    assert r.loaded
-    assert not r.tests[0].passed
-    assert secret not in r.stdout and secret not in r.stderr
-    assert "KAELUM_FAKE_SECRET" not in r.stdout and "OPENAI_API_KEY" not in r.stdout
+    runner = ("import json, sys\n"
+              "from kaelum.domains.sandbox import run_tests, SandboxLimits\n"
+              "r = run_tests(sys.argv[1], [sys.argv[2]], SandboxLimits(**json.loads(sys.argv[3])))\n"
+              "print(json.dumps({'loaded': r.loaded, 'passed': r.tests[0].passed, 'stdout': r.stdout, 'stderr': r.stderr}))\n")
+    env = {**os.environ, "KAELUM_FAKE_SECRET": secret, "OPENAI_API_KEY": secret, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", runner, code, f"assert {secret!r} in stolen()", json.dumps({**FAST, **audit})],
+                         env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["loaded"] and not r["passed"]
+    assert secret not in out.stdout
+    assert "KAELUM_FAKE_SECRET" not in r["stdout"] and "OPENAI_API_KEY" not in r["stdout"]
     _assert_host_unharmed()
 
 
@@ -205,7 +229,9 @@ def test_isolation_report_names_the_layers():
     r = run_python("pass\n", SandboxLimits(**FAST))
     assert r.loaded
     if KERNEL:
-        assert r.isolation.get("netns") and r.isolation.get("uid_drop") and r.isolation.get("readonly_fs")
+        assert r.isolation.get("netns") and r.isolation.get("pidns") and r.isolation.get("readonly_fs")
+        assert r.isolation.get("uid_drop") if ROOT else r.isolation.get("userns")
+        assert r.isolation.get("proc") in ("fresh", "hidden") or r.isolation.get("uid_drop")
 
 
 def test_invalid_limits_are_named_together():
@@ -216,3 +242,60 @@ def test_invalid_limits_are_named_together():
     with pytest.raises(ValueError, match="unknown sandbox option"):
         SandboxLimits.from_options({"sandbox": {"timeout": 3}})
     assert SandboxLimits.from_options({"sandbox": {"timeout_s": 3}, "cpu_s": 2}) == SandboxLimits(timeout_s=3, cpu_s=2)
+
+
+@pytest.mark.skipif(not KERNEL, reason="the kernel refuses the sandbox namespaces here")
+def test_the_callers_home_is_out_of_reach(tmp_path, monkeypatch):
+    # As root the code runs as another uid, so a 0600 file is unreadable; as a user it runs as the
+    # caller's uid, so the home directory must be hidden instead.
+    home = tmp_path / "home"
+    (home / ".config").mkdir(parents=True)
+    token = home / ".config" / "token"
+    token.write_text("hf_secret_token")
+    os.chmod(token, 0o600)
+    monkeypatch.setenv("HOME", str(home))
+    code = (f"import os\nprint('listing:', os.listdir({str(home)!r}) if os.path.isdir({str(home)!r}) else None)\n"
+            f"stolen = open({str(token)!r}).read()\n")
+    r = run_python(code, SandboxLimits(**FAST, audit_hook=False))
+    assert not r.loaded
+    assert "FileNotFoundError" in r.load_error or "PermissionError" in r.load_error
+    assert "hf_secret_token" not in r.stdout + r.stderr
+    if not ROOT:
+        assert str(home) in r.isolation.get("hidden", [])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ROOT, reason="switching to another uid needs root")
+def test_this_file_passes_as_a_real_non_root_user():
+    """Every sandbox test above, run by an ordinary uid (nobody), with the same Python and checkout."""
+    # Not under pytest's tmp_path: its root (/tmp/pytest-of-root) is closed to other uids.
+    home = Path(tempfile.mkdtemp(prefix="kaelum-nobody-home-"))
+    try:
+        os.chown(home, 65534, 65534)
+        _run_this_file_as_nobody(home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _run_this_file_as_nobody(home: Path) -> None:
+    python = os.path.realpath(sys.executable)
+    reach = sorted({sys.prefix, sys.base_prefix, os.path.dirname(python), str(REPO)})
+    cmd = [sys.executable, str(REPO / "tests" / "run_as_user.py"), "65534", *reach, "--",
+           python, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
+           str(Path(__file__).resolve()), "-k", "not real_non_root_user"]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "PYTHONPATH": str(REPO),
+           "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=home)
+    report = out.stdout + out.stderr
+    assert out.returncode == 0, report[-4000:]
+    passed = [line for line in report.splitlines() if line.startswith("PASSED")]
+    assert len(passed) >= 20, report[-4000:]
+    # Where this kernel lets an ordinary user create a user namespace, the kernel layer must have
+    # been used (its tests ran, they were not skipped).
+    probe = subprocess.run([*cmd[: cmd.index("--") + 1], python, "-c",
+                            "import ctypes, os; print(ctypes.CDLL(None).unshare(0x10000000), os.getuid())"],
+                           env=env, capture_output=True, text=True, timeout=60, cwd=home)
+    assert probe.stdout.split()[1] == "65534", probe.stdout + probe.stderr
+    if probe.stdout.split()[0] == "0":
+        assert any("test_the_callers_home_is_out_of_reach" in line for line in passed), report[-4000:]
+        assert any("kernel-only" in line for line in passed), report[-4000:]

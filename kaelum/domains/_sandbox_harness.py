@@ -4,8 +4,8 @@ Copied into the sandbox's work directory and run with `python -I -B _sandbox_har
 `plan.json` (written by `kaelum.domains.sandbox`) and appends to `results.jsonl`, flushing after each
 line so that the outcomes recorded before a kill (timeout, memory) survive it.
 
-Before any untrusted code runs it installs an audit hook (PEP 578) that refuses internet sockets and
-writes outside the work directory. Hooks cannot be removed from Python code; they are the second
+Before any untrusted code runs it installs an audit hook (PEP 578) that refuses internet sockets,
+writes outside the work directory, and opening another process's /proc entries. Hooks cannot be removed from Python code; they are the second
 layer behind the kernel's (namespaces, read-only mounts, unprivileged uid) and the only one where
 the kernel refuses namespaces.
 """
@@ -37,6 +37,16 @@ def _inside(path: object) -> bool:
     return full == _WORKDIR or full.startswith(_WORKDIR + os.sep) or full.startswith("/dev/null")
 
 
+def _other_process(path: object) -> bool:
+    """Whether `path` is in another process's /proc directory (its environment, memory, files)."""
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, str):
+        return False
+    parts = os.path.realpath(os.path.join(_WORKDIR, path)).split(os.sep)
+    return len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() and int(parts[2]) != os.getpid()
+
+
 def _audit(event: str, args: tuple) -> None:
     if event == "socket.__new__" and args[1] in _INET_FAMILIES:
         raise PermissionError("network access is disabled in the sandbox")
@@ -49,6 +59,10 @@ def _audit(event: str, args: tuple) -> None:
         )
         if writing and not _inside(path):
             raise PermissionError(f"writing outside the sandbox directory is not allowed: {path!r}")
+        if _other_process(path):
+            # Without a PID namespace and a uid of its own, the code shares the caller's uid and
+            # could read the caller's environment (API keys) from /proc.
+            raise PermissionError(f"reading another process is not allowed in the sandbox: {path!r}")
     elif event in _PATH_EVENTS:
         for p in args[: _PATH_EVENTS[event]]:
             if not _inside(p):

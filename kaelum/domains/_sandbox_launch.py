@@ -5,17 +5,23 @@ parent's privileges. It is a standalone script (stdlib only, no kaelum import) b
 between fork and the untrusted code, where nothing heavy should be loaded.
 
 Steps, each recorded in a small JSON report written to the file named by `report` so the parent
-knows which protections really applied (a container may refuse namespaces):
+knows which protections really applied (a container or an AppArmor policy may refuse namespaces):
 
-1. new mount, network, PID, IPC and UTS namespaces (when permitted): the child sees only a
-   loopback interface that is down, cannot signal or read host processes, and
-2. every mount is remounted read-only except the work directory; directories the unprivileged uid
-   could not traverse (e.g. a Python installed under /root) are hidden behind a tmpfs into which
-   only the interpreter's own tree is bind-mounted back (read-only);
+1. new mount, network, PID, IPC and UTS namespaces. As root directly; as any other user inside a
+   new user namespace that maps only the caller's own uid and gid (unprivileged user namespaces),
+   which grants the capabilities to set up the others within it and nothing outside it. The child
+   sees only a loopback interface that is down and cannot signal or read host processes;
+2. every mount is remounted read-only except the work directory. Directories the code must not
+   see are hidden behind a tmpfs into which only the trees it needs are bound back (read-only):
+   ancestors the unprivileged uid could not traverse (e.g. a Python installed under /root) when
+   running as root, and the caller's home directory (keys, tokens, dotfiles) when not;
 3. fork: the child becomes PID 1 of the new PID namespace (when it dies the kernel kills every
-   process the code started) and mounts a fresh /proc; its own child applies the resource limits,
-   drops to an unprivileged uid/gid, asks for SIGKILL if its parent dies, and execs the
-   interpreter on the harness;
+   process the code started) and mounts a fresh /proc (or, where the kernel refuses that, hides
+   the host's); its own child applies the resource limits, drops to an unprivileged uid/gid (as
+   root) or loses the namespace's capabilities at exec (as a user: its uid is not 0 in the
+   namespace), sets no_new_privs, asks for SIGKILL if its parent dies, and execs the interpreter on
+   the harness. Mounts set up in a user namespace are locked for any namespace the code creates
+   from inside, so it cannot make them writable again;
 4. the launcher waits and exits with the child's status (128+signal when it was killed).
 """
 
@@ -34,6 +40,7 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -44,6 +51,7 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -84,22 +92,33 @@ def _blocking_ancestor(path: str) -> str | None:
     return None
 
 
-def _expose(needed: list[str], report: dict) -> None:
-    """Hide untraversable ancestors behind a tmpfs and bind the needed trees back (read-only later)."""
-    hides: dict[str, list[str]] = {}
-    for path in needed:
-        top = _blocking_ancestor(path)
-        if top is not None and os.path.isdir(path):
-            hides.setdefault(top, []).append(path)
-    for top, paths in hides.items():
+def _is_within(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _hide(tops: list[str], keep: list[str], report: dict) -> None:
+    """Cover each of `tops` with an empty tmpfs, then bind back the `keep` paths that lie under it."""
+    tops = [t for t in dict.fromkeys(tops) if not any(o != t and _is_within(t, o) for o in tops)]
+    for top in tops:
+        inside = [p for p in dict.fromkeys(keep) if _is_within(p, top) and p != top and os.path.exists(p)]
         # Open the trees before the tmpfs covers them; bind from the fds afterwards.
-        fds = {p: os.open(p, os.O_PATH) for p in paths}
+        fds = {p: os.open(p, os.O_PATH) for p in inside}
         _mount("tmpfs", top, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
         for p, fd in fds.items():
-            os.makedirs(p, mode=0o755, exist_ok=True)
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                os.makedirs(p, mode=0o755, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(p), mode=0o755, exist_ok=True)
+                open(p, "a").close()  # a file bind mount needs a file to cover
             _mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
             os.close(fd)
         report.setdefault("hidden", []).append(top)
+
+
+def _expose(needed: list[str], report: dict) -> None:
+    """Hide untraversable ancestors behind a tmpfs and bind the needed trees back (read-only later)."""
+    tops = [top for path in needed if os.path.isdir(path) and (top := _blocking_ancestor(path)) is not None]
+    _hide(tops, needed, report)
 
 
 def _remount_readonly(keep_writable: str, report: dict) -> None:
@@ -153,6 +172,8 @@ def _exec_child(cfg: dict, report: dict) -> None:
             os.setuid(uid)
         # Set after setuid: a credential change clears the parent-death signal.
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # No set-uid or file-capability binary can give the code back what it was denied.
+        _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
     except BaseException as e:  # noqa: BLE001 - report anything, then die without running user code
         os.write(2, f"kaelum sandbox launcher: {e!r}\n".encode())
@@ -165,7 +186,31 @@ def _exit_like(status: int) -> None:
     os._exit(os.WEXITSTATUS(status))
 
 
-def _namespace_init(cfg: dict, report: dict) -> None:
+def _write_report(report_file, report: dict) -> None:
+    with report_file:
+        json.dump(report, report_file)
+
+
+def _mount_proc(report: dict) -> str:
+    """A /proc for this PID namespace; what was done: fresh, hidden or host."""
+    try:
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        return "fresh"
+    except OSError:
+        pass
+    if report.get("uid_drop"):
+        return "host"  # the uid drop keeps other processes' environment and memory unreadable
+    # Same uid as the caller: the host /proc would show its environment (secrets) and memory, so
+    # cover it. (A kernel refuses a fresh proc mount in a user namespace when parts of the host's
+    # /proc are masked, as container runtimes do.)
+    try:
+        _mount("tmpfs", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0555,size=4k")
+        return "hidden"
+    except OSError:
+        return "host"
+
+
+def _namespace_init(cfg: dict, report: dict, proc_w: int) -> None:
     """PID 1 of the new PID namespace: run the code as its child, reap orphans, exit with its status.
 
     The code is not PID 1 itself because the kernel drops signals to an init that has no handler
@@ -173,10 +218,8 @@ def _namespace_init(cfg: dict, report: dict) -> None:
     every process left in the namespace, which is what contains a fork bomb.
     """
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    try:
-        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    except OSError:
-        pass  # the host /proc stays; the uid drop still keeps other processes' environ unreadable
+    os.write(proc_w, _mount_proc(report).encode())
+    os.close(proc_w)
     child = os.fork()
     if child == 0:
         _exec_child(cfg, report)
@@ -186,25 +229,51 @@ def _namespace_init(cfg: dict, report: dict) -> None:
             _exit_like(status)
 
 
+def _enter_user_namespace(flags: int, report: dict) -> bool:
+    """As a non-root user: a new user namespace mapping only our own uid/gid, with `flags` inside it."""
+    uid, gid = os.getuid(), os.getgid()
+    if _libc.unshare(CLONE_NEWUSER | flags) != 0:
+        report["namespace_error"] = f"user namespace: {_err()}"
+        return False
+    try:
+        # setgroups must be denied before an unprivileged process may write its gid_map.
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    except OSError as e:
+        report["namespace_error"] = f"user namespace id maps: {e}"
+    report["userns"] = True
+    return True
+
+
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     os.umask(0o022)
-    report: dict = {"netns": False, "pidns": False, "mountns": False, "readonly_fs": False, "uid_drop": False}
+    report: dict = {"netns": False, "pidns": False, "mountns": False, "readonly_fs": False, "uid_drop": False,
+                    "userns": False}
     is_root = os.geteuid() == 0
     # Opened before the file system turns read-only.
     report_file = open(cfg["report"], "w")
-    if is_root and cfg.get("namespaces", True):
-        if _libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS) == 0:
+    if cfg.get("namespaces", True):
+        flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+        if is_root and _libc.unshare(flags) == 0 or not is_root and _enter_user_namespace(flags, report):
             report.update(netns=True, pidns=True, mountns=True)
-        elif _libc.unshare(CLONE_NEWNET) == 0:
+        elif is_root and _libc.unshare(CLONE_NEWNET) == 0:
             report["netns"] = True
-        else:
+        elif is_root:
             report["namespace_error"] = _err()
     if report["mountns"]:
         try:
             _mount(None, "/", None, MS_REC | MS_PRIVATE)
             _mount(cfg["workdir"], cfg["workdir"], None, MS_BIND)
             _expose(cfg["needed_paths"], report)
+            if not is_root:
+                # The code runs as the caller's own uid here, so file permissions do not keep it
+                # out of the caller's home directory; hiding it does. (A home that holds the
+                # interpreter's tree itself, e.g. / as home, cannot be hidden.)
+                homes = [h for h in cfg.get("hide_dirs", []) if os.path.isdir(h) and h != "/"
+                         and not any(_is_within(h, p) for p in cfg["needed_paths"])]
+                _hide(homes, cfg["needed_paths"] + [cfg["workdir"]], report)
             _remount_readonly(cfg["workdir"], report)
         except OSError as e:
             report["mount_error"] = str(e)
@@ -213,14 +282,23 @@ def main() -> None:
         report["uid_drop"] = reachable
         if not reachable:
             report["uid_drop_error"] = "the interpreter is not readable by an unprivileged uid"
-    with report_file:
-        json.dump(report, report_file)
-
+    if report["userns"]:
+        # The namespace's count of our processes starts near zero, so the budget alone applies.
+        cfg["nproc"] = cfg.get("nproc_in_userns", cfg["nproc"])
     if not report["pidns"]:
+        _write_report(report_file, report)
         _exec_child(cfg, report)
+    # The namespace's init mounts its /proc and says through a pipe how that went; the report is
+    # written once that is known.
+    proc_r, proc_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        _namespace_init(cfg, report)
+        os.close(proc_r)
+        _namespace_init(cfg, report, proc_w)
+    os.close(proc_w)
+    report["proc"] = os.read(proc_r, 64).decode() or "unknown"
+    os.close(proc_r)
+    _write_report(report_file, report)
     # Forward termination to the namespace's init; SIGKILL of the launcher reaches it via PDEATHSIG.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda s, _f: os.kill(pid, signal.SIGKILL))

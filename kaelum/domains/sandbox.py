@@ -6,14 +6,18 @@ reports which passed; `run_python(source)` runs a script. Containment, from the 
 - limits (setrlimit in the child): CPU seconds, address space, file size, process count, no core;
   plus a wall-clock timeout enforced by the parent, which kills the whole process group;
 - a fresh temporary work directory (the child's cwd, HOME and TMPDIR), deleted afterwards;
-- when the parent is root (CI, dev containers): new mount, network, PID, IPC and UTS namespaces,
-  every other mount read-only, and the code runs as a per-run unprivileged uid/gid, so it cannot
-  write outside its directory, reach any network (not even loopback), see host processes, or fork
-  beyond its process limit; killing the namespace's init kills everything the code started;
+- new mount, network, PID, IPC and UTS namespaces, with every other mount read-only, so the code
+  cannot write outside its directory, reach any network (not even loopback), or see host
+  processes, and killing the namespace's init kills everything the code started. As root (CI, dev
+  containers) the code also runs as a per-run unprivileged uid/gid. As any other user the
+  namespaces are created inside an unprivileged user namespace, the caller's home directory is
+  hidden (the code runs as the caller's uid, so permissions would not keep it out), and the host's
+  /proc is replaced or hidden;
 - always: a minimal environment (PATH and LANG only: no inherited secrets), stdin closed,
-  `python -I` (no user site, no PYTHON* variables), and an audit hook in the child that refuses
-  internet sockets and writes outside the work directory (the only network and write barrier
-  where the kernel refuses namespaces, e.g. as a non-root user).
+  `python -I` (no user site, no PYTHON* variables), no_new_privs, and an audit hook in the child
+  that refuses internet sockets and writes outside the work directory (the only network and write
+  barrier where the kernel refuses namespaces: a container without user namespaces, or an AppArmor
+  policy that forbids them to unprivileged users).
 
 `SandboxResult.isolation` says which of these applied, so a caller can log it with the verdict.
 """
@@ -169,6 +173,18 @@ def _needed_paths() -> list[str]:
     return sorted(paths)
 
 
+def _home_dirs() -> list[str]:
+    """The caller's home directory (by passwd and by $HOME), to hide from code running as its uid."""
+    homes = {os.path.expanduser("~")}
+    try:
+        import pwd
+
+        homes.add(pwd.getpwuid(os.getuid()).pw_dir)
+    except (ImportError, KeyError):
+        pass
+    return sorted({os.path.realpath(h) for h in homes if h})
+
+
 def _minimal_env(workdir: str) -> dict[str, str]:
     return {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -240,6 +256,9 @@ def _execute(plan: dict[str, Any], limits: SandboxLimits) -> SandboxResult:
             "memory_bytes": int(limits.memory_mb * 2**20),
             "file_size_bytes": int(limits.file_size_mb * 2**20),
             "nproc": int(nproc),
+            # Inside a user namespace (non-root) the kernel counts only that namespace's processes.
+            "nproc_in_userns": int(limits.max_processes) + 2,
+            "hide_dirs": [] if is_root else _home_dirs(),
         }
         out_path, err_path = outer / "stdout", outer / "stderr"
         start = time.monotonic()
