@@ -8,7 +8,9 @@ decodes comparable lengths). Rows:
   baseline    transformers generate, one sequence at a time (what a naive loop does)
   tf-batched  Kaelum's local backend, transformers engine, the n samples in one batched call
   ct2-single  Kaelum's local backend, CTranslate2 int8, one sample per call
-  ct2-batched Kaelum's local backend, CTranslate2 int8, the n samples in one batched call (default)
+  ct2-batched Kaelum's local backend, CTranslate2 int8, the n samples in one call (default): split
+              across single-threaded replicas that decode their shares in parallel
+  ct2-1rep    the same call on one replica using every thread (the engine before replicas)
 
 Tokens/s counts generated tokens (without the end token) over wall time of the generation calls.
 The baseline is slow, so by default it generates only --baseline-samples of the n samples per
@@ -81,7 +83,7 @@ def run_backend(llm, messages, prefix, samples, per_call, max_tokens, seed):
     return calls, tokens, seconds
 
 
-ROWS = ("baseline", "tf-batched", "ct2-single", "ct2-batched")
+ROWS = ("baseline", "tf-batched", "ct2-single", "ct2-batched", "ct2-1rep")
 
 
 def main() -> None:
@@ -106,11 +108,16 @@ def main() -> None:
     messages_list = [worker_messages("math", q) for q in QUESTIONS[: args.prompts]]
     prefix = "Step 1:"
     ct2 = LocalLLM.load(model_dir, engine="ctranslate2", model_name=EMBEDDED_NAME)
+    ct2_one = None
+    if "ct2-1rep" in rows:
+        os.environ["KAELUM_ENGINE_REPLICAS"] = "1"
+        ct2_one = LocalLLM.load(model_dir, engine="ctranslate2", model_name=EMBEDDED_NAME)
+        del os.environ["KAELUM_ENGINE_REPLICAS"]
     tf = LocalLLM.load(model_dir, engine="transformers", model_name=EMBEDDED_NAME) if "tf-batched" in rows else None
     baseline = Baseline(model_dir, args.seed)
 
     # Warm-up: first calls pay one-off costs (allocations, OpenMP thread start) in every engine.
-    for llm in (ct2, tf):
+    for llm in (ct2, ct2_one, tf):
         if llm is not None:
             llm.generate(messages_list[0], n=2, prefix=prefix)
     baseline.run(ct2.prompt_ids(messages_list[0], prefix), 1, 4)
@@ -128,6 +135,8 @@ def main() -> None:
                 got = run_backend(tf, messages, prefix, args.n, args.n, args.max_tokens, seed)
             elif row == "ct2-single":
                 got = run_backend(ct2, messages, prefix, args.n, 1, args.max_tokens, seed)
+            elif row == "ct2-1rep":
+                got = run_backend(ct2_one, messages, prefix, args.n, args.n, args.max_tokens, seed)
             else:
                 got = run_backend(ct2, messages, prefix, args.n, args.n, args.max_tokens, seed)
             totals[row] = [a + b for a, b in zip(totals[row], got)]
@@ -140,7 +149,8 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"\nmodel {EMBEDDED_NAME}, {args.prompts} prompts, n={args.n} (baseline {args.baseline_samples} per prompt), "
-        f"max {args.max_tokens} new tokens, {os.cpu_count()} CPUs, threads ct2 {default_threads()} / torch "
+        f"max {args.max_tokens} new tokens, {os.cpu_count()} CPUs, ct2 {ct2.engine.replicas} replica(s) of "
+        f"{max(1, default_threads() // ct2.engine.replicas)} thread(s) (1rep: 1 of {default_threads()}) / torch "
         f"{torch.get_num_threads()}, load average at the end {load:.1f}"
     )
     print(f"{'row':<12} {'calls':>6} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'vs baseline':>12}")

@@ -2,6 +2,7 @@
 
     python benchmarks/search_bench.py                       # 8 questions, 8 LLM calls each
     python benchmarks/search_bench.py --questions 20 --budget 12 --json out.json
+    python benchmarks/search_bench.py --questions 20 --budget 16 --strategies "best-of-N batched verifier,LATS wide"
 
 Strategies, each given the same questions and the same cap of LLM calls per question (one call
 may sample several sequences, as a LATS expansion does):
@@ -13,7 +14,16 @@ may sample several sequences, as a LATS expansion does):
   chosen — what a search with the verifier in the loop could at best select from independent samples;
 - LATS: `kaelum.lats.LATS` with `max_llm_calls = budget` and the default Settings otherwise;
 - LATS, no LLM value judge: the same with `llm_value_weight = 0` (values from self-consistency
-  only), which leaves more of the budget for expansions and rollouts.
+  only), which leaves more of the budget for expansions and rollouts;
+- best-of-N batched, verifier picks: each call samples --wide full solutions at once (the local
+  engine decodes them as one batch; a server gets `n`), calls repeated while the budget lasts;
+  any verified answer is chosen, else the majority;
+- LATS wide (small-model settings): branching --wide, max depth 2, no LLM value judge, no
+  reflections — the collection settings of the loop benchmark: one batched call proposes --wide
+  first steps, then each selected step gets its answers in one batched call.
+
+The last two sample --wide sequences per call, so at the same number of calls they spend several
+times the tokens of the others: compare them with each other, and read the tokens column.
 
 Reported per strategy: verified accuracy (the chosen answer passes the sympy math verifier, which
 computes the value from the question), LLM calls, completion tokens and seconds per question.
@@ -79,12 +89,13 @@ class Outcome:
 
 
 class Strategies:
-    def __init__(self, llm: LLM, settings: Settings, budget: int, seed: int) -> None:
+    def __init__(self, llm: LLM, settings: Settings, budget: int, seed: int, wide: int = 8) -> None:
         self.llm = llm
         self.domain = get_domain("math")
         self.settings = settings
         self.budget = budget
         self.seed = seed
+        self.wide = wide
 
     def verify(self, query: str, answer: str | None) -> bool:
         return bool(self.domain.verify(answer, VerifyContext(query=query)).passed)
@@ -125,12 +136,57 @@ class Strategies:
         picked = Outcome(passing[0] if passing else majority, bool(passing), usage, seconds, {"samples": len(answers)})
         return vote, picked
 
+    def best_of_n_batched(self, query: str) -> Outcome:
+        """Calls of `wide` full solutions each; a solution without an answer line gets one more call."""
+        usage, t0 = UsageCounter(), time.monotonic()
+        msgs = worker_messages("math", query)
+        answers: list[str | None] = []
+        j = 0
+        while usage.llm_calls < self.budget:
+            sp = SamplingParams(max_tokens=self.settings.MAX_ROLLOUT_TOKENS, temperature=self.settings.TEMPERATURE,
+                                top_p=self.settings.TOP_P, seed=self.seed * 1000 + j)
+            j += 1
+            comps = self.llm.generate(msgs, n=self.wide, params=sp)
+            usage.add(comps)
+            for comp in comps:
+                steps, block = parse_continuation(comp.text)
+                if block is None:
+                    if usage.llm_calls >= self.budget:
+                        continue
+                    prefix = "".join(f"Step {i + 1}: {s}\n" for i, s in enumerate(steps)) + ANSWER_PREFIX
+                    forced = self.llm.generate(msgs, n=1, params=replace(sp, max_tokens=32), prefix=prefix)
+                    usage.add(forced)
+                    first = next((ln.strip() for ln in forced[0].text.split("\n") if ln.strip()), "")
+                    block = f"{ANSWER_PREFIX} {first}"
+                answers.append(self.domain.extract_answer(block))
+            if any(a is not None and self.verify(query, a) for a in answers):
+                break  # the verifier already has what it would pick
+        votes = Counter(a for a in answers if a is not None)
+        majority = votes.most_common(1)[0][0] if votes else None
+        passing = [a for a in answers if a is not None and self.verify(query, a)]
+        return Outcome(passing[0] if passing else majority, bool(passing), usage, time.monotonic() - t0,
+                       {"samples": len(answers)})
+
+    def lats_wide(self, query: str) -> Outcome:
+        return self.lats(query, branching=self.wide, max_depth=2, llm_value_weight=0.0, reflections=False)
+
     def lats(self, query: str, **overrides: Any) -> Outcome:
         t0 = time.monotonic()
         params = replace(self.settings.lats_params(), max_llm_calls=self.budget, simulations=10_000, seed=self.seed, **overrides)
         result = LATS(self.llm, self.domain, query, params).run()
         verified = result.verdict is not None and bool(result.verdict.passed)
         return Outcome(result.final_answer, verified, result.usage, time.monotonic() - t0, {"stop": result.stop_reason, "simulations": result.simulations})
+
+
+STRATEGIES = {
+    "greedy": Strategies.greedy,
+    "best-of-N vote": None,  # both best-of-N rows come from one run, scored two ways
+    "best-of-N verifier": None,
+    "LATS": Strategies.lats,
+    "LATS no judge": lambda self, q: self.lats(q, llm_value_weight=0.0),
+    "best-of-N batched verifier": Strategies.best_of_n_batched,
+    "LATS wide": Strategies.lats_wide,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,29 +196,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="default", help="worker model spec (default: embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", default=None, help="write per-question results here")
+    ap.add_argument("--wide", type=int, default=8, help="sequences per call for the two batched strategies")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES),
+                    help="comma-separated subset of: " + ", ".join(STRATEGIES))
     args = ap.parse_args(argv)
+    names = [n.strip() for n in args.strategies.split(",") if n.strip()]
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown or not names:
+        ap.error(f"unknown strategies {unknown}; choose from: {', '.join(STRATEGIES)}")
     logging.basicConfig(level=logging.WARNING)
 
     settings = Settings()
     llm = load_llm(args.model)
-    strategies = Strategies(llm, settings, args.budget, args.seed)
+    strategies = Strategies(llm, settings, args.budget, args.seed, wide=args.wide)
     questions = held_out_questions(args.questions)
-    names = ["greedy", "best-of-N vote", "best-of-N verifier", "LATS", "LATS no judge"]
     rows: dict[str, list[Outcome]] = {k: [] for k in names}
     per_question = []
     t0 = time.monotonic()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         for i, q in enumerate(questions, 1):
-            g = strategies.greedy(q)
-            vote, picked = strategies.best_of_n(q)
-            lt = strategies.lats(q)
-            lt0 = strategies.lats(q, llm_value_weight=0.0)
-            outcomes = (g, vote, picked, lt, lt0)
-            for k, o in zip(names, outcomes):
-                rows[k].append(o)
-            per_question.append({"question": q, **{k: {"answer": o.answer, "verified": o.verified, "calls": o.usage.llm_calls, "tokens": o.usage.completion_tokens} for k, o in zip(names, outcomes)}})
-            marks = "  ".join(f"{k}={o.answer}{'✓' if o.verified else '✗'}" for k, o in zip(names, outcomes))
+            got: dict[str, Outcome] = {}
+            for k in names:
+                if k in got:
+                    continue
+                if k in ("best-of-N vote", "best-of-N verifier"):
+                    got["best-of-N vote"], got["best-of-N verifier"] = strategies.best_of_n(q)
+                else:
+                    got[k] = STRATEGIES[k](strategies, q)
+            for k in names:
+                rows[k].append(got[k])
+            per_question.append({"question": q, **{k: {"answer": got[k].answer, "verified": got[k].verified,
+                                                         "calls": got[k].usage.llm_calls,
+                                                         "tokens": got[k].usage.completion_tokens} for k in names}})
+            marks = "  ".join(f"{k}={got[k].answer}{'✓' if got[k].verified else '✗'}" for k in names)
             print(f"[{i}/{len(questions)}] {q}  {marks}", flush=True)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: report the questions that finished
         print(f"interrupted after {len(per_question)} of {len(questions)} questions", flush=True)

@@ -10,6 +10,7 @@ import pytest
 
 from kaelum.llm import LLMError, SamplingParams, load_llm, resolve_model
 from kaelum.llm import models as cache
+from kaelum.llm.engines import split_samples
 from kaelum.llm.local import LocalLLM, cut_at_stop
 from tests.tiny_model import make_tiny_llama
 
@@ -83,6 +84,51 @@ def test_seed_reproducible_per_engine_stream_with_ctranslate2(home, tiny):
     assert first == again
     assert first != other
     assert first[:3] != first[3:]  # the stream moves on between calls
+
+
+def test_split_samples_spreads_n_over_replicas():
+    assert split_samples(8, 2) == [(0, 4), (4, 4)]
+    assert split_samples(3, 2) == [(0, 2), (2, 1)]
+    assert split_samples(1, 4) == [(0, 1)]
+    assert split_samples(5, 1) == [(0, 5)]
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+def test_ctranslate2_replicas_share_a_call_without_repeating_samples(home, tiny, replicas, monkeypatch):
+    """Each replica has its own seeded stream: the parts of one call differ, and a fresh engine
+    with the same replicas and seeds reproduces them. (Replicas seeded alike would duplicate.)"""
+    monkeypatch.setenv("KAELUM_ENGINE_REPLICAS", str(replicas))
+
+    def run(seed: int) -> list[str]:
+        llm = LocalLLM.load(tiny, engine="ctranslate2")
+        assert llm.engine.replicas == replicas
+        params = SamplingParams(max_tokens=10, temperature=1.0, seed=seed)
+        return [c.text for c in llm.generate(MESSAGES, n=6, params=params)]
+
+    first, again = run(11), run(11)
+    assert first == again
+    parts = [first[off:off + cnt] for off, cnt in split_samples(6, replicas)]
+    assert all(a != b for i, a in enumerate(parts) for b in parts[i + 1:])
+
+
+def test_ctranslate2_replicas_stop_each_sample_at_its_stop_string(home, tiny, monkeypatch):
+    # Greedy samples are all the same text, so each of the 4 (2 per replica) must be cut at the same
+    # place: a callback that mapped a replica's batch index to the wrong sample would show here.
+    monkeypatch.setenv("KAELUM_ENGINE_REPLICAS", "2")
+    llm = LocalLLM.load(tiny, engine="ctranslate2")
+    greedy = SamplingParams(max_tokens=16, temperature=0)
+    full = llm.generate(MESSAGES, n=1, params=greedy)[0].text
+    stop = full[5:7]
+    assert len(stop) == 2 and full.index(stop) >= 1
+    cut = llm.generate(MESSAGES, n=4, params=SamplingParams(max_tokens=16, temperature=0, stop=(stop,)))
+    assert [c.text for c in cut] == [full[: full.index(stop)]] * 4
+    assert all(c.finish_reason == "stop" for c in cut)
+
+
+def test_bad_replica_setting_is_refused(home, tiny, monkeypatch):
+    monkeypatch.setenv("KAELUM_ENGINE_REPLICAS", "zero")
+    with pytest.raises(LLMError, match="KAELUM_ENGINE_REPLICAS"):
+        LocalLLM.load(tiny, engine="ctranslate2")
 
 
 @pytest.mark.parametrize("engine", ENGINES)
