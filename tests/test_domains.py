@@ -58,6 +58,11 @@ def test_get_domain_all_and_unknown():
     ("Answer: So, 20 + 5 = 25.", "25"),
     ("Answer: 12 - 4 = 12 - 4 = 8", "8"),
     ("Answer: x = 2 or x = -2", "2, -2"),
+    # Prose answers the 135M model writes (seen in the search benchmark).
+    ("Answer: So, the answer is 20", "20"),
+    ("Answer: Therefore, the total is $42.", "42"),
+    ("Answer: The number of marbles left is 33 marbles.", "33"),
+    ("Answer: The answer to the question of 6 + 4 - 6", "The answer to the question of 6 + 4 - 6"),
 ])
 def test_math_extract(text, expected):
     assert get_domain("math").extract_answer(text) == expected

@@ -23,6 +23,11 @@ _BOXED = re.compile(r"\\boxed\s*\{")
 _VAR_EQ = re.compile(r"\b[a-zA-Z]\s*=\s*([^,;=]+?)(?=\s*(?:,|;|\bor\b|\band\b|$))")
 _LEADING_NUMBER = re.compile(r"^\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?)")
 _FILLER = re.compile(r"^(?:the\s+)?(?:final\s+)?(?:answer|result|value|total)\s*(?:is|=|:)\s*", re.IGNORECASE)
+# Connectives small models open an answer line with ("So, the answer is 20").
+_CONNECTIVE = re.compile(r"^(?:so|therefore|thus|hence|then|finally|overall|in total)\b[,:]?\s*", re.IGNORECASE)
+# A sentence that ends by stating a number ("the number of apples left is 20 apples").
+_STATED_NUMBER = re.compile(r"\b(?:is|are|equals|makes|gives)\s+(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?)(?:\s*%|\s+[a-zA-Z]+)?\s*$",
+                            re.IGNORECASE)
 
 
 def _unbox(text: str) -> str:
@@ -40,7 +45,7 @@ def normalise_math_answer(raw: str) -> str | None:
     """'$1,234.50.' → '1234.50'; '\\boxed{42}' → '42'; 'x = 4' → '4'; '12 apples' → '12'; 'x=2 or x=-2' → '2, -2'."""
     line = next((ln.strip() for ln in raw.splitlines() if ln.strip()), "")
     s = _unbox(line).strip().strip("*`").strip()
-    s = _FILLER.sub("", s).strip()
+    s = _FILLER.sub("", _CONNECTIVE.sub("", s)).strip()
     s = s.replace("\\$", "").replace("$", "").replace("\\%", "%").strip()
     s = re.sub(r"[.;:]+$", "", s).strip()
     if not s:
@@ -58,6 +63,9 @@ def normalise_math_answer(raw: str) -> str | None:
         return re.sub(r"(?<=\d),(?=\d{3}\b)", "", s).rstrip("%").strip()
     m = _LEADING_NUMBER.match(s)
     if m:  # a number followed by units or words: keep the number
+        return m.group(1).replace(",", "")
+    m = _STATED_NUMBER.search(s)
+    if m:  # prose that ends by stating its number
         return m.group(1).replace(",", "")
     return s
 
