@@ -50,18 +50,22 @@ def _seed(params: SamplingParams) -> int:
     return params.seed if params.seed is not None else random.SystemRandom().randrange(1, 2**31 - 1)
 
 
-def configured_threads() -> int | None:
-    """`KAELUM_THREADS` when set: the threads each engine computes with."""
-    env = os.environ.get("KAELUM_THREADS")
+def _positive_int_env(name: str) -> int | None:
+    env = os.environ.get(name)
     if not env:
         return None
     try:
         value = int(env)
     except ValueError as exc:
-        raise LLMError(f"KAELUM_THREADS must be a positive integer, got {env!r}") from exc
+        raise LLMError(f"{name} must be a positive integer, got {env!r}") from exc
     if value < 1:
-        raise LLMError(f"KAELUM_THREADS must be a positive integer, got {env!r}")
+        raise LLMError(f"{name} must be a positive integer, got {env!r}")
     return value
+
+
+def configured_threads() -> int | None:
+    """`KAELUM_THREADS` when set: the threads each engine computes with."""
+    return _positive_int_env("KAELUM_THREADS")
 
 
 def default_threads() -> int:
@@ -75,16 +79,7 @@ REPLICA_MODEL_BYTES_MAX = 1 << 30
 
 def configured_replicas() -> int | None:
     """`KAELUM_ENGINE_REPLICAS` when set: CTranslate2 generators sharing one engine's threads."""
-    env = os.environ.get("KAELUM_ENGINE_REPLICAS")
-    if not env:
-        return None
-    try:
-        value = int(env)
-    except ValueError as exc:
-        raise LLMError(f"KAELUM_ENGINE_REPLICAS must be a positive integer, got {env!r}") from exc
-    if value < 1:
-        raise LLMError(f"KAELUM_ENGINE_REPLICAS must be a positive integer, got {env!r}")
-    return value
+    return _positive_int_env("KAELUM_ENGINE_REPLICAS")
 
 
 def default_replicas(threads: int, model_bytes: int) -> int:
@@ -183,11 +178,15 @@ class CT2Engine:
         generated: list[list[int]] = [[] for _ in range(n)]
         stopped = [False] * n
         greedy = params.temperature <= 0
+        # The callback must not reach this engine: CTranslate2 may drop its reference to it on its
+        # own worker thread after the call returned, and if that were the engine's last reference
+        # the generator would be destroyed on (and try to join) its own thread, which aborts.
+        end_ids = self._end_ids
 
         def run(replica: int, offset: int, count: int):
             def on_token(step) -> bool:
                 # Called once per generated token and batch index; True ends that index only.
-                if step.token_id in self._end_ids:
+                if step.token_id in end_ids:
                     return False
                 i = offset + step.batch_id
                 ids = generated[i]
