@@ -35,7 +35,7 @@ def _setup_logging(level: str) -> None:
 @click.option("--flush-ms", type=int, default=200, show_default=True, help="... or when its oldest line has waited this long.")
 @click.option("--rescan-ms", type=int, default=1000, show_default=True, help="Periodic rescan, for file systems that send no change events.")
 @click.option("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES, show_default=True, help="Longer lines are quarantined.")
-@click.option("--compact-every-s", type=float, default=300.0, show_default=True, help="While following, compact the store this often when enough segments are uncompacted (0 = off).")
+@click.option("--compact-every-s", type=float, default=300.0, show_default=True, help="While following, compact the store this often when enough segments are uncompacted; with --once, compact at the end when enough are (0 = off).")
 @click.option("--compact-min-segments", type=int, default=8, show_default=True, help="Uncompacted segments that make a compaction worth it.")
 @click.option("--no-watchdog", is_flag=True, help="Do not use file-system events; rescan only.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar while catching up (default: when stderr is a terminal).")

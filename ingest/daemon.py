@@ -63,8 +63,10 @@ class IngestConfig:
     progress: bool = True
     once: bool = False
     use_watchdog: bool = True
-    # Automatic compaction while following (not with --once): every compact_every_s seconds, if
-    # at least compact_min_segments segments are uncompacted. 0 turns it off.
+    # Automatic compaction: while following, every compact_every_s seconds; with --once, once at
+    # the end (a cron catch-up of a large backlog would otherwise leave the views slow until
+    # someone runs `kaelum-sql compact`). Either only when at least compact_min_segments segments
+    # are uncompacted. compact_every_s = 0 turns both off.
     compact_every_s: float = 300.0
     compact_min_segments: int = 8
 
@@ -191,6 +193,9 @@ class Daemon:
                     tailer.close()
                     if compactor is not None:
                         compactor.stop()
+                if cfg.once and cfg.compact_every_s > 0 and not self._stop.is_set():
+                    self.compactor = Compactor(str(info.path), self.hub, cfg.compact_every_s, cfg.compact_min_segments)
+                    self.compactor.run_once()
             finally:
                 writer.close()
         finally:

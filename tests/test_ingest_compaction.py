@@ -117,14 +117,30 @@ def test_compaction_flags_are_checked_and_off_means_off(tmp_path):
     r = CliRunner().invoke(cli, ["--log-dir", str(logs), "--store", str(tmp_path / "s"), "--compact-every-s", "-1", "--compact-min-segments", "0"])
     assert r.exit_code == 2
     assert "--compact-every-s must be 0 (off)" in r.output and "--compact-min-segments must be at least 1" in r.output
-    # --once never compacts (cron runs of it should be followed by `kaelum-sql compact`).
-    for i in range(3):
+    # --once compacts at its end only when enough segments are uncompacted, and never with 0.
+    def once(*flags: str) -> dict:
+        i = len(list(logs.iterdir()))
         with open(logs / f"f{i}.jsonl", "wb") as fh:
             for e in ingest_bench.synthetic_trace(random.Random(i)):
                 fh.write(orjson.dumps(e) + b"\n")
-        r = CliRunner().invoke(cli, ["--log-dir", str(logs), "--store", str(tmp_path / "s"), "--once", "--no-progress", "--compact-every-s", "0.01"])
+        r = CliRunner().invoke(cli, ["--log-dir", str(logs), "--store", str(tmp_path / "s"), "--once", "--no-progress", *flags])
         assert r.exit_code == 0, r.output
-        assert json.loads(r.stdout.strip().splitlines()[-1])["events"] > 0
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+        assert summary["events"] > 0
+        return summary
+
+    for _ in range(3):
+        once("--compact-every-s", "0.01")  # 1, 2, 3 fresh segments: fewer than the default 8
     assert resolve(store.open_store(tmp_path / "s")).manifest is None
     assert fresh_segments(str(tmp_path / "s")) == 3
-    assert not os.path.exists(tmp_path / "s" / "_snapshots") or not os.listdir(tmp_path / "s" / "_snapshots")
+    once("--compact-every-s", "0", "--compact-min-segments", "1")  # off means off
+    assert resolve(store.open_store(tmp_path / "s")).manifest is None
+    assert fresh_segments(str(tmp_path / "s")) == 4
+    before = _views(tmp_path / "s")
+    once("--compact-min-segments", "5")  # the 5th segment makes it worth it
+    snap = resolve(store.open_store(tmp_path / "s"))
+    assert snap.manifest is not None and fresh_segments(str(tmp_path / "s")) == 0
+    after = _views(tmp_path / "s")
+    assert len(after["events"]) > len(before["events"])
+    assert set(before["events"]) <= set(after["events"])  # nothing lost, nothing duplicated
+    assert len({row[0] for row in after["events"]}) == len(after["events"])
