@@ -293,6 +293,7 @@ class LATS:
         self._deadline: float | None = None
         self._early_stop = False
         self._n_samples = 0
+        self._failed: list[Node] = []  # terminals of the current simulation that failed verification
         self.root: Node | None = None
 
     # --- budgets ------------------------------------------------------------------------------
@@ -521,7 +522,7 @@ class LATS:
         if verdict.passed and node.prior >= self.params.reward_threshold:
             self._early_stop = True
         elif not verdict.passed:
-            self._reflect(node, verdict)
+            self._failed.append(node)
 
     # --- 4. simulation ------------------------------------------------------------------------
 
@@ -572,6 +573,20 @@ class LATS:
             n.reward_sum += reward
 
     # --- 6. reflection ------------------------------------------------------------------------
+
+    def _reflect_on_failures(self, simulations: int) -> None:
+        """At most one reflection per simulation, as in LATS: on the failed answer most samples gave.
+
+        A wide expansion at the depth limit can end in many failed answers at once; reflecting on
+        each would spend the budget on diagnoses instead of attempts. Skipped when the search is
+        about to stop, since no later prompt would see it.
+        """
+        failed, self._failed = self._failed, []
+        if not failed or self._early_stop or self._stop_reason(simulations) is not None:
+            return
+        worst = max(failed, key=lambda n: (n.samples, -int(n.id[1:])))
+        assert worst.verdict is not None
+        self._reflect(worst, worst.verdict)
 
     def _reflect(self, node: Node, verdict: Verdict) -> None:
         if not self.params.reflections or self.params.max_reflections == 0:
@@ -626,22 +641,8 @@ class LATS:
                 stop = "timeout" if self._timed_out() else "llm_calls"
                 break
             simulations += 1
-            children = self.expand(leaf)
-            if not children:
-                leaf.exhausted = not any(self._selectable(c) for c in leaf.children)
-                continue
-            self.evaluate(children, self._n_samples)
-            for child in children:
-                if child.terminal:
-                    self.backpropagate(child, child.prior)
-            if self._early_stop:
-                continue
-            live = [c for c in children if self._selectable(c)]
-            if not live or self._timed_out():
-                continue
-            best = max(live, key=lambda c: (c.prior, -int(c.id[1:])))
-            end = self.simulate(best)
-            self.backpropagate(end, end.prior if end.terminal else 0.0)
+            self._simulation(leaf)
+            self._reflect_on_failures(simulations)
 
         best = self._choose()
         if best is not None:
@@ -653,6 +654,25 @@ class LATS:
         elif status == "timeout":
             error = f"search exceeded its {self.params.timeout_s} s limit"
         return SearchResult(root=self.root, best=best, status=status, stop_reason=stop, usage=self.usage, reflections=list(self.reflections), simulations=simulations, error=error)
+
+    def _simulation(self, leaf: Node) -> None:
+        """Expand `leaf`, evaluate the children, roll out the best one, back up the rewards."""
+        children = self.expand(leaf)
+        if not children:
+            leaf.exhausted = not any(self._selectable(c) for c in leaf.children)
+            return
+        self.evaluate(children, self._n_samples)
+        for child in children:
+            if child.terminal:
+                self.backpropagate(child, child.prior)
+        if self._early_stop:
+            return
+        live = [c for c in children if self._selectable(c)]
+        if not live or self._timed_out():
+            return
+        best = max(live, key=lambda c: (c.prior, -int(c.id[1:])))
+        end = self.simulate(best)
+        self.backpropagate(end, end.prior if end.terminal else 0.0)
 
     def _choose(self) -> Node | None:
         """The terminal to answer with: verified first, then reward, then backed-up value."""

@@ -233,6 +233,22 @@ def test_a_failed_terminal_reflects_and_later_expansions_see_the_reflection():
     assert "Answer: 6" in reflect_call.user and "5" not in reflect_call.user.replace(QUERY, "")
 
 
+def test_one_reflection_per_simulation_on_the_most_sampled_failure_and_none_at_the_end():
+    # Depth limit 2: the second simulation's expansion asks 5 answers at once, 4 of them wrong in
+    # two ways. Reflecting on each would spend 4 calls; LATS reflects once per simulation, on the
+    # wrong answer most samples gave (7), and not at all in the last simulation.
+    llm = ScriptedLLM(rollout=lambda c: "Step 2: 2*3=6\nAnswer: 6", answer=lambda c: [" 6", " 7", " 7", " 7", " 9"],
+                      reflect=lambda c: "Recheck.")
+    rec = Recorder()
+    result = LATS(llm, ArithmeticDomain("5"), QUERY,
+                  params(simulations=3, max_depth=2, branching=5, reflections=True), observer=rec).run()
+    assert result.simulations == 3
+    reflections = [entry[2] for entry in rec.log if entry[0] == "reflect"]
+    assert reflections == ["The answer 6 failed verification. Recheck.", "The answer 7 failed verification. Recheck."]
+    assert llm.kinds().count("reflect") == 2
+    assert llm.kinds()[-1] != "reflect"  # the final simulation's failures are not reflected on
+
+
 # --- early stop and budgets ------------------------------------------------------------------------
 
 
