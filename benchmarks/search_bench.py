@@ -20,7 +20,8 @@ may sample several sequences, as a LATS expansion does):
   any verified answer is chosen, else the majority;
 - LATS wide (small-model settings): branching --wide, max depth 2, no LLM value judge, no
   reflections — the collection settings of the loop benchmark: one batched call proposes --wide
-  first steps, then each selected step gets its answers in one batched call.
+  first steps, then each selected step gets its answers in one batched call;
+- LATS wide + reflection: the same with reflections on (at most one per simulation).
 
 The last two sample --wide sequences per call, so at the same number of calls they spend several
 times the tokens of the others: compare them with each other, and read the tokens column.
@@ -167,8 +168,9 @@ class Strategies:
         return Outcome(passing[0] if passing else majority, bool(passing), usage, time.monotonic() - t0,
                        {"samples": len(answers)})
 
-    def lats_wide(self, query: str) -> Outcome:
-        return self.lats(query, branching=self.wide, max_depth=2, llm_value_weight=0.0, reflections=False)
+    def lats_wide(self, query: str, **overrides: Any) -> Outcome:
+        settings = dict(branching=self.wide, max_depth=2, llm_value_weight=0.0, reflections=False)
+        return self.lats(query, **{**settings, **overrides})
 
     def lats(self, query: str, **overrides: Any) -> Outcome:
         t0 = time.monotonic()
@@ -186,6 +188,7 @@ STRATEGIES = {
     "LATS no judge": lambda self, q: self.lats(q, llm_value_weight=0.0),
     "best-of-N batched verifier": Strategies.best_of_n_batched,
     "LATS wide": Strategies.lats_wide,
+    "LATS wide + reflection": lambda self, q: self.lats_wide(q, reflections=True),
 }
 
 
