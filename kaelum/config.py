@@ -61,18 +61,23 @@ class Settings(BaseSettings):
     LLM_MAX_RETRIES: int = Field(3, ge=0, le=20, description="retries with backoff on transient server errors")
 
     # --- LATS --------------------------------------------------------------------------------
-    # Defaults are sized for the embedded 135M model on a 2-core CPU (~30 tokens/s through
-    # CTranslate2): a math query costs at most 20 LLM calls, usually far fewer with early stop.
+    # Defaults are sized for the embedded 135M model on a 2-core CPU: wide and shallow (8 candidate
+    # steps per batched call, answers asked for at depth 2), no LLM value judge and no reflections,
+    # which a 135M model cannot do usefully and which spend its budget. Measured with
+    # benchmarks/search_bench.py (20 held-out questions, 16 calls): these settings verified 16/20
+    # and 17/20 in two runs at 5.5-6.6 calls per question; the previous defaults (branching 3,
+    # depth 6, judge weight 0.5, reflections) verified 2/20 at 15.5 calls. docs/runtime.md has the
+    # settings for a larger worker.
     LATS_SIMULATIONS: int = Field(4, ge=1, le=10_000, description="select-expand-evaluate-simulate-backpropagate iterations")
-    LATS_MAX_DEPTH: int = Field(6, ge=1, le=64, description="maximum steps on a path (root = depth 0)")
-    LATS_BRANCHING: int = Field(3, ge=1, le=32, description="candidate next steps sampled per expansion (one batched call)")
+    LATS_MAX_DEPTH: int = Field(2, ge=1, le=64, description="maximum steps on a path (root = depth 0); expansions at the limit ask for answers")
+    LATS_BRANCHING: int = Field(8, ge=1, le=32, description="candidate next steps sampled per expansion (one batched call)")
     LATS_EXPLORATION: float = Field(1.0, ge=0, le=100, description="UCT exploration constant c")
     LATS_REWARD_THRESHOLD: float = Field(0.8, ge=0, le=1, description="stop early once a verified answer reaches this reward")
     LATS_MAX_LLM_CALLS: int = Field(20, ge=1, le=100_000, description="hard budget of LLM calls per query")
-    LATS_LLM_VALUE_WEIGHT: float = Field(0.5, ge=0, le=1, description="weight of the LLM value judgement vs. sibling self-consistency")
+    LATS_LLM_VALUE_WEIGHT: float = Field(0.0, ge=0, le=1, description="weight of the LLM value judgement vs. sibling self-consistency")
     LATS_JUDGE_SAMPLES: int = Field(3, ge=1, le=32, description="yes/no samples per LLM judgement (one batched call)")
     LATS_PRUNE_THRESHOLD: float = Field(0.1, ge=0, le=1, description="children evaluated below this are pruned")
-    LATS_REFLECTION: bool = Field(True, description="write a reflection for each failed terminal, shown to later expansions")
+    LATS_REFLECTION: bool = Field(False, description="reflect on a failed answer (at most once per simulation); later expansions see it")
     LATS_MAX_REFLECTIONS: int = Field(3, ge=0, le=100, description="reflections kept in the prompt")
     LATS_TIMEOUT_S: float = Field(600.0, gt=0, description="wall-clock limit of one search; the trace ends with status 'timeout'")
 

@@ -50,15 +50,15 @@ class LatsParams:
     """Search parameters. Built from `Settings.lats_params()`; validated on construction."""
 
     simulations: int = 4
-    max_depth: int = 6
-    branching: int = 3
+    max_depth: int = 2
+    branching: int = 8
     exploration: float = 1.0
     reward_threshold: float = 0.8
     max_llm_calls: int = 20
-    llm_value_weight: float = 0.5
+    llm_value_weight: float = 0.0
     judge_samples: int = 3
     prune_threshold: float = 0.1
-    reflections: bool = True
+    reflections: bool = False
     max_reflections: int = 3
     timeout_s: float | None = None
     temperature: float = 0.8

@@ -20,7 +20,7 @@ QUERY = "What is 2 + 3?"
 
 
 def settings(**kw) -> Settings:
-    base = dict(LATS_SIMULATIONS=3, LATS_BRANCHING=3, LATS_MAX_DEPTH=4, SEED=1, LATS_LLM_VALUE_WEIGHT=0.5)
+    base = dict(LATS_SIMULATIONS=3, LATS_BRANCHING=3, LATS_MAX_DEPTH=4, SEED=1, LATS_LLM_VALUE_WEIGHT=0.5, LATS_REFLECTION=True)
     base.update(kw)
     return Settings(**base)
 

@@ -29,7 +29,9 @@ def test_math_with_the_real_verifier(tmp_path):
 
 def test_math_wrong_answer_is_not_verified(tmp_path):
     llm = ScriptedLLM(expand=lambda c: ["Step 1: 6 * 4 = 20"] * c.n, rollout=lambda c: "Answer: 20", reflect=lambda c: "Multiply again.")
-    with Orchestrator(Settings(LATS_SIMULATIONS=1), llm=llm) as orch:
+    # Reflections are off by default (a 135M worker cannot use them) and never written in the
+    # last simulation, where no later prompt would see them.
+    with Orchestrator(Settings(LATS_SIMULATIONS=2, LATS_REFLECTION=True), llm=llm) as orch:
         result = orch.run("What is 6 * 4?", domain="math")
     assert (result.answer, result.verified) == ("20", False)
     assert result.reflections and result.reflections[0].startswith("The answer 20 failed verification.")
