@@ -12,15 +12,17 @@ may sample several sequences, as a LATS expansion does):
   the most frequent answer wins — no verifier involved in choosing;
 - best-of-N, verifier picks: the same samples, but any answer that passes the math verifier is
   chosen — what a search with the verifier in the loop could at best select from independent samples;
-- LATS: `kaelum.lats.LATS` with `max_llm_calls = budget` and the default Settings otherwise;
-- LATS, no LLM value judge: the same with `llm_value_weight = 0` (values from self-consistency
-  only), which leaves more of the budget for expansions and rollouts;
+- LATS deep: `kaelum.lats.LATS` with `max_llm_calls = budget`, branching 3, depth 6, the LLM value
+  judge at weight 0.5 and reflections (the runtime's defaults before 2026-11-27, and the shape of
+  the LATS paper's search);
+- LATS deep, no LLM value judge: the same with `llm_value_weight = 0` (values from
+  self-consistency only), which leaves more of the budget for expansions and rollouts;
 - best-of-N batched, verifier picks: each call samples --wide full solutions at once (the local
   engine decodes them as one batch; a server gets `n`), calls repeated while the budget lasts;
   any verified answer is chosen, else the majority;
-- LATS wide (small-model settings): branching --wide, max depth 2, no LLM value judge, no
-  reflections — the collection settings of the loop benchmark: one batched call proposes --wide
-  first steps, then each selected step gets its answers in one batched call;
+- LATS wide: branching --wide, max depth 2, no LLM value judge, no reflections — the runtime's
+  defaults since 2026-11-27 (and the loop benchmark's collection settings): one batched call
+  proposes --wide first steps, then each selected step gets its answers in one batched call;
 - LATS wide + reflection: the same with reflections on (at most one per simulation).
 
 The last two sample --wide sequences per call, so at the same number of calls they spend several
@@ -172,6 +174,10 @@ class Strategies:
         settings = dict(branching=self.wide, max_depth=2, llm_value_weight=0.0, reflections=False)
         return self.lats(query, **{**settings, **overrides})
 
+    def lats_deep(self, query: str, **overrides: Any) -> Outcome:
+        settings = dict(branching=3, max_depth=6, llm_value_weight=0.5, judge_samples=3, reflections=True)
+        return self.lats(query, **{**settings, **overrides})
+
     def lats(self, query: str, **overrides: Any) -> Outcome:
         t0 = time.monotonic()
         params = replace(self.settings.lats_params(), max_llm_calls=self.budget, simulations=10_000, seed=self.seed, **overrides)
@@ -184,8 +190,8 @@ STRATEGIES = {
     "greedy": Strategies.greedy,
     "best-of-N vote": None,  # both best-of-N rows come from one run, scored two ways
     "best-of-N verifier": None,
-    "LATS": Strategies.lats,
-    "LATS no judge": lambda self, q: self.lats(q, llm_value_weight=0.0),
+    "LATS deep": Strategies.lats_deep,
+    "LATS deep no judge": lambda self, q: self.lats_deep(q, llm_value_weight=0.0),
     "best-of-N batched verifier": Strategies.best_of_n_batched,
     "LATS wide": Strategies.lats_wide,
     "LATS wide + reflection": lambda self, q: self.lats_wide(q, reflections=True),
