@@ -499,15 +499,29 @@ class LATS:
             options=self.domain_options,
         )
 
+    def _path_value(self, node: Node, alone: float) -> float | None:
+        """The search's value estimate of the path to `node`, for the reward; None without a judge.
+
+        Without the LLM value judge the only estimate is how many of an expansion's samples wrote
+        the same step, a share that depends on the branching (one sample of 8 is 0.125, of 3 is
+        0.33) and says nothing absolute about the path. It still ranks siblings for UCT, but the
+        reward, which selects training data (`--where "reward > 0.9"`), is then left to the
+        domain's verifier signals. `alone` is the value of a path with no step before the answer.
+        """
+        if self.params.llm_value_weight <= 0:
+            return None
+        path_values = [n.prior for n in node.path()[1:-1]]
+        value = sum(path_values) / len(path_values) if path_values else alone
+        return min(max(value, 0.0), 1.0)
+
     def _evaluate_terminal(self, node: Node) -> None:
         siblings = self._terminal_answers(node)
         ctx = self._context(node, siblings)
         verdict = self.domain.verify(node.answer, ctx)
         node.verdict, node.sibling_answers = verdict, siblings
         self.observer.verified(node, verdict)
-        path_values = [n.prior for n in node.path()[1:-1]]
-        path_value = sum(path_values) / len(path_values) if path_values else node.samples / max(self.params.branching, 1)
-        reward = self.domain.reward(verdict, min(max(path_value, 0.0), 1.0), ctx)
+        path_value = self._path_value(node, node.samples / max(self.params.branching, 1))
+        reward = self.domain.reward(verdict, path_value, ctx)
         node.reward = reward
         node.prior = min(max(float(reward.value), 0.0), 1.0)
         agree = sum(1 for a in siblings if node.answer is not None and normalise(a) == normalise(node.answer))
@@ -691,6 +705,4 @@ class LATS:
         verdict = self.domain.verify(node.answer, ctx)
         node.verdict, node.sibling_answers = verdict, siblings
         self.observer.verified(node, verdict)
-        path_values = [n.prior for n in node.path()[1:-1]]
-        path_value = sum(path_values) / len(path_values) if path_values else node.signals.get("path_value", 0.5)
-        node.reward = self.domain.reward(verdict, min(max(path_value, 0.0), 1.0), ctx)
+        node.reward = self.domain.reward(verdict, self._path_value(node, node.signals.get("path_value") or 0.5), ctx)

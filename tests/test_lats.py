@@ -174,7 +174,8 @@ def test_select_picks_the_highest_uct_child_of_a_handmade_tree():
 def test_backpropagated_values_are_the_mean_of_evaluation_and_rewards():
     answers = iter(["Answer: 4", "Answer: 5", "Answer: 3", "Answer: 5", "Answer: 1"])
     llm = ScriptedLLM(rollout=lambda c: next(answers), expand=lambda c: [f"Step {c.depth + 1}: s{c.depth}{i}" for i in range(c.n)])
-    result = LATS(llm, ArithmeticDomain("5"), QUERY, params(simulations=5, reward_threshold=1.0)).run()
+    # With the LLM judge on, a verified reward stays below 1.0, so the threshold never stops the search.
+    result = LATS(llm, ArithmeticDomain("5"), QUERY, params(simulations=5, reward_threshold=1.0, llm_value_weight=0.5)).run()
     terminals = [n for n in result.nodes() if n.terminal]
     assert sorted(t.answer for t in terminals) == ["1", "3", "4", "5", "5"]
     root = result.root
@@ -249,6 +250,18 @@ def test_one_reflection_per_simulation_on_the_most_sampled_failure_and_none_at_t
     assert llm.kinds()[-1] != "reflect"  # the final simulation's failures are not reflected on
 
 
+def test_the_reward_has_a_path_value_only_when_the_search_judged_the_path():
+    # Without the judge the path's value is only its steps' sample share, which depends on the
+    # branching; the reward is then the verifier's. With the judge it is mixed in.
+    for weight, expected in ((0.0, {"verifier"}), (0.5, {"verifier", "path_value"})):
+        result = LATS(ScriptedLLM(rollout=lambda c: "Answer: 5"), ArithmeticDomain("5"), QUERY,
+                      params(simulations=1, llm_value_weight=weight)).run()
+        assert set(result.reward.components) == expected
+        assert (result.reward.value == 1.0) == (weight == 0.0)
+        terminal = result.best
+        assert (terminal.signals["path_value"] is None) == (weight == 0.0)
+
+
 # --- early stop and budgets ------------------------------------------------------------------------
 
 
@@ -262,7 +275,7 @@ def test_early_stop_on_a_verified_answer_above_the_threshold():
 
 def test_verified_answer_below_threshold_does_not_stop_the_search():
     llm = ScriptedLLM(rollout=lambda c: "Answer: 5")
-    result = LATS(llm, ArithmeticDomain("5"), QUERY, params(simulations=3, reward_threshold=0.95)).run()
+    result = LATS(llm, ArithmeticDomain("5"), QUERY, params(simulations=3, reward_threshold=0.95, llm_value_weight=0.5)).run()
     assert result.stop_reason == "simulations" and result.simulations == 3
     assert result.verdict.passed
 
@@ -344,7 +357,7 @@ def test_verifier_sees_sibling_answers_and_the_chosen_answer_is_rechecked_when_t
     answers = iter(["Answer: 4", "Answer: 5", "Answer: 5"])
     dom = ArithmeticDomain("5")
     rec = Recorder()
-    result = LATS(ScriptedLLM(rollout=lambda c: next(answers)), dom, QUERY, params(simulations=3, reward_threshold=1.0), observer=rec).run()
+    result = LATS(ScriptedLLM(rollout=lambda c: next(answers)), dom, QUERY, params(simulations=3, reward_threshold=1.0, llm_value_weight=0.5), observer=rec).run()
     assert dom.contexts[1].sibling_answers == ("4",)
     best = result.best
     assert best.answer == "5"

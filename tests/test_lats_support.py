@@ -127,7 +127,9 @@ class ArithmeticDomain:
         ok = answer == self.expected
         return Verdict(ok, 1.0 if ok else 0.0, "test.int", {"expected_known": True})
 
-    def reward(self, verdict: Verdict, value: float, ctx: VerifyContext) -> Reward:
+    def reward(self, verdict: Verdict, value: float | None, ctx: VerifyContext) -> Reward:
+        if value is None:  # no value estimate (no LLM judge): the verifier alone
+            return Reward(verdict.score, {"verifier": verdict.score})
         comps = {"verifier": verdict.score, "path_value": value}
         return Reward(0.8 * verdict.score + 0.2 * value, comps)
 

@@ -166,7 +166,7 @@ class DomainBase(ABC):
     @abstractmethod
     def _verify(self, answer: str | None, ctx: VerifyContext) -> Verdict: ...
 
-    def reward(self, verdict: Verdict, value: float, ctx: VerifyContext) -> Reward:
+    def reward(self, verdict: Verdict, value: float | None, ctx: VerifyContext) -> Reward:
         signals = dict(verdict.details.get("signals") or {}) if isinstance(verdict.details, Mapping) else {}
         if not signals:
             # An answer that could not be checked at all (absent, malformed, internal error).

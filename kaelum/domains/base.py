@@ -54,6 +54,9 @@ class Domain(Protocol):
         """Check the answer. Never raises."""
         ...
 
-    def reward(self, verdict: Verdict, value: float, ctx: VerifyContext) -> Reward:
-        """Compose the trace reward from the verdict and the search's value estimate of the path."""
+    def reward(self, verdict: Verdict, value: float | None, ctx: VerifyContext) -> Reward:
+        """Compose the trace reward from the verdict and the search's value estimate of the path.
+
+        `value` is None when the search made no value estimate (no LLM value judge): the reward is
+        then composed from the verifier's signals alone."""
         ...

@@ -130,7 +130,7 @@ class CodeDomain(DomainBase):
         passed = result.loaded and bool(result.tests) and result.passed_count == len(result.tests)
         return Verdict(passed=passed, score=frac, verifier="code.sandbox", details=details)
 
-    def reward(self, verdict: Verdict, value: float, ctx: VerifyContext) -> Reward:
+    def reward(self, verdict: Verdict, value: float | None, ctx: VerifyContext) -> Reward:
         signals = dict(verdict.details.get("signals") or {})
         if not signals:
             return super().reward(verdict, value, ctx)
