@@ -122,6 +122,13 @@ def open_store(path: str | os.PathLike[str], create: bool = False) -> StoreInfo:
     if not marker.exists():
         if not create:
             raise _no_store(root, f"the folder has no {MARKER}")
+        foreign = sorted(p.name for p in root.iterdir() if p.name not in _LAYOUT_ENTRIES)
+        if foreign:
+            # e.g. `--store ./store` run inside a checkout of Kaelum itself, whose ./store is the
+            # `store` Python package: laying a store out there would mix segments into source code.
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise StoreError(f"{root} is not empty and not a Kaelum store (it holds {shown}); "
+                             "pass a new or empty folder, or an existing store")
         _lay_out(root)
     try:
         meta = json.loads(marker.read_text(encoding="utf-8"))
@@ -138,6 +145,10 @@ def open_store(path: str | os.PathLike[str], create: bool = False) -> StoreInfo:
             raise StoreError(f"{root} is missing {EVENTS_DIR}/{SCHEMA_PARTITION}/{SCHEMA_SEGMENT}; reopen it with a writer to repair the layout")
         _write_schema_segments(info)
     return info
+
+
+# What a store folder may hold before its marker exists (another process laying it out right now).
+_LAYOUT_ENTRIES = frozenset({EVENTS_DIR, QUARANTINE_DIR, COMMITS_DIR, LOCKS_DIR, f".{MARKER}.partial"})
 
 
 def _lay_out(root: Path) -> None:

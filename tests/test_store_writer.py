@@ -235,6 +235,26 @@ def test_open_store_errors(tmp_path: Path) -> None:
         SegmentWriter(tmp_path / "new", writer_id="bad/id")
 
 
+def test_a_store_is_never_laid_out_in_a_folder_holding_other_files(tmp_path: Path) -> None:
+    # `--store ./store` inside a Kaelum checkout names the `store` package's source folder.
+    pkg = tmp_path / "store"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "views.py").write_text("")
+    with pytest.raises(StoreError, match=r"is not empty and not a Kaelum store \(it holds __init__.py, views.py\)"):
+        open_store(pkg, create=True)
+    with pytest.raises(StoreError, match="is not empty and not a Kaelum store"):
+        SegmentWriter(pkg, writer_id="w")
+    assert sorted(p.name for p in pkg.iterdir()) == ["__init__.py", "views.py"]  # nothing written
+    # An empty folder, or one another process is laying out right now, is fine.
+    (tmp_path / "empty").mkdir()
+    assert open_store(tmp_path / "empty", create=True).layout_version == 1
+    half = tmp_path / "half"
+    (half / "events").mkdir(parents=True)
+    (half / "_commits").mkdir()
+    assert open_store(half, create=True).layout_version == 1
+
+
 def test_commit_of_100k_events_is_fast(tmp_path: Path) -> None:
     t = TraceEvents()
     base = t.make(
