@@ -127,6 +127,7 @@ def eval_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "LATS_SIMULATIONS": args.eval_simulations,
         "LATS_BRANCHING": args.eval_branching,
+        "LATS_MAX_DEPTH": args.eval_max_depth,
         "LATS_MAX_LLM_CALLS": args.eval_max_llm_calls,
         "LATS_LLM_VALUE_WEIGHT": 0.0,
         "LATS_REFLECTION": False,
@@ -174,6 +175,8 @@ def main() -> None:
     g.add_argument("--eval-branching", type=int, default=1)
     g.add_argument("--eval-simulations", type=int, default=1)
     g.add_argument("--eval-max-llm-calls", type=int, default=4)
+    g.add_argument("--eval-max-depth", type=int, default=6,
+                   help="steps a greedy solution may take (the runtime's default before 2026-11-27, which the recorded runs used)")
     g.add_argument("--eval-temperature", type=float, default=0.0, help="0 = greedy")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=float, default=4)
