@@ -244,8 +244,11 @@ def test_invalid_limits_are_named_together():
     assert SandboxLimits.from_options({"sandbox": {"timeout_s": 3}, "cpu_s": 2}) == SandboxLimits(timeout_s=3, cpu_s=2)
 
 
-@pytest.mark.skipif(not KERNEL, reason="the kernel refuses the sandbox namespaces here")
-def test_the_callers_home_is_out_of_reach(tmp_path, monkeypatch):
+@pytest.mark.parametrize("audit", [
+    pytest.param(dict(audit_hook=False, namespaces=True), id="kernel-only",
+                 marks=pytest.mark.skipif(not KERNEL, reason="the kernel refuses the sandbox namespaces here")),
+    pytest.param(dict(audit_hook=True, namespaces=False), id="audit-only")])
+def test_the_callers_home_is_out_of_reach(tmp_path, monkeypatch, audit):
     # As root the code runs as another uid, so a 0600 file is unreadable; as a user it runs as the
     # caller's uid, so the home directory must be hidden instead.
     home = tmp_path / "home"
@@ -256,11 +259,11 @@ def test_the_callers_home_is_out_of_reach(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(home))
     code = (f"import os\nprint('listing:', os.listdir({str(home)!r}) if os.path.isdir({str(home)!r}) else None)\n"
             f"stolen = open({str(token)!r}).read()\n")
-    r = run_python(code, SandboxLimits(**FAST, audit_hook=False))
+    r = run_python(code, SandboxLimits(**FAST, **audit))
     assert not r.loaded
     assert "FileNotFoundError" in r.load_error or "PermissionError" in r.load_error
     assert "hf_secret_token" not in r.stdout + r.stderr
-    if not ROOT:
+    if not ROOT and audit["namespaces"]:
         assert str(home) in r.isolation.get("hidden", [])
 
 
@@ -297,5 +300,6 @@ def _run_this_file_as_nobody(home: Path) -> None:
                            env=env, capture_output=True, text=True, timeout=60, cwd=home)
     assert probe.stdout.split()[1] == "65534", probe.stdout + probe.stderr
     if probe.stdout.split()[0] == "0":
-        assert any("test_the_callers_home_is_out_of_reach" in line for line in passed), report[-4000:]
+        assert any("test_the_callers_home_is_out_of_reach[kernel-only]" in line for line in passed), report[-4000:]
         assert any("kernel-only" in line for line in passed), report[-4000:]
+    assert any("test_the_callers_home_is_out_of_reach[audit-only]" in line for line in passed), report[-4000:]

@@ -5,7 +5,8 @@ Copied into the sandbox's work directory and run with `python -I -B _sandbox_har
 line so that the outcomes recorded before a kill (timeout, memory) survive it.
 
 Before any untrusted code runs it installs an audit hook (PEP 578) that refuses internet sockets,
-writes outside the work directory, and opening another process's /proc entries. Hooks cannot be removed from Python code; they are the second
+writes outside the work directory, opening another process's /proc entries, and reading or
+listing the caller's home directory outside the interpreter's own trees. Hooks cannot be removed from Python code; they are the second
 layer behind the kernel's (namespaces, read-only mounts, unprivileged uid) and the only one where
 the kernel refuses namespaces.
 """
@@ -37,6 +38,26 @@ def _inside(path: object) -> bool:
     return full == _WORKDIR or full.startswith(_WORKDIR + os.sep) or full.startswith("/dev/null")
 
 
+_PRIVATE: list[str] = []  # the caller's home: no reads
+_ALLOWED: list[str] = []  # the interpreter's trees, readable even inside a private directory
+
+
+def _within(path: str, dirs: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip(os.sep) + os.sep) for d in dirs)
+
+
+def _private(path: object) -> bool:
+    """Whether `path` lies in the caller's home (and not in the interpreter's trees or the work dir)."""
+    if not _PRIVATE or isinstance(path, int):
+        return False
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, str):
+        return False
+    full = os.path.realpath(os.path.join(_WORKDIR, path))
+    return _within(full, _PRIVATE) and not _within(full, _ALLOWED + [_WORKDIR])
+
+
 def _other_process(path: object) -> bool:
     """Whether `path` is in another process's /proc directory (its environment, memory, files)."""
     if isinstance(path, bytes):
@@ -59,10 +80,14 @@ def _audit(event: str, args: tuple) -> None:
         )
         if writing and not _inside(path):
             raise PermissionError(f"writing outside the sandbox directory is not allowed: {path!r}")
+        if _private(path):
+            raise PermissionError(f"reading the caller's home directory is not allowed in the sandbox: {path!r}")
         if _other_process(path):
             # Without a PID namespace and a uid of its own, the code shares the caller's uid and
             # could read the caller's environment (API keys) from /proc.
             raise PermissionError(f"reading another process is not allowed in the sandbox: {path!r}")
+    elif event in ("os.listdir", "os.scandir") and args and _private(args[0]):
+        raise PermissionError(f"listing the caller's home directory is not allowed in the sandbox: {args[0]!r}")
     elif event in _PATH_EVENTS:
         for p in args[: _PATH_EVENTS[event]]:
             if not _inside(p):
@@ -114,6 +139,8 @@ def main() -> None:
     record(kind="start", main=main_pid)
 
     if plan.get("audit", True):
+        _PRIVATE.extend(os.path.realpath(d) for d in plan.get("private_dirs", []))
+        _ALLOWED.extend(os.path.realpath(d) for d in plan.get("allowed_dirs", []))
         sys.addaudithook(_audit)
     signal.signal(signal.SIGALRM, _alarm)
     timeout = float(plan["per_test_timeout_s"])

@@ -232,6 +232,10 @@ def _execute(plan: dict[str, Any], limits: SandboxLimits) -> SandboxResult:
     workdir.mkdir()
     try:
         shutil.copy(_HARNESS, workdir / "harness.py")
+        # Where the kernel layer is missing (no namespaces, or root whose interpreter another uid
+        # cannot read, so no uid drop) the code runs as the caller's own uid, and the audit hook
+        # is what keeps it out of the caller's home; the interpreter's trees stay readable.
+        plan = {**plan, "private_dirs": _home_dirs(), "allowed_dirs": _needed_paths()}
         (workdir / "plan.json").write_text(json.dumps(plan))
         if is_root:
             os.chmod(outer, 0o711)  # traversable by the sandbox uid, not listable
