@@ -6,9 +6,9 @@ line so that the outcomes recorded before a kill (timeout, memory) survive it.
 
 Before any untrusted code runs it installs an audit hook (PEP 578) that refuses internet sockets,
 writes outside the work directory, opening another process's /proc entries, and reading or
-listing the caller's home directory outside the interpreter's own trees. Hooks cannot be removed from Python code; they are the second
-layer behind the kernel's (namespaces, read-only mounts, unprivileged uid) and the only one where
-the kernel refuses namespaces.
+listing the caller's home directory outside the interpreter's own trees. Hooks cannot be removed
+from Python code; they are the second layer behind the kernel's (namespaces, read-only mounts,
+unprivileged uid) and the only one where the kernel refuses namespaces.
 """
 
 from __future__ import annotations
@@ -27,44 +27,42 @@ _PATH_EVENTS = {"os.rename": 2, "os.remove": 1, "os.rmdir": 1, "os.mkdir": 1, "o
                 "os.chmod": 1, "os.chown": 1, "os.truncate": 1, "shutil.rmtree": 1, "os.utime": 1}
 
 
-def _inside(path: object) -> bool:
-    if isinstance(path, int):
-        return True  # an already-open descriptor was checked when it was opened
+_PRIVATE: list[str] = []  # the caller's home: no reads
+_ALLOWED: list[str] = []  # the interpreter's trees, readable even inside a private directory
+
+
+def _resolved(path: object) -> str | None:
+    """The real absolute path `path` names (relative to the work directory); None for a non-path."""
     if isinstance(path, bytes):
         path = os.fsdecode(path)
     if not isinstance(path, str):
-        return False
-    full = os.path.realpath(os.path.join(_WORKDIR, path))
-    return full == _WORKDIR or full.startswith(_WORKDIR + os.sep) or full.startswith("/dev/null")
-
-
-_PRIVATE: list[str] = []  # the caller's home: no reads
-_ALLOWED: list[str] = []  # the interpreter's trees, readable even inside a private directory
+        return None
+    return os.path.realpath(os.path.join(_WORKDIR, path))
 
 
 def _within(path: str, dirs: list[str]) -> bool:
     return any(path == d or path.startswith(d.rstrip(os.sep) + os.sep) for d in dirs)
 
 
+def _inside(path: object) -> bool:
+    if isinstance(path, int):
+        return True  # an already-open descriptor was checked when it was opened
+    full = _resolved(path)
+    return full is not None and (_within(full, [_WORKDIR]) or full.startswith("/dev/null"))
+
+
 def _private(path: object) -> bool:
     """Whether `path` lies in the caller's home (and not in the interpreter's trees or the work dir)."""
-    if not _PRIVATE or isinstance(path, int):
-        return False
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if not isinstance(path, str):
-        return False
-    full = os.path.realpath(os.path.join(_WORKDIR, path))
-    return _within(full, _PRIVATE) and not _within(full, _ALLOWED + [_WORKDIR])
+    full = _resolved(path) if _PRIVATE else None
+    return full is not None and _within(full, _PRIVATE) and not _within(full, _ALLOWED + [_WORKDIR])
 
 
 def _other_process(path: object) -> bool:
     """Whether `path` is in another process's /proc directory (its environment, memory, files)."""
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if not isinstance(path, str):
+    full = _resolved(path)
+    if full is None:
         return False
-    parts = os.path.realpath(os.path.join(_WORKDIR, path)).split(os.sep)
+    parts = full.split(os.sep)
     return len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() and int(parts[2]) != os.getpid()
 
 

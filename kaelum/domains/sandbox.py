@@ -235,7 +235,8 @@ def _execute(plan: dict[str, Any], limits: SandboxLimits) -> SandboxResult:
         # Where the kernel layer is missing (no namespaces, or root whose interpreter another uid
         # cannot read, so no uid drop) the code runs as the caller's own uid, and the audit hook
         # is what keeps it out of the caller's home; the interpreter's trees stay readable.
-        plan = {**plan, "private_dirs": _home_dirs(), "allowed_dirs": _needed_paths()}
+        homes, needed = _home_dirs(), _needed_paths()
+        plan = {**plan, "private_dirs": homes, "allowed_dirs": needed}
         (workdir / "plan.json").write_text(json.dumps(plan))
         if is_root:
             os.chmod(outer, 0o711)  # traversable by the sandbox uid, not listable
@@ -254,7 +255,7 @@ def _execute(plan: dict[str, Any], limits: SandboxLimits) -> SandboxResult:
             "env": _minimal_env(str(workdir)),
             "uid": uid,
             "gid": gid,
-            "needed_paths": _needed_paths(),
+            "needed_paths": needed,
             "namespaces": limits.namespaces,
             "cpu_s": int(limits.cpu_s),
             "memory_bytes": int(limits.memory_mb * 2**20),
@@ -262,7 +263,7 @@ def _execute(plan: dict[str, Any], limits: SandboxLimits) -> SandboxResult:
             "nproc": int(nproc),
             # Inside a user namespace (non-root) the kernel counts only that namespace's processes.
             "nproc_in_userns": int(limits.max_processes) + 2,
-            "hide_dirs": [] if is_root else _home_dirs(),
+            "hide_dirs": [] if is_root else homes,
         }
         out_path, err_path = outer / "stdout", outer / "stderr"
         start = time.monotonic()
