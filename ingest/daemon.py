@@ -174,7 +174,6 @@ class Daemon:
         info = open_store(cfg.store, create=True)  # StoreError names the fix; the CLI shows it
         lock = _DirLock(str(info.path), cfg.log_dir, self.writer_id)
         watcher = None
-        compactor = None
         try:
             writer = SegmentWriter(info.path, writer_id=self.writer_id)
             try:
@@ -184,18 +183,21 @@ class Daemon:
                 self.hub.emit("started", writer=self.writer_id, log_dir=cfg.log_dir, store=str(info.path), known_sources=len(positions), pid=os.getpid())
                 if cfg.use_watchdog and not cfg.once:
                     watcher = _watch(cfg.log_dir, self._wake)
-                if cfg.compact_every_s > 0 and not cfg.once:
-                    compactor = self.compactor = Compactor(str(info.path), self.hub, cfg.compact_every_s, cfg.compact_min_segments)
-                    compactor.start()
+                compactor = self.compactor = (
+                    Compactor(str(info.path), self.hub, cfg.compact_every_s, cfg.compact_min_segments)
+                    if cfg.compact_every_s > 0 else None
+                )
+                following = compactor is not None and not cfg.once
+                if following:
+                    compactor.start()  # a thread compacting every compact_every_s
                 try:
                     summary = self._loop(tailer, writer, str(info.path))
                 finally:
                     tailer.close()
-                    if compactor is not None:
+                    if following:
                         compactor.stop()
-                if cfg.once and cfg.compact_every_s > 0 and not self._stop.is_set():
-                    self.compactor = Compactor(str(info.path), self.hub, cfg.compact_every_s, cfg.compact_min_segments)
-                    self.compactor.run_once()
+                if compactor is not None and cfg.once and not self._stop.is_set():
+                    compactor.run_once()  # --once: one compaction after the last commit
             finally:
                 writer.close()
         finally:

@@ -63,11 +63,16 @@ def _drain(t: Tailer) -> dict[str, bytes]:
     return out
 
 
-def test_rename_rotation_copy_truncate_truncation_and_removal(tmp_path):
+def _recorded_tailer(log_dir) -> tuple[Tailer, Recorder]:
+    """A tailer on `log_dir` whose events are recorded."""
     rec = Recorder()
     hub = Hub()
     hub.add(rec)
-    t = Tailer(str(tmp_path), hub)
+    return Tailer(str(log_dir), hub), rec
+
+
+def test_rename_rotation_copy_truncate_truncation_and_removal(tmp_path):
+    t, rec = _recorded_tailer(tmp_path)
     a = tmp_path / "app.jsonl"
     a.write_bytes(b"a1\na2\n")
     got = _drain(t)
@@ -143,10 +148,7 @@ def test_descriptors_are_capped_and_reopened_when_a_file_grows(tmp_path):
 def test_a_read_racing_a_truncate_and_rewrite_is_dropped(tmp_path):
     # The file is identified, then cut and rewritten before the read: the bytes read belong to
     # the new content and must not be emitted as the old source.
-    rec = Recorder()
-    hub = Hub()
-    hub.add(rec)
-    t = Tailer(str(tmp_path), hub)
+    t, rec = _recorded_tailer(tmp_path)
     a = tmp_path / "a.jsonl"
     a.write_bytes(b"old-1\nold-2\n")
     t.scan()
