@@ -173,13 +173,14 @@ def open_store(store_path: str) -> duckdb.DuckDBPyConnection:
 
 
 def snapshot(store_path: str, con: duckdb.DuckDBPyConnection) -> StoreSnapshot:
-    from store import open_store
+    import store
     from store.snapshot import resolve
 
     root = os.path.abspath(store_path)
     # The segments a reader sees now: committed writer segments and the current compaction
-    # generation, never uncommitted files or inputs waiting for deletion.
-    snap = resolve(open_store(store_path))
+    # generation, never uncommitted files or inputs waiting for deletion. (`store.open_store`, the
+    # store's layout; this module's own `open_store` is its DuckDB connection.)
+    snap = resolve(store.open_store(store_path))
     segments = sorted(os.path.relpath(str(p), root) for p in (*snap.compacted, *snap.fresh))
     try:
         count = int(con.execute("select count(*) from events").fetchall()[0][0])

@@ -131,8 +131,10 @@ class CT2Engine:
 
     name = "ctranslate2"
 
-    def __init__(self, generator, tokenizer, end_ids: Sequence[int], *, replicas: Sequence = ()):
-        self._generators = [generator, *replicas]
+    def __init__(self, generators: Sequence, tokenizer, end_ids: Sequence[int]):
+        if not generators:
+            raise ValueError("CT2Engine needs at least one generator")
+        self._generators = list(generators)
         self._tokenizer = tokenizer
         self._end_ids = list(end_ids)
         self._stream_seeded = False
@@ -159,7 +161,7 @@ class CT2Engine:
             for _ in range(replicas)
         ]
         log.info("CTranslate2 engine: %d replica(s) x %d thread(s)", replicas, intra)
-        return cls(generators[0], tokenizer, end_ids, replicas=generators[1:])
+        return cls(generators, tokenizer, end_ids)
 
     def _seed_streams(self, seed: int, tokens: list[str]) -> None:
         """Seed every replica's thread-local stream: replica i from seed + i (see the class doc)."""
