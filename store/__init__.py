@@ -33,6 +33,7 @@ __all__ = [
     "events_from_dicts",
     "events_table",
     "open_store",
+    "append_events",
     "positions",
 ]
 
@@ -41,3 +42,21 @@ def connect(path, **kwargs):  # noqa: ANN001 - re-exported with its real signatu
     from .views import connect as _connect
 
     return _connect(path, **kwargs)
+
+
+def append_events(path, events, writer_id):  # noqa: ANN001 - see the docstring
+    """Append `events` (dicts in the event contract, e.g. a UI's ``feedback``) to the store at `path`
+    in one atomic commit under `writer_id`; returns how many were written.
+
+    Every event is validated first (``kaelum.events.validate_event``): one invalid event raises
+    ``kaelum.events.EventError`` and nothing is written. The store is created if missing.
+    """
+    from kaelum.events import validate_event
+
+    events = list(events)
+    for e in events:
+        validate_event(e)
+    if not events:
+        return 0
+    with SegmentWriter(path, writer_id=writer_id) as w:
+        return w.commit(events_from_dicts(events)).events
