@@ -204,7 +204,8 @@ def main() -> None:
     strict = "strict" in sys.argv[1:]
     if plan.get("audit", True) or strict:
         guard.install(os.path.realpath(os.getcwd()), [os.path.realpath(d) for d in plan.get("private_dirs", [])],
-                      [os.path.realpath(d) for d in plan.get("allowed_dirs", [])], strict)
+                      [os.path.realpath(d) for d in plan.get("allowed_dirs", [])], strict,
+                      int(plan.get("max_write_opens", 16)))
     secret, result_fd = plan["secret"], int(plan["fd_result"])
 
     def record(**row: object) -> None:

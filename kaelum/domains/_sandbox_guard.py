@@ -21,20 +21,22 @@ may, which is why strict mode is opt-in (see `SandboxLimits.allow_audit_only`).
 from __future__ import annotations
 
 
-def install(workdir: str, private: list[str], allowed: list[str], strict: bool) -> None:
+def install(workdir: str, private: list[str], allowed: list[str], strict: bool, max_write_opens: int = 16) -> None:
     import builtins
+    import itertools
     import posix
     import sys
 
-    hook = _make_hook(workdir, tuple(private), tuple(allowed), strict,
+    hook = _make_hook(workdir, tuple(private), tuple(allowed), strict, int(max_write_opens), itertools.count(1),
                       posix.lstat, posix.readlink, posix.getpid, posix.fspath,
-                      builtins.isinstance, builtins.len, builtins.str, builtins.bytes, builtins.int,
+                      builtins.isinstance, builtins.len, builtins.next, builtins.str, builtins.bytes, builtins.int,
                       builtins.PermissionError, builtins.OSError, builtins.ValueError, builtins.TypeError)
     sys.addaudithook(hook)
 
 
-def _make_hook(workdir, private, allowed, strict, lstat, readlink, getpid, fspath, isinstance, len, str, bytes,
-               int, PermissionError, OSError, ValueError, TypeError):  # noqa: A002, N803 - captured builtins
+def _make_hook(workdir, private, allowed, strict, max_write_opens, write_opens, lstat, readlink, getpid, fspath,
+               isinstance, len, next, str, bytes, int,
+               PermissionError, OSError, ValueError, TypeError):  # noqa: A002, N803 - captured builtins
     """The hook. Every name it uses is one of this function's parameters or locals (see module doc)."""
     write_flags = 0o1 | 0o2 | 0o100 | 0o2000 | 0o1000  # O_WRONLY | O_RDWR | O_CREAT | O_APPEND | O_TRUNC
     inet = (-1, 2, 10)  # unspecified (defaults to AF_INET), AF_INET, AF_INET6
@@ -142,6 +144,9 @@ def _make_hook(workdir, private, allowed, strict, lstat, readlink, getpid, fspat
                 isinstance(flags, int) and flags & write_flags)
             if writing and not inside(path):
                 raise PermissionError(f"writing outside the sandbox directory is not allowed: {path!r}")
+            if writing and strict and not isinstance(path, int) and next(write_opens) > max_write_opens:
+                # No sized tmpfs here: RLIMIT_FSIZE caps each file, this caps how many are written.
+                raise PermissionError(f"more than {max_write_opens} files opened for writing in the sandbox")
             p = None if isinstance(path, int) else full(path)
             if is_private(p):
                 raise PermissionError(f"reading this directory is not allowed in the sandbox: {path!r}")
@@ -158,5 +163,8 @@ def _make_hook(workdir, private, allowed, strict, lstat, readlink, getpid, fspat
             raise PermissionError(f"{event} is not allowed in the sandbox")
         elif strict and event in leave:
             raise PermissionError(f"{event} is not allowed in the sandbox without its kernel layer")
+        elif strict and event in ("os.kill", "os.killpg", "signal.pthread_kill") and args[0] != me:
+            # Without a PID namespace every process of this uid is in reach.
+            raise PermissionError(f"{event} of another process is not allowed in the sandbox")
 
     return hook

@@ -61,7 +61,8 @@ def main() -> None:
     out_fd = int(plan["fd_out"])
     if plan.get("audit", True) or strict:
         guard.install(os.path.realpath(os.getcwd()), [os.path.realpath(d) for d in plan.get("private_dirs", [])],
-                      [os.path.realpath(d) for d in plan.get("allowed_dirs", [])], strict)
+                      [os.path.realpath(d) for d in plan.get("allowed_dirs", [])], strict,
+                      int(plan.get("max_write_opens", 16)))
     signal.signal(signal.SIGALRM, _alarm)
     refs: list = []
 

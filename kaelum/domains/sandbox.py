@@ -477,7 +477,9 @@ def _execute(plan: dict[str, Any], limits: SandboxLimits) -> SandboxResult:
     try:
         homes, needed = _home_dirs(), _needed_paths()
         # The solution may not read the grader's directory (where the kernel layer hides it anyway).
-        dirs = {"private_dirs": homes + [str(outer)], "allowed_dirs": needed}
+        dirs = {"private_dirs": homes + [str(outer)], "allowed_dirs": needed,
+                # Audit-only mode has no sized tmpfs: files written x RLIMIT_FSIZE bound the total.
+                "max_write_opens": max(1, int(limits.work_dir_mb // limits.file_size_mb))}
         out_r, out_w = os.pipe()  # solution -> grader (or -> parent, running a script)
         own += [out_r, out_w]
         cap = int(limits.max_message_bytes)
