@@ -18,22 +18,21 @@ from __future__ import annotations
 import ast
 import builtins
 import importlib
-import importlib.util
 import json
 import os
 import signal
 import sys
 import time
-import traceback
 import types
 
 _COUNTER = "__kaelum_assertion__"
 
 
 def _load_helper(name: str) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(name, os.path.join(os.getcwd(), name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    """A helper copied next to this file, as a module (not via importlib.util: its import costs a start)."""
+    module = types.ModuleType(name)
+    with open(name + ".py") as f:
+        exec(compile(f.read(), name + ".py", "exec"), module.__dict__)  # noqa: S102 - our own helper
     return module
 
 
@@ -59,6 +58,8 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, AssertionError):
         msg = str(exc)
         return "AssertionError" + (f": {msg}" if msg else "")
+    import traceback  # only when something failed: its import costs every start otherwise
+
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()[-500:]
 
 

@@ -1,7 +1,8 @@
 """Sandbox launcher: isolates itself, then becomes the sandboxed interpreter.
 
-Run by `kaelum.domains.sandbox` as `python -I -S -B _sandbox_launch.py '<json config>'`, with the
-parent's privileges. It is a standalone script (stdlib only, no kaelum import) because it runs
+Run by `kaelum.domains.sandbox` as `python -I -S -B _sandbox_launch.py <config>`, with the
+parent's privileges (the config is `marshal` data in hex, written by the parent: unlike `json`,
+reading it imports nothing, and this runs twice for every verification). It is a standalone script (stdlib only, no kaelum import) because it runs
 between fork and the untrusted code, where nothing heavy should be loaded.
 
 Steps, each recorded in a small JSON report written to the file named by `report` so the parent
@@ -28,11 +29,12 @@ knows which protections really applied (a container or an AppArmor policy may re
 from __future__ import annotations
 
 import ctypes
-import json
+import marshal
 import os
 import resource
-import signal
 import stat
+
+import _signal as signal  # the C module: `signal` imports enum, a cost on every sandbox start
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -236,9 +238,22 @@ def _exit_like(status: int) -> None:
     os._exit(os.WEXITSTATUS(status))
 
 
+def _to_json(value: object) -> str:
+    """JSON for the report's plain values (bool, int, str, None, lists, dicts), without importing json."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_to_json(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(_to_json(str(k)) + ":" + _to_json(v) for k, v in value.items()) + "}"
+    return '"' + "".join(c if c >= " " and c not in '"\\' else "\\u%04x" % ord(c) for c in str(value)) + '"'
+
+
 def _write_report(report_file, report: dict) -> None:
     with report_file:
-        json.dump(report, report_file)
+        report_file.write(_to_json(report))
 
 
 def _mount_proc(report: dict) -> str:
@@ -297,7 +312,7 @@ def _enter_user_namespace(flags: int, report: dict) -> bool:
 
 
 def main() -> None:
-    cfg = json.loads(sys.argv[1])
+    cfg = marshal.loads(bytes.fromhex(sys.argv[1]))
     os.umask(0o022)
     report: dict = {"netns": False, "pidns": False, "mountns": False, "readonly_fs": False, "uid_drop": False,
                     "userns": False}

@@ -43,6 +43,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import marshal
 import os
 import random
 import secrets
@@ -377,7 +378,7 @@ class _Box:
         self.err_f = open(self.outer / "stderr", "wb")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-B", str(_LAUNCHER), json.dumps(cfg)],
+                [sys.executable, "-I", "-S", "-B", str(_LAUNCHER), marshal.dumps(cfg).hex()],
                 stdin=subprocess.DEVNULL, stdout=self.out_f, stderr=self.err_f, cwd=str(self.outer),
                 env=_minimal_env(str(self.workdir)), start_new_session=True, close_fds=True, pass_fds=tuple(pass_fds),
             )
