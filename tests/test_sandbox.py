@@ -279,7 +279,8 @@ def test_the_callers_home_is_out_of_reach(tmp_path, monkeypatch, audit):
     assert "FileNotFoundError" in r.load_error or "PermissionError" in r.load_error
     assert "hf_secret_token" not in r.stdout + r.stderr
     if not ROOT and audit["namespaces"]:
-        assert str(home) in r.isolation.get("hidden", [])
+        # Covered itself, or with the scratch place it lies in (pytest's tmp_path is under /tmp).
+        assert any(str(home) == h or str(home).startswith(h.rstrip("/") + "/") for h in r.isolation.get("hidden", []))
 
 
 @pytest.mark.slow

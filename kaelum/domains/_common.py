@@ -240,7 +240,10 @@ class DomainBase(ABC):
     def verify(self, answer: str | None, ctx: VerifyContext) -> Verdict:
         """`_verify` within the domain's bounds: an answer over the size bound fails before any parsing,
         and one whose check runs past the time bound fails with the reason (see `VERIFY_BOUNDS`)."""
-        max_chars, timeout_s = verify_bounds(self.name, self.opts(ctx))
+        try:
+            max_chars, timeout_s = verify_bounds(self.name, self.opts(ctx))
+        except ValueError as e:
+            return failed(f"{self.name}.error", str(e))
         if answer is not None and len(answer) > max_chars:
             return failed(f"{self.name}.bounds", f"the answer is {len(answer)} characters long, more than the "
                           f"{self.name} verifier's bound of {max_chars} (option max_answer_chars)")
