@@ -512,7 +512,8 @@ def _execute(plan: dict[str, Any], limits: SandboxLimits) -> SandboxResult:
         # Only pipes are read, with select and a deadline: nothing the code does can block this.
         if grading:
             rows, stopped = _read_messages(res_r, deadline, _GRADER_OUTPUT_CAP, secret)
-            grader_rc = grader_box.stop(deadline - time.monotonic())
+            # A grader that broke the protocol may be blocked writing to a pipe no one reads: no wait.
+            grader_rc = grader_box.stop(deadline - time.monotonic() if stopped is None else 0.0)
             if stopped is None and grader_rc not in (0, None):
                 stopped = f"the grader exited with status {grader_rc}"
         else:
