@@ -16,9 +16,11 @@ import gzip
 import importlib.resources
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -434,3 +436,24 @@ def test_the_audit_hook_cannot_be_switched_off(tmp_path, monkeypatch):
     assert result["passed"] is False, result["details"]
     assert secret not in out.stdout and canary.read_text() not in out.stdout
     assert list(target.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another uid needs root")
+def test_this_file_passes_as_a_real_non_root_user():
+    """The red team again as uid nobody: the user-namespace path of the kernel layer, and audit-only as a user."""
+    home = Path(tempfile.mkdtemp(prefix="kaelum-nobody-home-"))
+    try:
+        os.chown(home, 65534, 65534)
+        python = os.path.realpath(sys.executable)
+        reach = sorted({sys.prefix, sys.base_prefix, os.path.dirname(python), str(REPO)})
+        cmd = [python, str(REPO / "tests" / "run_as_user.py"), "65534", *reach, "--", python, "-m", "pytest", "-q",
+               "-rA", "-p", "no:cacheprovider", str(Path(__file__).resolve()), "-k", "not real_non_root_user"]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "PYTHONPATH": str(REPO),
+               "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    report = out.stdout + out.stderr
+    assert out.returncode == 0, report[-4000:]
+    assert sum(line.startswith("PASSED") for line in report.splitlines()) >= 60, report[-4000:]
