@@ -17,7 +17,8 @@ Variants per task:
   so `check(candidate)` is defined and never called — must be refused with the verifier's
   no-assertion error (it used to pass every `pass` body).
 
-Latency: seconds per canonical verification, one at a time. Throughput: verifications per second
+Latency: seconds per canonical verification, one at a time, and the CPU seconds its sandbox
+processes used (a figure the machine's load moves much less than wall time). Throughput: verifications per second
 with P at a time (threads, each running its own sandboxes) for each P of --parallel. A LATS
 expansion verifies its terminal children one after another (`LATS.evaluate`), so P = 1 is what
 the search gets today; P = 8 (the default branching) shows what a parallel expansion would.
@@ -31,6 +32,7 @@ import gzip
 import importlib.resources
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -75,6 +77,12 @@ def verify(solution: str, tests: list[str], entry: str | None) -> tuple[Verdict,
     return verdict, time.monotonic() - start
 
 
+def children_cpu_s() -> float:
+    """CPU seconds of every finished sandbox process so far (launchers wait for theirs, so all of a run counts)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def loadavg() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -91,8 +99,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_before = loadavg()
     outcomes: dict[str, dict[str, Any]] = {}
     latencies: list[float] = []
+    cpu_per_verification = 0.0
     for name in ("canonical", "pass body", "return None", "uncalled check"):
         ok, wrong = 0, []
+        cpu_before = children_cpu_s()
         for task in tasks:
             solution, tests, entry = variants(task)[name]
             verdict, seconds = verify(solution, tests, entry)
@@ -106,12 +116,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ok += good
             if not good:
                 wrong.append({"task": task["task_id"], "error": verdict.details.get("error")})
+        if name == "canonical":
+            cpu_per_verification = (children_cpu_s() - cpu_before) / len(tasks)
         outcomes[name] = {"expected": ok, "of": len(tasks), "unexpected": wrong[:10]}
         print(f"{name:15s} {ok}/{len(tasks)} as expected", flush=True)
     lat = sorted(latencies)
     latency = {"median_s": round(statistics.median(lat), 3), "p90_s": round(lat[int(0.9 * (len(lat) - 1))], 3),
                "min_s": round(lat[0], 3), "max_s": round(lat[-1], 3)}
-    print(f"latency (canonical, one at a time): median {latency['median_s']} s, p90 {latency['p90_s']} s", flush=True)
+    latency["sandbox_cpu_s"] = round(cpu_per_verification, 3)
+    print(f"latency (canonical, one at a time): median {latency['median_s']} s, p90 {latency['p90_s']} s; "
+          f"{latency['sandbox_cpu_s']} CPU-s of sandbox processes per verification", flush=True)
     throughput = {}
     sample = [variants(t)["canonical"] for t in tasks[: args.throughput_tasks]]
     for p in [int(x) for x in args.parallel.split(",") if x.strip()]:

@@ -593,12 +593,14 @@ def _collect(plan: dict[str, Any], rows: list[dict[str, Any]], grader_error: str
             else:
                 tests.append(TestOutcome(unit["name"], row.get("ok") is True, _text(row.get("error"))))
     complete = done is not None and grader_error is None
+    if not grader_error and not complete and plan["mode"] == "tests" and load is not None and not load_error \
+            and not timed_out:
+        grader_error = "the grader did not finish"
     return SandboxResult(
         returncode=returncode, stdout=stdout, stderr=stderr, timed_out=timed_out, duration_s=round(duration, 4),
         loaded=bool(load and load.get("ok") is True), load_error=load_error, tests=tuple(tests), limit_hit=limit,
         isolation=isolation, assertions=int(done.get("assertions", 0)) if complete else 0,
-        grader_error=grader_error if grader_error else (None if complete or plan["mode"] != "tests" or load is None
-                                                        or load_error else "the grader did not finish"),
+        grader_error=grader_error,
     )
 
 
