@@ -360,3 +360,15 @@ def test_the_parent_reads_nothing_without_a_cap(tmp_path):
     assert sandbox._read_capped(tmp_path / "link", 100) == b""
     assert sandbox._read_capped(tmp_path / "fifo", 100) == b""
     assert time.monotonic() - start < 1.0
+
+
+def test_a_forked_survivor_does_not_stretch_the_run():
+    # The child holds the output pipe open for as long as it lives; the parent stops at the message it expects.
+    code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
+    start = time.monotonic()
+    r = run_python(code, SandboxLimits(**{**FAST, "timeout_s": 8}))
+    assert r.loaded and not r.timed_out
+    t = run_tests(code + "def f():\n    return 1\n", ["assert f() == 1"], SandboxLimits(**{**FAST, "timeout_s": 8}))
+    assert [x.passed for x in t.tests] == [True] and not t.timed_out
+    assert time.monotonic() - start < 6
+    _assert_host_unharmed(r, t)

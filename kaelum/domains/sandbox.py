@@ -447,8 +447,13 @@ def _killpg(pgid: int) -> None:
         pass
 
 
-def _read_messages(fd: int, deadline: float, cap: int, secret: str | None) -> tuple[list[dict[str, Any]], str | None]:
-    """The messages on a pipe until it closes or the deadline passes; (messages, why the reading stopped early)."""
+def _read_messages(fd: int, deadline: float, cap: int, secret: str | None,
+                   last: str) -> tuple[list[dict[str, Any]], str | None]:
+    """The messages on a pipe until one of kind `last`, its close or the deadline; (messages, why it stopped early).
+
+    Stopping at the last message expected, not at the pipe's close, keeps a process the code
+    forked (which may hold the pipe open for as long as it lives) from stretching the run.
+    """
     reader = _wire.LineReader(fd, cap)
     rows: list[dict[str, Any]] = []
     while True:
@@ -463,6 +468,8 @@ def _read_messages(fd: int, deadline: float, cap: int, secret: str | None) -> tu
         if secret is not None and row.get("secret") != secret:
             return rows, "a message without the run's secret"
         rows.append(row)
+        if row.get("kind") == last:
+            return rows, None
         if len(rows) > 1_000_000:
             return rows, "too many messages"
 
@@ -511,13 +518,13 @@ def _execute(plan: dict[str, Any], limits: SandboxLimits) -> SandboxResult:
             own.remove(fd)
         # Only pipes are read, with select and a deadline: nothing the code does can block this.
         if grading:
-            rows, stopped = _read_messages(res_r, deadline, _GRADER_OUTPUT_CAP, secret)
+            rows, stopped = _read_messages(res_r, deadline, _GRADER_OUTPUT_CAP, secret, "done")
             # A grader that broke the protocol may be blocked writing to a pipe no one reads: no wait.
             grader_rc = grader_box.stop(deadline - time.monotonic() if stopped is None else 0.0)
             if stopped is None and grader_rc not in (0, None):
                 stopped = f"the grader exited with status {grader_rc}"
         else:
-            rows, stopped = _read_messages(out_r, deadline, cap, None)
+            rows, stopped = _read_messages(out_r, deadline, cap, None, "load")
             rows = rows[:1]
         timed_out = stopped == "timeout"
         # The solution ends by itself once the grader closed its pipe; a short wait, then the group goes.
