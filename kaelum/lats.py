@@ -50,13 +50,9 @@ class LatsParams:
     """Search parameters, validated on construction. `Settings.lats_params()` builds them from the
     `KAELUM_*` settings; the defaults here are the only copy (each Settings field reads its own).
 
-    The defaults are sized for the embedded 135M model on a 2-core CPU: wide and shallow (8
-    candidate steps per batched call, answers asked for at depth 2), no LLM value judge and no
-    reflections, which a 135M model cannot do usefully and which spend its budget. Measured with
-    benchmarks/search_bench.py (20 held-out questions, 16 calls): these settings verified 16/20
-    and 17/20 in two runs at 5.5-6.6 calls per question; the previous defaults (branching 3,
-    depth 6, judge weight 0.5, reflections) verified 2/20 at 15.5 calls. docs/runtime.md has the
-    settings for a larger worker.
+    The defaults are sized for the embedded 135M model on a CPU: wide and shallow, no LLM value
+    judge and no reflections, which a 135M model cannot do usefully and which spend its budget.
+    docs/runtime.md ("Defaults, and why") has the measurements and the settings for a larger worker.
     """
 
     simulations: int = 4

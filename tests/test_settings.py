@@ -110,3 +110,17 @@ def test_each_search_setting_reaches_its_parameter(monkeypatch):
     s = Settings(LATS_MAX_REFLECTIONS=1, LATS_REFLECTION=True, MAX_ANSWER_TOKENS=500, MAX_ROLLOUT_TOKENS=300, LATS_PRUNE_THRESHOLD=0.0)
     p = s.lats_params()
     assert (p.timeout_s, p.max_reflections, p.reflections, p.max_answer_tokens, p.max_rollout_tokens, p.prune_threshold) == (7.5, 1, True, 500, 300, 0.0)
+
+
+def test_the_defaults_docs_runtime_md_names_are_the_defaults():
+    # "Defaults, and why" quotes defaults in its prose (`LATS_BRANCHING=8`); they must be the code's.
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "runtime.md").read_text(encoding="utf-8")
+    section = doc[doc.index("### Defaults, and why") : doc.index("**For a larger worker**")]
+    quoted = dict(re.findall(r"`([A-Z][A-Z_]+)=([^`]+)`", section))
+    assert len(quoted) >= 8
+    defaults = Settings()
+    for name, shown in quoted.items():
+        assert getattr(Settings(**{name: shown}), name) == getattr(defaults, name), f"docs/runtime.md shows {name}={shown}"
