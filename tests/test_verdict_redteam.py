@@ -284,7 +284,8 @@ def test_a_long_math_answer_under_the_bound_is_still_quick():
 
 def test_every_domain_has_a_size_and_time_bound():
     from kaelum.domains import DOMAIN_NAMES
-    from kaelum.domains._common import verify_bounds
+    from kaelum.domains._common import VERIFY_BOUNDS, verify_bounds
+    assert set(VERIFY_BOUNDS) == set(DOMAIN_NAMES)  # each domain's bounds are stated, none by default
     for name in DOMAIN_NAMES:
         max_chars, timeout_s = verify_bounds(name, {})
         assert max_chars > 0 and (timeout_s is None) == (name == "code")  # code: the sandbox's own wall clock
