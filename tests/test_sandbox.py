@@ -89,7 +89,10 @@ def test_split_tests_units():
                          "for i in range(3):\n    assert i < 3\ny = 1", "def check(candidate):\n    assert candidate(1)\n"],
                         entry_point="f")
     kinds = [[u["kind"] for u in s] for s in units]
-    assert kinds == [["stmt", "assert", "stmt", "testfn"], ["assert"], ["call"], ["check", "stmt"], ["stmt", "entry"]]
+    assert kinds == [["stmt", "assert", "stmt", "testfn"], ["assert"], ["stmt"], ["check", "stmt"], ["stmt", "entry"]]
+    # A call of a function the tests define is a test; a call into the solution is setup.
+    called = split_tests(["def check(c):\n    assert c(1)\ncheck(f)\ns = f(0)\nf(2)\n"])[0]
+    assert [u["kind"] for u in called] == ["stmt", "call", "stmt", "stmt"]
     assert units[4][1]["source"] == "check(f)"
     # Without an entry point, a check() nobody calls is only a definition (the grader then counts no assertion).
     assert [u["kind"] for u in split_tests(["def check(candidate):\n    assert candidate(1)\n"])[0]] == ["stmt"]

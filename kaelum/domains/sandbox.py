@@ -178,7 +178,7 @@ def split_tests(snippets: Sequence[str], entry_point: str | None = None) -> list
     """Turn test snippets into ordered units the grader runs; every statement counts.
 
     A top-level `assert`, a top-level statement with an assert anywhere inside it (a loop of
-    asserts), and a top-level call (`check(f)`) are each one test. Each top-level argument-less
+    asserts), and a top-level call of a function the snippet defines (`check(f)`) are each one test. Each top-level argument-less
     `def test_*` is one test, called after the snippet's statements ran; with an `entry_point`, a
     top-level `def check(candidate)` that the snippet never calls is one test, `check(<entry
     point>)` (HumanEval's form). Other statements are setup: when one fails, the tests after it
@@ -195,13 +195,17 @@ def split_tests(snippets: Sequence[str], entry_point: str | None = None) -> list
         units: list[dict[str, str]] = []
         calls: list[dict[str, str]] = []
         called = _called_names(tree)
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
         for node in tree.body:
             src = ast.get_source_segment(snippet, node) or ast.unparse(node)
             name = src.strip()[:200]
             if isinstance(node, ast.Assert):
                 units.append({"kind": "assert", "source": src, "name": name})
                 continue
-            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+            if (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Name)
+                    and node.value.func.id in defined):
+                # A call of a function the tests define (`check(f)`, `run_all()`) is a test; a call
+                # of the solution's (`s.push(1)`) is setup, or partial credit would come for free.
                 units.append({"kind": "call", "source": src, "name": name})
                 continue
             is_def = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
