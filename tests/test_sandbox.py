@@ -257,6 +257,8 @@ def test_invalid_limits_are_named_together():
         SandboxLimits(timeout_s=0, memory_mb=8, cpu_s=-1)
     msg = str(e.value)
     assert "timeout_s" in msg and "memory_mb" in msg and "cpu_s" in msg
+    with pytest.raises(ValueError, match="allow_audit_only must be true or false"):
+        SandboxLimits(allow_audit_only="yes")
     with pytest.raises(ValueError, match="unknown sandbox option"):
         SandboxLimits.from_options({"sandbox": {"timeout": 3}})
     assert SandboxLimits.from_options({"sandbox": {"timeout_s": 3}, "cpu_s": 2}) == SandboxLimits(timeout_s=3, cpu_s=2)

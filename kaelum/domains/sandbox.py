@@ -113,6 +113,9 @@ class SandboxLimits:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 problems.append(f"{name} must be a positive number, got {value!r}")
+        for name in ("namespaces", "audit_hook", "allow_audit_only"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.memory_mb, (int, float)) and 0 < self.memory_mb < 32:
             problems.append(f"memory_mb must be at least 32 (the interpreter itself needs it), got {self.memory_mb}")
         if problems:
