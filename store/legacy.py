@@ -130,6 +130,7 @@ def migrate(location: str | os.PathLike[str], keep_old: bool = False) -> Migrati
             shutil.rmtree(root / table)
     events, quarantine, records = visible_files(old)
     info = StoreInfo(str(root), 2, storage_options(str(root)))
+    os.chmod(root, 0o750)  # store files are not for every user of the machine
     create_tables(info)
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
