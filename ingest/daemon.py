@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from store import QuarantineRecord, StoreInfo, StoreWriter, open_store
+from store import QuarantineRecord, StoreError, StoreInfo, StoreWriter, open_store
 
 from .compactor import Compactor
 from .emit import Batch, Committer
@@ -240,7 +240,9 @@ class Daemon:
                 self.status.last_error = err
                 failures += 1
                 if cfg.once and failures >= 3:
-                    raise RuntimeError(f"the store refused 3 commits in a row, last: {err}")
+                    # A full disk or an unreachable store: a clear error and exit code 1 (the CLI
+                    # shows StoreError); nothing was committed, so nothing is lost.
+                    raise StoreError(f"the store refused 3 commits in a row, last: {err}")
                 time.sleep(min(5.0, 0.5 * failures))
             progressed = False
             for src in tailer.readable(include_gone=True):

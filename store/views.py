@@ -313,13 +313,32 @@ def preference_pairs_views() -> Views:
 
 
 def quarantine_views(scans: Scans) -> Views:
-    """``quarantine``: refused lines, each (source, offset) once (the first quarantining wins)."""
-    return [_view(
-        "quarantine",
-        f"SELECT {QUARANTINE_COLUMNS} FROM {scans.quarantine} "
-        f"WHERE date <> DATE '{EMPTY_PARTITION[5:]}' "
-        'QUALIFY row_number() OVER (PARTITION BY source, "offset" ORDER BY quarantined_at, writer) = 1',
-    )]
+    """``quarantine``: refused lines, each (source, offset) once (the first quarantining wins), and
+    the copies of conflicting event ids (``_id_conflicts``)."""
+    return [
+        # The same event id stored with another type or trace: a contract violation (ids are
+        # UUIDs). The copy that DEDUP_ORDER puts first is the event; every other (type, trace)
+        # copy is listed here with the reason. Computed only when quarantine is queried.
+        _view("_id_conflicts", f"""
+        SELECT e.source, e.source_path, e."offset",
+               'event id ' || e.id || ' conflicts with an earlier copy: that one is a ' || w.type || ' of trace ' || w.trace_id
+                 || ', this one a ' || e.type || ' of trace ' || e.trace_id AS reason,
+               json_object('v', e.v, 'id', e.id, 'type', e.type, 'trace_id', e.trace_id, 'seq', e.seq, 'data', e.data)::VARCHAR AS raw_text,
+               e.writer, e.date
+        FROM events e JOIN (
+            SELECT id, arg_min(type, ({DEDUP_ORDER})) AS type, arg_min(trace_id, ({DEDUP_ORDER})) AS trace_id
+            FROM events GROUP BY id HAVING count(*) > 1
+        ) w ON w.id = e.id AND (w.type <> e.type OR w.trace_id <> e.trace_id)
+        """),
+        _view(
+            "quarantine",
+            f"SELECT {QUARANTINE_COLUMNS} FROM {scans.quarantine} "
+            f"WHERE date <> DATE '{EMPTY_PARTITION[5:]}' "
+            'QUALIFY row_number() OVER (PARTITION BY source, "offset" ORDER BY quarantined_at, writer) = 1 '
+            'UNION ALL SELECT source, source_path, "offset", reason, raw_text, raw_text::BLOB AS raw, writer, '
+            "NULL::TIMESTAMPTZ AS quarantined_at, date FROM _id_conflicts",
+        ),
+    ]
 
 
 def view_sql(scans: Scans, contract: Contract = CURRENT, events_source: str | None = None) -> Views:

@@ -285,17 +285,17 @@ class StoreWriter:
                 commit_properties=CommitProperties(custom_metadata=meta, app_transactions=[Transaction(self.writer_id, seq)]),
             )
         except Exception as exc:
+            if "concurrent transaction" in str(exc).lower():  # Delta refused it: a definite no
+                raise StoreError(
+                    f"{what}: another process committed under writer id {self.writer_id!r} on {self.info.uri} at the same time; "
+                    "give each ingester its own --writer-id"
+                ) from exc
             try:
                 table.update_incremental()
                 done = (table.transaction_version(self.writer_id) or 0) >= seq
             except Exception:
                 done = False
             if not done:
-                if "concurrent transaction" in str(exc).lower():
-                    raise StoreError(
-                        f"{what}: another process committed under writer id {self.writer_id!r} on {self.info.uri} at the same time; "
-                        "give each ingester its own --writer-id"
-                    ) from exc
                 from .tables import storage_error
 
                 raise storage_error(self.info, what, exc) from exc

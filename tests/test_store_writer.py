@@ -230,25 +230,52 @@ def test_crash_between_quarantine_and_events_commit_resumes_from_the_events_tabl
     assert [r["offset"] for r in _rows(tmp_path, "quarantine")] == [60]
 
 
-def test_a_failed_multi_date_commit_leaves_no_rows(tmp_path: Path, monkeypatch) -> None:
-    # A commit whose files are written but whose log entry fails (a full disk, a failed upload).
-    import deltalake
-
+def test_a_commit_that_fails_on_its_second_date_leaves_no_rows(tmp_path: Path) -> None:
+    # A real storage failure half-way through a commit: the first date's file is written, the
+    # second date's partition cannot be created (a file is in its way), the log entry never happens.
     t = TraceEvents()
     a = dict(_started(t), ts="2026-01-01T10:00:00.000000Z")
     b = dict(t.make("reflection", node_id="n", text="x").to_dict(), ts="2026-01-02T10:00:00.000000Z")
     with StoreWriter(tmp_path, "w") as w:
-        real = deltalake.write_deltalake
-
-        def full_disk(*args, **kwargs):
-            raise OSError(28, "No space left on device")
-
-        monkeypatch.setattr(deltalake, "write_deltalake", full_disk)
-        with pytest.raises(StoreError, match="the disk is full"):
+        blocker = tmp_path / "events" / "date=2026-01-02"
+        blocker.write_text("not a directory")
+        with pytest.raises(StoreError, match="committing events failed"):
             w.commit(events_from_dicts([a, b]), sources=[SourceRange("fp", "/l", 0, 99, 2)])
-        monkeypatch.setattr(deltalake, "write_deltalake", real)
         assert _rows(tmp_path) == [] and w.positions() == {} and w.last_seq == 0
+        assert store.connect(tmp_path).execute("SELECT count(*) FROM _events_all").fetchone()[0] == 0
+        blocker.unlink()
         assert w.commit(events_from_dicts([a, b]), sources=[SourceRange("fp", "/l", 0, 99, 2)]).seq == 1
+    assert sorted(r["id"] for r in _rows(tmp_path)) == sorted([a["id"], b["id"]])  # once each
+
+
+def test_a_full_disk_is_named_as_such(tmp_path: Path, monkeypatch) -> None:
+    import deltalake
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with StoreWriter(tmp_path, "w") as w:
+        monkeypatch.setattr(deltalake, "write_deltalake", full_disk)
+        with pytest.raises(StoreError, match="the disk is full .nothing was committed"):
+            w.commit(events_from_dicts([_started(TraceEvents())]), sources=[SourceRange("fp", "/l", 0, 99, 1)])
+
+
+def test_store_files_are_not_world_readable(tmp_path: Path) -> None:
+    with StoreWriter(tmp_path / "st", "w") as w:
+        w.commit(events_from_dicts([_started(TraceEvents())]))
+    assert (tmp_path / "st").stat().st_mode & 0o007 == 0  # "others" cannot even enter the folder
+
+
+def test_two_processes_under_one_writer_id_cannot_both_commit(tmp_path: Path) -> None:
+    # On object storage there is no flock: Delta's app-transaction conflict check is the guard.
+    with StoreWriter(tmp_path, "w") as a:
+        a.commit(events_from_dicts([_started(TraceEvents())]), sources=[SourceRange("fp", "/l", 0, 10, 1)])
+        b_events = DeltaTable(str(tmp_path / "events"))  # a second process's view of the table, as of seq 1
+        a.commit(events_from_dicts([_started(TraceEvents())]), sources=[SourceRange("fp", "/l", 10, 20, 1)])
+        a._events = b_events  # commit seq 2 again from the stale state, as the other process would
+        a._seq = 1
+        with pytest.raises(StoreError, match="another process committed under writer id 'w'"):
+            a.commit(events_from_dicts([_started(TraceEvents())]), sources=[SourceRange("fp", "/l", 10, 20, 1)])
     assert len(_rows(tmp_path)) == 2
 
 
