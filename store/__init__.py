@@ -35,14 +35,21 @@ __all__ = [
     "events_table",
     "open_store",
     "append_events",
+    "snapshot_of",
     "positions",
 ]
 
 
-def connect(path, **kwargs):  # noqa: ANN001 - re-exported with its real signature below
+def connect(path=None, **kwargs):  # noqa: ANN001 - store.views.connect, imported when first used
     from .views import connect as _connect
 
     return _connect(path, **kwargs)
+
+
+def snapshot_of(con):  # noqa: ANN001 - store.views.snapshot_of: the table versions a connection read
+    from .views import snapshot_of as _snapshot_of
+
+    return _snapshot_of(con)
 
 
 def append_events(path, events, writer_id):  # noqa: ANN001 - see the docstring
