@@ -2,8 +2,9 @@
 
 Run by `kaelum.domains.sandbox` as `python -I -S -B _sandbox_launch.py <config>`, with the
 parent's privileges (the config is `marshal` data in hex, written by the parent: unlike `json`,
-reading it imports nothing, and this runs twice for every verification). It is a standalone script (stdlib only, no kaelum import) because it runs
-between fork and the untrusted code, where nothing heavy should be loaded.
+reading it imports nothing, and this runs twice for every verification). It is a standalone
+script (stdlib only, no kaelum import) because it runs between fork and the untrusted code, where
+nothing heavy should be loaded.
 
 Steps, each recorded in a small JSON report written to the file named by `report` so the parent
 knows which protections really applied (a container or an AppArmor policy may refuse namespaces):
@@ -15,15 +16,21 @@ knows which protections really applied (a container or an AppArmor policy may re
 2. every mount is remounted read-only except the work directory. Directories the code must not
    see are hidden behind a tmpfs into which only the trees it needs are bound back (read-only):
    ancestors the unprivileged uid could not traverse (e.g. a Python installed under /root) when
-   running as root, and the caller's home directory (keys, tokens, dotfiles) when not;
-3. fork: the child becomes PID 1 of the new PID namespace (when it dies the kernel kills every
+   running as root, the caller's home directory (keys, tokens, dotfiles) when not, and always
+   the shared scratch places (/tmp, /var/tmp, /run, /dev/shm: other programs' unix sockets, and
+   the other sandbox's directory). The work directory itself becomes a tmpfs of bounded size
+   holding the files the parent put there (RLIMIT_FSIZE caps each file, the tmpfs their total);
+3. without the kernel layer (namespaces refused, or off) the code is not started unless the
+   config allows audit-only runs; then the interpreter is told `strict`, and its audit hook also
+   refuses exec, ctypes, unix sockets and signals to other processes;
+4. fork: the child becomes PID 1 of the new PID namespace (when it dies the kernel kills every
    process the code started) and mounts a fresh /proc (or, where the kernel refuses that, hides
    the host's); its own child applies the resource limits, drops to an unprivileged uid/gid (as
    root) or loses the namespace's capabilities at exec (as a user: its uid is not 0 in the
    namespace), sets no_new_privs, asks for SIGKILL if its parent dies, and execs the interpreter on
    the harness. Mounts set up in a user namespace are locked for any namespace the code creates
    from inside, so it cannot make them writable again;
-4. the launcher waits and exits with the child's status (128+signal when it was killed).
+5. the launcher waits and exits with the child's status (128+signal when it was killed).
 """
 
 from __future__ import annotations
