@@ -219,10 +219,25 @@ def _set_limits(cfg: dict) -> None:
     lim(resource.RLIMIT_CORE, 0)
 
 
+def _close_other_fds(keep: list[int]) -> None:
+    """Close every descriptor above stderr except `keep` (the run's pipes): the report file, above all."""
+    low = 3
+    for fd in sorted(set(keep)) + [1 << 20]:
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+
+
 def _exec_child(cfg: dict, report: dict) -> None:
-    """Apply limits, drop privileges and exec the interpreter. Never returns."""
+    """Apply limits, drop privileges and become the sandboxed interpreter. Never returns.
+
+    With `boot` in the config this interpreter runs the harness itself, in this process, instead
+    of exec'ing a fresh one: it already is `python -I -S -B`, and a start saved is ~15 ms of CPU
+    for each of the two sandboxes of every verification.
+    """
     try:
         os.chdir(cfg["workdir"])
+        _close_other_fds(cfg.get("keep_fds", []))
         _set_limits(cfg)
         uid, gid = cfg.get("uid"), cfg.get("gid")
         if uid is not None and report.get("uid_drop"):
@@ -233,10 +248,36 @@ def _exec_child(cfg: dict, report: dict) -> None:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         # No set-uid or file-capability binary can give the code back what it was denied.
         _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-        os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
+        if cfg.get("boot") is None:
+            os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
+        os.environ.clear()
+        os.environ.update(cfg["env"])
+        sys.argv = ["-c", *cfg["argv"][cfg["argv"].index("-c") + 2:]]  # what `python -c boot ...` would see
+        boot = compile(cfg["boot"], "<sandbox>", "exec")
     except BaseException as e:  # noqa: BLE001 - report anything, then die without running user code
         os.write(2, f"kaelum sandbox launcher: {e!r}\n".encode())
         os._exit(125)
+    _run_boot(boot)
+
+
+def _run_boot(boot) -> None:  # noqa: ANN001 - a code object
+    """Run the harness as a script's main module would run, then exit like the interpreter."""
+    status = 0
+    try:
+        exec(boot, {"__name__": "__main__", "__builtins__": __builtins__})  # noqa: S102 - the harness
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 - as the interpreter would: traceback to stderr, status 1
+        import traceback
+
+        traceback.print_exc()
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 def _exit_like(status: int) -> None:

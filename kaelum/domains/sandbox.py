@@ -380,6 +380,8 @@ class _Box:
             "nproc_in_userns": int(limits.max_processes) + 2,
             "hide_dirs": [] if os.geteuid() == 0 else homes,
             "hide_always": _scratch_dirs(),
+            "boot": _BOOT,  # run in the launcher's own interpreter (it execs `argv` without this)
+            "keep_fds": list(pass_fds),
         }
         self.out_f = open(self.outer / "stdout", "wb")
         self.err_f = open(self.outer / "stderr", "wb")
