@@ -377,3 +377,11 @@ def test_a_forked_survivor_does_not_stretch_the_run():
     assert [x.passed for x in t.tests] == [True] and not t.timed_out
     assert time.monotonic() - start < 6
     _assert_host_unharmed(r, t)
+
+
+def test_the_grader_imports_only_standard_modules_for_the_solution():
+    # Tests may use a module the solution imported (`math`); the grader imports it itself, but only from
+    # the standard library, since importing runs the module's code in the grader's process.
+    r = run_tests("import math, this\ndef f(x):\n    return math.sqrt(x)\n",
+                  ["assert math.isclose(f(4), 2)", "assert 'this' not in globals()"], SandboxLimits(**FAST))
+    assert [t.passed for t in r.tests] == [True, True]
