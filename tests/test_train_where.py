@@ -55,7 +55,7 @@ def test_non_ascii_text_in_a_predicate():
         check_where("query = '日本語') or (1=1")
 
 
-@pytest.mark.parametrize("pred", ["not " * 900 + "true", "(" * 150 + "true" + ")" * 150, "not " * 20000 + "true"])
+@pytest.mark.parametrize("pred", ["not " * 900 + "true", "(" * 150 + "true" + ")" * 150, "not " * 20000 + "true"], ids=["900 NOTs", "150 parentheses", "20000 NOTs"])
 def test_deep_nesting_is_a_clear_error(pred):
     with pytest.raises(WhereError, match="nests expressions more than 100 levels deep|Max expression depth"):
         check_where(pred)
