@@ -18,9 +18,9 @@ reconciles:
 What is not read: names that do not match ``include`` or match ``exclude``; anything that is not
 a regular file; symbolic links whose target lies outside the log directory (a link to
 ``/etc/shadow`` is reported as ``file_skipped`` and never opened; links to files inside the
-directory are followed). A file that cannot be opened (permissions, I/O error) is reported as
-``file_skipped`` with the reason, left out, and tried again on every scan: it is read once it
-becomes readable. ``skipped`` holds those of the latest scan. Names that are not valid UTF-8 are
+directory are followed; ``not_followed`` holds the others). A file that cannot be opened
+(permissions, I/O error) is reported as ``file_skipped`` with the reason, left out, and tried
+again on every scan: it is read once it becomes readable. ``skipped`` holds those of the latest scan. Names that are not valid UTF-8 are
 read like any other; events and the store show them as ``source.shown_path`` does.
 
 Positions here are in memory: ``position`` is how far the daemon has read, ``committed`` how far
@@ -124,7 +124,8 @@ class Tailer:
         self.max_open = max_open
         self.sources: dict[str, Source] = {}
         self._seen: dict[str, _Seen] = {}  # by path, from the previous scan
-        self.skipped: dict[str, str] = {}  # path -> why it was not read, in the latest scan
+        self.skipped: dict[str, str] = {}  # path -> why it could not be read, in the latest scan
+        self.not_followed: dict[str, str] = {}  # path of a link out of the directory -> where it points
 
     # --- identify ---------------------------------------------------------------------------
 
@@ -134,6 +135,7 @@ class Tailer:
     def _list(self) -> list[_Seen]:
         found: list[tuple[str, str, os.stat_result]] = []
         skipped: dict[str, str] = {}
+        not_followed: dict[str, str] = {}
         try:
             names = os.listdir(self.log_dir)
         except FileNotFoundError:
@@ -149,7 +151,7 @@ class Tailer:
                 if stat.S_ISLNK(st.st_mode):
                     target = os.path.realpath(path)
                     if os.path.commonpath([root, target]) != root:
-                        skipped[path] = f"a symbolic link to {shown_path(target)}, outside the log directory: not followed"
+                        not_followed[path] = f"a symbolic link to {shown_path(target)}, outside the log directory: not followed"
                         continue
                     st = os.stat(target)
             except FileNotFoundError:
@@ -190,11 +192,15 @@ class Tailer:
             if seen.fingerprint is not None:
                 owners.setdefault(seen.fingerprint, seen)
             out.append(seen)
-        for path, why in skipped.items():
-            if self.skipped.get(path) != why:
+        for path, why in (skipped | not_followed).items():
+            if (self.skipped.get(path) or self.not_followed.get(path)) != why:
                 self.hub.emit("file_skipped", path=shown_path(path), reason=why)
-        self.skipped = skipped
+        self.skipped, self.not_followed = skipped, not_followed
         return out
+
+    def files_now(self) -> list[tuple[str, str, int, float]]:
+        """(source key, path, size, mtime in seconds) of each readable file in the directory now."""
+        return [(s.fingerprint, s.path, s.size, s.mtime_ns / 1e9) for s in self._list() if s.fingerprint is not None]
 
     def _identify(self, seen: _Seen, owners: dict[str, _Seen]) -> str:
         """The source key of a file with a head fingerprint: see ``source``.
