@@ -6,7 +6,8 @@ Resolution rules, in order (docs/models.md has the user-facing version):
    (pulled once into the cache). "HuggingFaceTB/SmolLM2-135M-Instruct" too, unless that id is in
    the local Hugging Face cache, which then wins.
 2. "openai:<model>" -> <model> on the OpenAI-compatible server at `base_url` (or api.openai.com
-   when only an api_key is given).
+   when only an api_key is given). "openai:*" -> the one model that server lists at GET /models
+   (what Settings gives when only KAELUM_OPENAI_BASE_URL is set).
 3. An existing directory -> a full model (config.json), or a LoRA adapter (adapter_config.json):
    its base (kaelum_manifest.json `base_model`, else adapter_config `base_model_name_or_path`) is
    resolved by these same rules, and the adapter is applied and merged once (cached).
@@ -75,6 +76,11 @@ def resolve_model(
             if cached is not None:
                 return ModelSpec("hf", spec, path=cached)
         return ModelSpec("embedded", models.EMBEDDED_NAME, path=models.embedded_dir())
+
+    if lowered == "openai:*":
+        if not base_url:
+            raise LLMError("'openai:*' (the model the server serves) needs KAELUM_OPENAI_BASE_URL")
+        return ModelSpec("openai", "*", base_url=base_url, api_key=api_key)
 
     if lowered.startswith("openai:"):
         model = spec.split(":", 1)[1].strip()
@@ -185,6 +191,7 @@ def load_llm(
     device: str = "cpu",
     threads: int = 0,
     prefix_mode: str = "auto",
+    tokenizer: str | None = None,
     progress: bool = True,
     reuse: bool = True,
 ) -> LLM:
@@ -195,12 +202,16 @@ def load_llm(
     """
     resolved = resolve_model(spec, base_url=base_url, api_key=api_key)
     if resolved.kind == "openai":
-        from kaelum.llm.openai_compat import OpenAICompatLLM
+        from kaelum.llm.openai_compat import OpenAICompatLLM, served_model
 
         assert resolved.base_url is not None
+        name = resolved.name
+        if name == "*":
+            name = served_model(resolved.base_url, resolved.api_key, timeout_s=timeout_s)
         return OpenAICompatLLM(
-            resolved.name, resolved.base_url, resolved.api_key,
+            name, resolved.base_url, resolved.api_key,
             timeout_s=timeout_s, max_retries=max_retries, prefix_mode=prefix_mode,
+            tokenizer=(lambda: model_dir(resolve_model(tokenizer), progress=progress)) if tokenizer else None,
         )
     from kaelum.llm.local import LocalLLM
 
