@@ -142,6 +142,8 @@ def _cell(value: Any) -> str:
     if value is None:
         return "NULL"
     v = _plain(value)
+    if isinstance(v, float):
+        v = float(f"{v:.12g}")  # the table is for reading: 0.5688430000000001 shows as 0.568843 (csv/json stay exact)
     s = json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else str(v)
     s = s.replace("\n", "\\n")
     return s if len(s) <= MAX_CELL else s[: MAX_CELL - 1] + "…"
