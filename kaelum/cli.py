@@ -16,6 +16,7 @@ import click
 from pydantic import ValidationError
 
 from .config import Settings
+from .quiet import quiet_third_party
 from .events import DOMAINS
 
 log = logging.getLogger("kaelum.cli")
@@ -55,6 +56,7 @@ def main(verbose: int) -> None:
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_third_party()
 
 
 def search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -211,6 +213,10 @@ def run(ctx: click.Context, queries_path: str, log_dir: str | None, domain: str 
     rows = []
     t0 = time.monotonic()
     try:
+        # Load the workers first: a first pull or conversion draws its own progress bars, which
+        # Rich's live display below would garble (~40 lines of "[A").
+        for d in dict.fromkeys([q.get("domain") or domain or "math" for q in queries]):
+            orch.llm_for(d)
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
             task = progress.add_task("queries", total=len(queries))
             for i, q in enumerate(queries):

@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from kaelum.quiet import quiet_third_party
+
 from .data import DataError
 from .evaluate import EvalError, evaluate, format_answers, format_table, load_eval_queries, queries_from_store, trained_trace_ids, write_csv, write_plot
 from .where import WhereError, check_where
@@ -38,6 +40,7 @@ def main(models: tuple[str, ...], queries: str | None, where: str | None, store:
         kaelum-eval --model default --model ./finetuned_math --queries examples/held_out.jsonl --show --csv eval.csv --plot eval.png
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_third_party()
     if (queries is None) == (where is None):
         raise click.ClickException("give exactly one of --queries FILE or --where PREDICATE")
     if limit is not None and limit < 1:

@@ -323,6 +323,9 @@ def merge_adapter(adapter_dir: Path, base_dir: Path) -> Path:
     (or changing the base) yields a new merged model.
     """
     import torch
+    from kaelum.quiet import quiet_third_party
+
+    quiet_third_party()
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
