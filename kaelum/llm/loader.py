@@ -137,14 +137,22 @@ def _resolve_dir(spec: str, path: Path, base_url, api_key, seen: tuple[str, ...]
     if (path / "adapter_config.json").is_file():
         if str(path) in seen:
             raise LLMError(f"adapter {path} names itself (through its base models) as its base model")
-        base_name = models.adapter_base_model(path)
+        base_name, base_sha = models.adapter_base_reference(path)
         # A relative base path is taken relative to the adapter when it does not exist from here.
         if not Path(base_name).expanduser().exists() and (path / base_name).exists():
             base_name = str(path / base_name)
         try:
             base = resolve_model(base_name, base_url=None, api_key=None, _seen=seen + (str(path),))
         except LLMError as exc:
-            raise LLMError(f"base model of adapter {path}: {exc}") from exc
+            # Trained elsewhere: the name does not resolve here, the content may still be cached.
+            found = models.find_by_hash(base_sha) if base_sha else None
+            if found is None:
+                hint = f"; no model with its content (sha256 {base_sha[:12]}…) in {models.models_dir()} either" if base_sha else ""
+                raise LLMError(f"base model of adapter {path}: {exc}{hint}") from exc
+            log.info("base model %r of adapter %s found by content hash at %s", base_name, path, found)
+            base = ModelSpec("local", str(found), path=found)
+        if base_sha and base.path is not None and models.read_meta(base.path).get("sha256") not in (None, base_sha):
+            log.warning("adapter %s was trained on %s with sha256 %s…; %s has other content", path, base_name, base_sha[:12], base.path)
         if base.kind == "adapter" or base.path is None:
             raise LLMError(f"base model {base_name!r} of adapter {path} must be a full local model")
         return ModelSpec("adapter", spec, path=path, base=base)
@@ -168,6 +176,22 @@ def model_dir(resolved: ModelSpec, *, progress: bool = True) -> Path:
         assert resolved.path is not None and resolved.base is not None
         return models.merge_adapter(resolved.path, model_dir(resolved.base, progress=progress))
     raise LLMError(f"model {resolved.name!r} is served by an OpenAI-compatible server, not a local directory")
+
+
+def portable_reference(spec: str, *, progress: bool = True) -> dict[str, str]:
+    """{"name", "sha256"} for a base model: a name other machines resolve, and its content hash.
+
+    The embedded model is named by its Hugging Face id (which this resolver and every Hugging
+    Face tool understand), a Hugging Face model by its id, anything else as given.
+    """
+    resolved = resolve_model(spec)
+    if resolved.kind == "embedded":
+        name = models.EMBEDDED_HF_ID
+    elif resolved.kind == "hf":
+        name = resolved.name
+    else:
+        name = spec
+    return {"name": name, "sha256": models.content_hash(model_dir(resolved, progress=progress))}
 
 
 def resolve_model_dir(spec: str, *, progress: bool = True) -> Path:
