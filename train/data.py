@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import duckdb
 import pyarrow as pa
 
-from kaelum.prompts import format_completion, format_partial, worker_messages
+from kaelum.prompts import format_completion, format_continuation, format_partial, worker_messages
 
 from .where import WhereError, check_where, filter_rows, lock_down
 
@@ -90,18 +90,11 @@ class PreferencePair:
     def prefix(self) -> str:
         return format_partial(self.prompt_steps)
 
-    def _continuation(self, steps: tuple[str, ...], answer: str) -> str:
-        # The full assistant text is rendered once, so step numbers continue after the prefix;
-        # steps given as the whole path (prefix included) and as the continuation alone both work.
-        full = steps if steps[: len(self.prompt_steps)] == self.prompt_steps else self.prompt_steps + steps
-        text = format_completion(full, answer or "")
-        return text[len(self.prefix()) :]
-
     def chosen(self) -> str:
-        return self._continuation(self.chosen_steps, self.chosen_answer)
+        return format_continuation(self.prompt_steps, self.chosen_steps, self.chosen_answer)
 
     def rejected(self) -> str:
-        return self._continuation(self.rejected_steps, self.rejected_answer)
+        return format_continuation(self.prompt_steps, self.rejected_steps, self.rejected_answer)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "PreferencePair":
