@@ -163,7 +163,8 @@ class Tailer:
                 found.append((path, target, st))
         found.sort(key=lambda f: (f[2].st_mtime_ns, f[0]))  # oldest first: rotated files drain first
         out: list[_Seen] = []
-        owners: dict[str, _Seen] = {}  # head fingerprint -> the first file of this listing keyed by it
+        owners: dict[str, _Seen] = {}  # source key -> the first file of this listing with it
+        extended: dict[str, list[str]] | None = None  # head fingerprint -> known extended keys, longest first
         for path, target, st in found:
             prev = self._seen.get(path)
             if prev and prev.fingerprint and prev.target == target and (prev.dev, prev.ino, prev.size, prev.mtime_ns) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
@@ -188,7 +189,12 @@ class Tailer:
                     os.close(fd)
                 seen = _Seen(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, fingerprint_of(head), target, head)
                 if seen.fingerprint is not None:
-                    seen.fingerprint = self._identify(seen, owners)
+                    if extended is None:
+                        extended = {}
+                        for k in sorted({*self.sources, *self.start_positions}, key=key_length, reverse=True):
+                            if "+" in k:
+                                extended.setdefault(head_of(k), []).append(k)
+                    seen.fingerprint = self._identify(seen, owners, extended.get(seen.fingerprint, []))
             if seen.fingerprint is not None:
                 owners.setdefault(seen.fingerprint, seen)
             out.append(seen)
@@ -202,7 +208,7 @@ class Tailer:
         """(source key, path, size, mtime in seconds) of each readable file in the directory now."""
         return [(s.fingerprint, s.path, s.size, s.mtime_ns / 1e9) for s in self._list() if s.fingerprint is not None]
 
-    def _identify(self, seen: _Seen, owners: dict[str, _Seen]) -> str:
+    def _identify(self, seen: _Seen, owners: dict[str, _Seen], known: list[str]) -> str:
         """The source key of a file with a head fingerprint: see ``source``.
 
         The longest known extended key its content matches; else the head fingerprint, unless
@@ -211,26 +217,28 @@ class Tailer:
         """
         head_fp = seen.fingerprint
         assert head_fp is not None
-        known = [k for k in (*self.sources, *self.start_positions) if k.startswith(head_fp + "+")]
         key = head_fp
-        for k in sorted(known, key=key_length, reverse=True):
+        for k in known:  # longest first
             if key_matches(k, seen.head):
                 key = k
                 break
-        # Who else holds this key: the live source, or an earlier file of this listing.
-        src = self.sources.get(key)
-        if src is not None and not src.gone:
-            if (src.dev, src.ino) == (seen.dev, seen.ino):
+        while True:
+            # Who else holds this key: the live source, or an earlier file of this listing.
+            src = self.sources.get(key)
+            if src is not None and not src.gone:
+                if (src.dev, src.ino) == (seen.dev, seen.ino):
+                    return key
+                other = src.prefix
+            elif key in owners and (owners[key].dev, owners[key].ino) != (seen.dev, seen.ino):
+                other = owners[key].head
+            else:
                 return key
-            other = src.prefix
-        elif key in owners and (owners[key].dev, owners[key].ino) != (seen.dev, seen.ino):
-            other = owners[key].head
-        else:
-            return key
-        d = first_difference(seen.head, other)
-        if d is None:
-            return key  # the same content so far: a copy of it (or not told apart yet)
-        return extended_key(head_fp, seen.head[: d + 1])
+            d = first_difference(seen.head, other)
+            if d is None:
+                return key  # the same content so far: a copy of it (or not told apart yet)
+            # Both match `key`, so they agree on its first key_length(key) bytes: each round the
+            # key covers more bytes, up to IDENTITY_BYTES.
+            key = extended_key(head_fp, seen.head[: d + 1])
 
     def _open(self, seen: _Seen) -> int | None:
         """Open `seen` and check it still is that inode with that content."""

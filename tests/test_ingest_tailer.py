@@ -211,3 +211,13 @@ def test_an_exact_copy_is_not_a_second_file(tmp_path):
     shutil.copy(tmp_path / "a.jsonl", tmp_path / "a.jsonl.1")
     assert _drain(t) == {fingerprint_of(b"\n"): b"\nx1\nx2\n"}
     assert len(t.sources) == 1
+
+
+def test_three_files_that_differ_from_the_first_at_the_same_byte_are_three_files(tmp_path):
+    t, _ = _recorded_tailer(tmp_path)
+    files = {"a.jsonl": b"\nA-1\n", "b.jsonl": b"\nB-1\nb\n", "c.jsonl": b"\nB-2\nc\n"}  # b and c leave a at byte 1
+    for i, (name, data) in enumerate(files.items()):
+        (tmp_path / name).write_bytes(data)
+        os.utime(tmp_path / name, ns=(10**18 + i * 10**6,) * 2)
+    got = _drain(t)
+    assert sorted(got.values()) == sorted(files.values()) and len(t.sources) == 3
