@@ -36,14 +36,14 @@ def test_ask_prints_answer_verification_reward_and_tree(tmp_path, read_events, c
     check_trace_shape(events, "What is 2 + 3?")
 
 
-def test_ask_logs_to_the_default_log_dir_so_its_trace_id_can_be_looked_up(tmp_path, monkeypatch):
+def test_ask_logs_to_the_default_log_dir_so_its_trace_id_can_be_looked_up(tmp_path, monkeypatch, read_events):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("KAELUM_LOG_DIR", raising=False)
     res = CliRunner().invoke(main, ["ask", "What is 2 + 3?", "--no-tree"], obj={"orchestrator_factory": factory(ScriptedLLM(rollout=lambda c: "Answer: 5"))})
     assert res.exit_code == 0, res.output
     assert "domain   math (keywords" in res.output and "n0 " not in res.output
     trace_id = res.output.split("trace ")[1].split()[0]
-    assert {e["trace_id"] for e in events_in(tmp_path / "logs")} == {trace_id}
+    assert {e["trace_id"] for e in read_events(tmp_path / "logs")} == {trace_id}
     assert "trace written to logs" in res.output
 
 
