@@ -92,8 +92,7 @@ def big_trace(n_nodes: int = 2000) -> tuple[str, list]:
     for i in range(1, n_nodes):
         parent = (i - 1) // 3
         depth[i] = depth[parent] + 1
-        last = i == n_nodes - 1
-        terminal = depth[i] >= 6 or last
+        terminal = 3 * i + 1 >= n_nodes  # the leaves
         evs.append(node(t, f"n{i}", f"n{parent}", depth[i], f"Step {i} of the big search", terminal, "yes" if terminal else None, i % 7))
         evs.append(value(t, f"n{i}", (i % 100) / 100))
     path, i = [], n_nodes - 1
@@ -147,3 +146,41 @@ def build_store(root: Path) -> tuple[Path, Path, dict[str, str]]:
     write_logs(logs, traces)
     ingest_once(logs, store_dir, writer_id="ui-test-ingest", progress=False)
     return store_dir, logs, {k: v[0] for k, v in traces.items()}
+
+
+class RunningServer:
+    """The real app under uvicorn on 127.0.0.1 and a free port, in a thread of this process."""
+
+    def __init__(self, config) -> None:  # noqa: ANN001 - ui.server.UIConfig
+        import socket
+        import threading
+
+        import uvicorn
+
+        from ui.server import create_app
+
+        if not config.port:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                config.port = s.getsockname()[1]
+        self.config = config
+        self.app = create_app(config)
+        self.ui = self.app.ui
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=config.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name="ui-test-server", daemon=True)
+        self.url = f"http://127.0.0.1:{config.port}"
+
+    def __enter__(self) -> "RunningServer":
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the ui server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
