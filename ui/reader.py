@@ -12,9 +12,10 @@ import json
 import math
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import duckdb
 
@@ -44,7 +45,9 @@ class StoreReader:
     A cursor's every query resolves the store's snapshot anew (docs/store.md, "What a reader sees"),
     so new commits are visible at once. The connection is still reopened, in the background and
     without making a request wait, once it is older than `refresh_s`: a store whose readers pin a
-    version at connect time then shows new commits within `refresh_s` as well.
+    version at connect time then shows new commits within `refresh_s` as well. A replaced
+    connection is closed only when its last cursor is done (closing it under a running query
+    would pull the database from under that query).
     """
 
     def __init__(self, path: str, refresh_s: float = 10.0) -> None:
@@ -53,28 +56,55 @@ class StoreReader:
         self._connect = lambda: store.connect(path)
         self.path = path
         self.refresh_s = refresh_s
+        self._lock = threading.Lock()
         self._con = self._connect()
         self._opened = time.monotonic()
-        self._lock = threading.Lock()
+        self._users: dict[int, int] = {id(self._con): 0}  # open cursors per connection
+        self._retired: dict[int, duckdb.DuckDBPyConnection] = {}
         self._refreshing = False
 
     def _reopen(self) -> None:
         try:
             con = self._connect()
-        except Exception:  # noqa: BLE001 - keep serving from the old connection; the next request retries
+        except Exception:  # noqa: BLE001 - keep serving from the old connection; a later request retries
             con = None
         with self._lock:
             if con is not None:
-                self._con = con  # the old one is closed by the GC once its last cursor is gone
+                old = self._con
+                self._con = con
+                self._users[id(con)] = 0
+                self._retire(old)
             self._opened = time.monotonic()
             self._refreshing = False
 
-    def cursor(self) -> duckdb.DuckDBPyConnection:
+    def _retire(self, con: duckdb.DuckDBPyConnection) -> None:
+        if self._users.get(id(con), 0) == 0:
+            self._users.pop(id(con), None)
+            con.close()
+        else:
+            self._retired[id(con)] = con
+
+    @contextmanager
+    def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with self._lock:
             if self.refresh_s >= 0 and time.monotonic() - self._opened > self.refresh_s and not self._refreshing:
                 self._refreshing = True
                 threading.Thread(target=self._reopen, name="kaelum-ui-reopen", daemon=True).start()
-            return self._con.cursor()
+            con = self._con
+            self._users[id(con)] += 1
+            cur = con.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+            with self._lock:
+                self._users[id(con)] -= 1
+                if id(con) in self._retired and self._users[id(con)] == 0:
+                    self._retire(self._retired.pop(id(con)))
+
+    def close(self) -> None:
+        with self._lock:
+            self._retire(self._con)
 
 
 # --- helpers ----------------------------------------------------------------------------------

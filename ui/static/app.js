@@ -46,7 +46,12 @@ const K = (() => {
       else if (k === "dataset") Object.assign(node.dataset, v);
       else node.setAttribute(k, v === true ? "" : String(v));
     }
-    for (const c of children.flat()) {
+    return add(node, ...children);
+  }
+
+  // Append children (nodes, strings as text, nested arrays; null/false skipped) to `node`.
+  function add(node, ...children) {
+    for (const c of children.flat(Infinity)) {
       if (c === null || c === undefined || c === false) continue;
       node.appendChild(c instanceof Node ? c : document.createTextNode(String(c)));
     }
@@ -54,6 +59,7 @@ const K = (() => {
   }
 
   function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
+  function put(node, ...children) { return add(clear(node), ...children); }
 
   function num(v, digits) {
     if (v === null || v === undefined) return "–";
@@ -74,5 +80,5 @@ const K = (() => {
     clear(where).appendChild(el("div", { class: "error", role: "alert" }, String(err && err.message ? err.message : err)));
   }
 
-  return { settings, token, href, api, post, el, clear, num, when, yesno, nav, showError };
+  return { settings, token, href, api, post, el, add, put, clear, num, when, yesno, nav, showError };
 })();

@@ -57,14 +57,14 @@
       ["hour", "day", "week", "month"].map(b => el("option", { value: b, selected: state.bucket === b }, b)))),
     el("button", { type: "submit" }, "Show"));
   const out = el("div", { class: "charts" });
-  main.append(el("h1", {}, "Charts"), form, out);
+  K.add(main, el("h1", {}, "Charts"), form, out);
   form.addEventListener("submit", ev => { ev.preventDefault(); const f = new FormData(form); for (const k of ["domain", "bucket"]) { if (f.get(k)) state[k] = f.get(k); else delete state[k]; } load(); });
 
   async function load() {
     history.replaceState(null, "", href("/charts", state));
     try {
       const d = await api("/api/charts", state);
-      clear(out).append(el("p", { class: "muted" }, "per " + d.bucket),
+      K.put(out, el("p", { class: "muted" }, "per " + d.bucket),
         lineChart("verified-rate", "Verified rate by domain", d.series, "verified_rate"),
         lineChart("mean-reward", "Mean reward by domain", d.series, "mean_reward"), histogram(d.histogram));
     } catch (e) { K.showError(out, e); }

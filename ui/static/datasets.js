@@ -15,7 +15,7 @@
     el("label", {}, "examples shown", el("input", { name: "examples", type: "number", min: 0, max: 20, value: state.examples || 3, style: "width:70px" })),
     el("button", { type: "submit", id: "select" }, "Select"));
   const out = el("div", { id: "selection" });
-  main.append(el("h1", {}, "Datasets"), el("p", { class: "muted" }, "The trainer's own selection and validator: the counts are what kaelum-train --dry-run prints."), form, out);
+  K.add(main, el("h1", {}, "Datasets"), el("p", { class: "muted" }, "The trainer's own selection and validator: the counts are what kaelum-train --dry-run prints."), form, out);
   form.addEventListener("submit", ev => { ev.preventDefault(); const f = new FormData(form); for (const k of ["method", "domain", "min_reward", "where", "examples"]) state[k] = f.get(k) || ""; load(); });
 
   function example(e, i, d) {
@@ -37,11 +37,11 @@
 
   async function load() {
     history.replaceState(null, "", href("/datasets", state));
-    clear(out).append(el("p", { class: "muted" }, "Selecting…"));
+    K.put(out, el("p", { class: "muted" }, "Selecting…"));
     try {
       const d = await api("/api/datasets", state);
       const copy = el("button", { class: "plain", type: "button", onclick: async ev => { try { await navigator.clipboard.writeText(d.command); ev.target.textContent = "Copied"; } catch (e) { ev.target.textContent = "Select the text to copy"; } } }, "Copy");
-      clear(out).append(
+      K.put(out, 
         el("h2", {}, "Command"), el("div", { class: "command" }, el("code", { id: "command" }, d.command), copy),
         el("h2", {}, "Counts after each filter"),
         el("table", { class: "stages", id: "stages" }, el("tr", {}, el("th", {}, "examples left"), el("th", {}, "after")),

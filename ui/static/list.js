@@ -16,7 +16,7 @@
   const errors = el("div");
   const table = el("div", { id: "table" });
   const pager = el("div", { class: "pager" });
-  main.append(el("h1", {}, "Traces"), form, errors, el("div", { class: "toolbar" }, counts, live), table, pager);
+  K.add(main, el("h1", {}, "Traces"), form, errors, el("div", { class: "toolbar" }, counts, live), table, pager);
 
   function input(name, label, attrs) {
     return el("label", {}, label, el("input", Object.assign({ name, value: state[name] || "" }, attrs || {})));
@@ -31,7 +31,7 @@
     let f = { domain: [], status: [], worker_model: [], tag: [], has_verified_by: false };
     try { f = await api("/api/facets"); } catch (e) { K.showError(errors, e); }
     const opts = list => list.map(x => ({ value: x.value, label: x.value + " (" + x.count + ")" }));
-    form.append(
+    K.add(form, 
       input("q", "text in query or answer", { type: "search", placeholder: "search…", size: 22 }),
       choice("domain", "domain", opts(f.domain)),
       choice("status", "status", opts(f.status)),
@@ -85,11 +85,11 @@
       el("td", { class: "num" }, t.duration_ms === null ? "–" : num(t.duration_ms / 1000, 1)),
       ver ? el("td", {}, t.verified_by || "–") : null,
       el("td", { class: "text" }, t.worker_model || "")));
-    clear(table).append(el("table", { id: "traces" }, el("thead", {}, head), el("tbody", {}, body)));
+    K.put(table, el("table", { id: "traces" }, el("thead", {}, head), el("tbody", {}, body)));
     const last = Math.min(data.offset + data.traces.length, data.matched);
     counts.textContent = `${data.matched.toLocaleString()} of ${data.total.toLocaleString()} traces match` +
       (data.matched ? ` · showing ${data.offset + (data.traces.length ? 1 : 0)}–${last}` : "");
-    clear(pager).append(
+    K.put(pager, 
       el("button", { class: "plain", disabled: data.offset === 0, onclick: () => { state.offset = Math.max(0, data.offset - data.limit); load(); } }, "← previous"),
       el("button", { class: "plain", disabled: last >= data.matched, onclick: () => { state.offset = data.offset + data.limit; load(); } }, "next →"));
   }
@@ -110,6 +110,7 @@
     } catch (e) { K.showError(errors, e); }
   }
 
-  buildForm().then(() => load());
-  setInterval(() => { if (!document.hidden) load(true); }, 1000 * (K.settings.poll_s || 5));
+  buildForm().then(() => load()).then(() => {
+    setInterval(() => { if (!document.hidden) load(true); }, 1000 * (K.settings.poll_s || 5));
+  });
 })();

@@ -8,13 +8,13 @@
   state.offset = Number(state.offset || 0);
   const form = el("form", { class: "filters" }, el("label", {}, "reason contains", el("input", { name: "reason", value: state.reason || "", type: "search" })), el("button", { type: "submit" }, "Filter"));
   const out = el("div", { id: "lines" });
-  main.append(el("h1", {}, "Quarantine"), el("p", { class: "muted" }, "Lines the ingester could not accept. They are kept byte for byte; fix the writer, the store never edits them."), form, out);
+  K.add(main, el("h1", {}, "Quarantine"), el("p", { class: "muted" }, "Lines the ingester could not accept. They are kept byte for byte; fix the writer, the store never edits them."), form, out);
   form.addEventListener("submit", ev => { ev.preventDefault(); state.reason = new FormData(form).get("reason"); state.offset = 0; load(); });
   async function load() {
     history.replaceState(null, "", href("/quarantine", state));
     try {
       const d = await api("/api/quarantine", state);
-      clear(out).append(el("p", { class: "counts" }, `${d.matched} of ${d.total} quarantined lines`),
+      K.put(out, el("p", { class: "counts" }, `${d.matched} of ${d.total} quarantined lines`),
         d.lines.length ? el("table", { id: "quarantine" },
           el("tr", {}, ["quarantined", "file", "offset", "reason", "raw text"].map(h => el("th", {}, h))),
           d.lines.map(q => el("tr", {}, el("td", {}, when(q.quarantined_at)), el("td", { class: "text" }, q.source_path), el("td", { class: "num" }, q.offset),

@@ -108,7 +108,7 @@
     const n = byId.get(id);
     const p = pathTo(id); expandPath(p.slice(0, -1));
     rows.get(id).row.classList.add("selected");
-    clear(detail).append(
+    clear(detail).appendChild(el("div", {},
       el("h2", {}, "Node " + n.node_id + (best.has(id) ? " (best path)" : "")),
       el("div", { class: "muted" }, `depth ${n.depth} · value ${num(n.value)} (${n.evaluations} evaluations) · visits ${n.visits ?? "–"}` +
         (n.llm_model ? ` · ${n.llm_model}: ${n.prompt_tokens}+${n.completion_tokens} tokens, ${num(n.latency_ms, 1)} ms` : "")),
@@ -116,13 +116,13 @@
       n.terminal ? [el("h3", {}, "Answer"), el("pre", { class: "answer-full" }, n.answer === null ? "(none)" : n.answer)] : null,
       n.passed !== null ? el("p", { class: n.passed ? "ok" : "bad" }, (n.passed ? "passed " : "failed ") + (n.verifier || "") + " (score " + num(n.verification_score) + ")") : null,
       n.reflections.length ? [el("h3", {}, "Reflections"), n.reflections.map(r => el("pre", { class: "reflection" }, r))] : null,
-      (marks.get(id) || []).length ? el("p", {}, "Preference pairs: " + marks.get(id).map(m => m[0]).join(", ")) : null);
+      (marks.get(id) || []).length ? el("p", {}, "Preference pairs: " + marks.get(id).map(m => m[0]).join(", ")) : null));
   }
 
   // --- feedback ------------------------------------------------------------------------------
   const fbHistory = el("div", { id: "feedback-history" });
   function renderFeedback(list) {
-    clear(fbHistory).append(list.length ? el("table", {}, el("tr", {}, ["time", "by", "reward", "label", "comment"].map(h => el("th", {}, h))),
+    K.put(fbHistory, list.length ? el("table", {}, el("tr", {}, ["time", "by", "reward", "label", "comment"].map(h => el("th", {}, h))),
       list.map(f => el("tr", {}, el("td", {}, when(f.ts)), el("td", {}, f.by || ""), el("td", { class: "num" }, num(f.reward, 3)), el("td", {}, f.label || ""), el("td", { class: "text" }, f.comment || ""))))
       : el("p", { class: "muted" }, "No feedback yet."));
   }
@@ -168,7 +168,7 @@
       for (const id of new Set(res.pairs.flatMap(p => [p.branch_node_id, p.chosen_node_id, p.rejected_node_id]))) {
         const s = rows.get(id); if (s) s.row.querySelector(".badges").replaceWith(el("span", { class: "badges" }, badges(byId.get(id))));
       }
-      clear(pairsPanel).append(el("h2", {}, "Preference pairs"), res.pairs.length ? el("table", {},
+      K.put(pairsPanel, el("h2", {}, "Preference pairs"), res.pairs.length ? el("table", {},
         el("tr", {}, ["branch", "chosen", "value", "rejected", "value"].map(h => el("th", {}, h))),
         res.pairs.map(p => el("tr", {}, el("td", {}, p.branch_node_id), el("td", {}, p.chosen_node_id + " → " + short(p.chosen_answer, 40)),
           el("td", { class: "num" }, num(p.chosen_value)), el("td", {}, p.rejected_node_id + " → " + short(p.rejected_answer, 40)), el("td", { class: "num" }, num(p.rejected_value)))))
@@ -212,7 +212,7 @@
       el("button", { class: "plain", id: "collapse-all", onclick: collapseAll }, "Collapse all"),
       el("button", { class: "plain", id: "show-best", onclick: () => { const b = [...best]; expandPath(b.slice(0, -1)); if (b.length) select(b[b.length - 1]); } }, "Best path"),
       el("span", { class: "muted" }, `${data.nodes.length} nodes · best path highlighted · click a node for its text, ▸ to expand`));
-    clear(main).append(
+    K.put(main, 
       el("h1", {}, "Trace ", el("code", {}, t.trace_id)), summary(t),
       el("h2", {}, "Query"), el("pre", { class: "block", id: "query" }, t.query || ""),
       el("h2", {}, "Final answer"), el("pre", { class: "block", id: "final-answer" }, t.final_answer === null ? "(none)" : t.final_answer),
