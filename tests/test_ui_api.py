@@ -195,6 +195,7 @@ def test_dataset_selection_is_the_trainers(env):
     sel = select_examples(str(store_dir), domain="math", min_reward=0.9)
     assert [(s["filter"], s["count"]) for s in d["stages"]] == sel.stages
     assert d["selected"] == len(sel.examples) == 1 and d["per_domain"] == {"math": 1}
+    assert d["warnings"] == ["only 1 training examples for domain math; the guide recommends 100+ high-quality traces per domain"]
     ex = d["examples"][0]
     assert ex["trace_id"] == ids["simple_math"] == sel.examples[0].trace_id
     assert ex["completion"] == sel.examples[0].completion() and ex["messages"] == sel.examples[0].messages()

@@ -12,6 +12,7 @@ missing when the page is used.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import threading
 from dataclasses import dataclass
@@ -102,6 +103,17 @@ class Renderer:
         return [{k: r[k] for k in keys} for r in step(as_rows(examples))]
 
 
+class _Notes(logging.Handler):
+    """Collects the warnings `check_counts` logs (e.g. fewer examples than the guide recommends)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def _example_text(method: str, ex: Any) -> dict[str, Any]:
     base = {"trace_id": ex.trace_id, "domain": ex.domain, "messages": ex.messages()}
     if method == "dpo":
@@ -131,10 +143,15 @@ def select(cur: Any, q: DatasetQuery, store: str, renderer: Renderer) -> dict[st
     make = PreferencePair.from_row if view == "preference_pairs" else Trace.from_row
     sel = Selection(examples=[make(r) for r in selected], stages=stages, view=view)
     problem = None
+    notes = _Notes()
+    data_log = logging.getLogger("kaelum.train.data")
+    data_log.addHandler(notes)
     try:
-        check_counts(sel)  # the trainer's own verdict on an empty selection
+        check_counts(sel)  # the trainer's own verdict: an error when empty, warnings when few
     except DataError as exc:
         problem = str(exc)
+    finally:
+        data_log.removeHandler(notes)
     shown = sel.examples[: q.examples]
     rendered = renderer.render(q.method, shown)
     examples = [_example_text(q.method, ex) for ex in shown]
@@ -149,6 +166,7 @@ def select(cur: Any, q: DatasetQuery, store: str, renderer: Renderer) -> dict[st
             "per_domain": sel.per_domain(),
             "selected": len(sel.examples),
             "problem": problem,
+            "warnings": notes.messages,
             "examples": examples,
             "rendered_with": renderer.model if rendered is not None else None,
             "command": q.command(store, renderer.model),

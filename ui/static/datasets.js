@@ -47,6 +47,7 @@
         el("table", { class: "stages", id: "stages" }, el("tr", {}, el("th", {}, "examples left"), el("th", {}, "after")),
           d.stages.map(s => el("tr", {}, el("td", { class: "num" }, s.count.toLocaleString()), el("td", {}, s.filter)))),
         d.problem ? el("div", { class: "error", id: "problem" }, d.problem) : null,
+        d.warnings.map(w => el("p", { class: "muted warning" }, "⚠ " + w)),
         el("h2", {}, "Per domain"), el("p", {}, Object.entries(d.per_domain).map(([k, v]) => `${k}: ${v}`).join(" · ") || "none"),
         el("h2", {}, `Examples (${d.examples.length} of ${d.selected})`),
         d.rendered_with ? null : el("p", { class: "muted" }, "Start kaelum ui with --model to see them through the model's chat template; shown here: the messages and the completion the trainer renders."),
