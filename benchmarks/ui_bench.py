@@ -151,9 +151,14 @@ def main() -> None:
     n_traces = con.execute("select count(*) from traces").fetchone()[0]
     tid = con.execute("select trace_id from traces where domain = 'math' order by started_at desc limit 1 offset 1234").fetchone()[0]
 
+    refused: dict[str, str] = {}
+
     def get(path: str, **params: str):
         def call() -> None:
             r = http.get(path, params=params)
+            if r.status_code == 503:  # a query past its time limit (ui.reader.time_limit)
+                refused[path] = r.json()["error"]
+                return
             r.raise_for_status()
 
         return call
@@ -181,6 +186,9 @@ def main() -> None:
         f1, m1 = timed(call, args.repeat)
         f2, m2 = timed(base, args.repeat)
         mark = "" if m1 < 0.3 else "  > 300 ms"
+        path = next((p for p in refused if name.startswith("/traces") and p.endswith("/pairs") == name.endswith("pairs")), None)
+        if path is not None:
+            mark += f"  (503: {refused.pop(path)})"
         print(f"{name:34} {m1 * 1000:7.0f} ms ({f1 * 1000:5.0f})  {m2 * 1000:7.0f} ms ({f2 * 1000:5.0f})  {base_name}{mark}", flush=True)
     load = " ".join(open("/proc/loadavg").read().split()[:3])
     print(f"\nload average after: {load}")

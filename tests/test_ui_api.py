@@ -328,3 +328,15 @@ def test_session_and_pages(env):
         settings = json.loads(__import__("html").unescape(r.text.split('data-settings="')[1].split('"')[0]))
         assert settings["csrf"] == s["csrf"]
     assert http.get("/static/app.js").status_code == 200
+
+
+def test_a_slow_query_is_interrupted_with_a_clear_error():
+    import duckdb
+
+    from ui.reader import TooSlow, time_limit
+
+    cur = duckdb.connect(":memory:")
+    with pytest.raises(TooSlow, match="counting forever took over 0.2 s on this store and was stopped"):
+        with time_limit(cur, 0.2, "counting forever"):
+            cur.execute("select count(*) from range(1000000000000) a, range(1000) b").fetchall()
+    assert cur.execute("select 42").fetchone() == (42,)  # the cursor is usable afterwards

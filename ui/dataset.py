@@ -18,7 +18,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .reader import BadRequest, jsonable
+from .reader import BadRequest, jsonable, time_limit
+
+READ_LIMIT_S = 120.0  # the trainer reads the whole view too; past this the page gives up and says so
 
 
 class DatasetUnavailable(RuntimeError):
@@ -135,7 +137,8 @@ def select(cur: Any, q: DatasetQuery, store: str, renderer: Renderer) -> dict[st
         except WhereError as exc:
             raise BadRequest(str(exc)) from None
     view = "preference_pairs" if q.method == "dpo" else "training_examples"
-    table = cur.sql(f"select * from {view}").to_arrow_table()
+    with time_limit(cur, READ_LIMIT_S, f"reading {view} for the selection"):
+        table = cur.sql(f"select * from {view}").to_arrow_table()
     try:
         selected, stages = select_rows(table, view=view, domain=q.domain, min_reward=q.min_reward, where=q.where)
     except (DataError, WhereError) as exc:

@@ -38,6 +38,25 @@ class NotFound(LookupError):
     """No such trace."""
 
 
+class TooSlow(RuntimeError):
+    """A query ran past its time limit and was interrupted; the message says which and why."""
+
+
+@contextmanager
+def time_limit(cur: duckdb.DuckDBPyConnection, seconds: float, what: str) -> Iterator[None]:
+    """Interrupt the queries of `cur` that are still running after `seconds` (a slow view must not
+    hold one of the server's few worker threads for minutes); raise TooSlow naming `what`."""
+    timer = threading.Timer(seconds, cur.interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except duckdb.InterruptException:
+        raise TooSlow(f"{what} took over {seconds:g} s on this store and was stopped") from None
+    finally:
+        timer.cancel()
+
+
 class StoreReader:
     """One `store.connect` connection shared by all requests; each request uses its own cursor.
 
@@ -366,14 +385,21 @@ def trace_detail(cur: duckdb.DuckDBPyConnection, trace_id: str) -> dict[str, Any
     }
 
 
-def trace_pairs(cur: duckdb.DuckDBPyConnection, trace_id: str) -> list[dict[str, Any]]:
-    """The sibling pairs `preference_pairs` takes from this trace (what DPO would train on)."""
-    return rows(
-        cur,
-        "select branch_node_id, chosen_node_id, chosen_value, chosen_answer, rejected_node_id, rejected_value, rejected_answer "
-        "from preference_pairs where trace_id = ? order by branch_node_id",
-        [trace_id],
-    )
+PAIRS_LIMIT_S = 20.0
+
+
+def trace_pairs(cur: duckdb.DuckDBPyConnection, trace_id: str, limit_s: float = PAIRS_LIMIT_S) -> list[dict[str, Any]]:
+    """The sibling pairs `preference_pairs` takes from this trace (what DPO would train on).
+
+    The view walks every mixed tree of the store per query (docs/store.md, "Known limit"), so on a
+    large store this is slow; it is fetched apart from the trace and stopped after `limit_s`."""
+    with time_limit(cur, limit_s, "reading this trace's rows of preference_pairs (the view walks the whole store)"):
+        return rows(
+            cur,
+            "select branch_node_id, chosen_node_id, chosen_value, chosen_answer, rejected_node_id, rejected_value, rejected_answer "
+            "from preference_pairs where trace_id = ? order by branch_node_id",
+            [trace_id],
+        )
 
 
 def trace_exists(cur: duckdb.DuckDBPyConnection, trace_id: str) -> int:

@@ -39,7 +39,7 @@ from starlette.staticfiles import StaticFiles
 
 from . import reader
 from .dataset import DatasetQuery, DatasetUnavailable, Renderer, select
-from .reader import BadRequest, NotFound, StoreReader
+from .reader import BadRequest, NotFound, StoreReader, TooSlow
 
 log = logging.getLogger("kaelum.ui")
 
@@ -225,7 +225,7 @@ class UI:
                 return _error(400, str(exc))
             except NotFound as exc:
                 return _error(404, str(exc))
-            except DatasetUnavailable as exc:
+            except (DatasetUnavailable, TooSlow) as exc:
                 return _error(503, str(exc))
             except Exception as exc:  # noqa: BLE001 - a store error is reported, the server keeps running
                 log.exception("request %s failed", request.url.path)
