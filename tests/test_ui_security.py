@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import socket
 import sys
 
 import httpx
@@ -84,6 +85,11 @@ def test_without_a_token_only_loopback_host_names_are_answered(store_dir):
         r = httpx.get(srv.url + "/api/traces", headers={"Host": f"evil.example:{srv.config.port}"})
         assert r.status_code == 421 and "only answers requests addressed to localhost" in r.json()["error"]
         assert httpx.get(srv.url + "/api/session", headers={"Host": "evil.example"}).status_code == 421
+        # A name is refused even when it resolves to loopback (as a rebinding attacker's does):
+        # this machine's own host name stands in for one.
+        name = socket.gethostname()
+        if name.lower() != "localhost":
+            assert httpx.get(srv.url + "/api/session", headers={"Host": f"{name}:{srv.config.port}"}).status_code == 421
 
 
 @pytest.mark.parametrize("host, ok", [("127.0.0.1", True), ("::1", True), ("[::1]", True), ("localhost", True), ("127.1.2.3", True),

@@ -60,13 +60,25 @@ class UIConfigError(ValueError):
     """A setting `kaelum ui` cannot start with; the message names the flag and the fix."""
 
 
-def is_loopback(host: str) -> bool:
-    """True if `host` (an address or a name) only ever means this machine."""
+def is_loopback_literal(host: str) -> bool:
+    """True if `host` is `localhost` or a loopback address as written (no name is looked up)."""
     h = host.strip().strip("[]")
     if h.lower() in LOOPBACK_NAMES:
         return True
     try:
         return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback(host: str) -> bool:
+    """True if `host` (an address or a name to bind) only ever means this machine."""
+    if is_loopback_literal(host):
+        return True
+    h = host.strip().strip("[]")
+    try:
+        ipaddress.ip_address(h)
+        return False
     except ValueError:
         pass
     try:
@@ -134,7 +146,8 @@ class Guard:
         if self.config.token:
             return True  # the token gates every request; the Host check only matters without one
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        return is_loopback(name) if name else False
+        # Literal names only: a rebinding attacker's own name resolves to 127.0.0.1 too.
+        return is_loopback_literal(name) if name else False
 
     def _token_ok(self, request: Request) -> bool:
         want = self.config.token
