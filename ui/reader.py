@@ -295,14 +295,22 @@ def list_traces(cur: duckdb.DuckDBPyConnection, p: Mapping[str, str]) -> dict[st
 
 
 def facets(cur: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-    """The values the list's drop-downs offer: domains, statuses, worker models, tags (most used first)."""
+    """The values the list's drop-downs offer: domains, statuses, worker models, tags (most used first).
+
+    One scan for the scalar columns (grouping sets) and one for the tags."""
     columns = view_columns(cur, "traces")
-    out: dict[str, Any] = {}
-    for col in ("domain", "status", "worker_model") + (("verified_by",) if "verified_by" in columns else ()):
-        out[col] = [
-            {"value": v, "count": int(n)}
-            for v, n in cur.execute(f"select {col}, count(*) from traces where {col} is not null group by 1 order by 2 desc, 1 limit 50").fetchall()
-        ]
+    cols = ("domain", "status", "worker_model") + (("verified_by",) if "verified_by" in columns else ())
+    sets = ", ".join(f"({c})" for c in cols)
+    picked = " ".join(f"WHEN grouping({c}) = 0 THEN '{c}'" for c in cols)
+    value = " ".join(f"WHEN grouping({c}) = 0 THEN {c}::VARCHAR" for c in cols)
+    found = cur.execute(
+        f"select case {picked} end as col, case {value} end as value, count(*) as n from traces "
+        f"group by grouping sets ({sets}) order by n desc, value"
+    ).fetchall()
+    out: dict[str, Any] = {c: [] for c in cols}
+    for col, v, n in found:
+        if v is not None and len(out[col]) < 50:
+            out[col].append({"value": v, "count": int(n)})
     out["tag"] = [
         {"value": v, "count": int(n)}
         for v, n in cur.execute("select t, count(*) from (select unnest(tags) as t from traces) group by 1 order by 2 desc, 1 limit 50").fetchall()
