@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+import store
+from ui_stores import XSS, RunningServer, build_store, simple_trace, write_logs
 
-import store  # noqa: E402
-from ui_stores import XSS, RunningServer, build_store, simple_trace, write_logs  # noqa: E402
-
-from ui.reader import TraceFilter  # noqa: E402
-from ui.server import UIConfig  # noqa: E402
+from ui.reader import TraceFilter
+from ui.server import UIConfig
 
 
 @pytest.fixture(scope="module")

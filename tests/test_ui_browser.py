@@ -10,17 +10,14 @@ from `KAELUM_UI_SCREENSHOTS=docs/ui python -m pytest tests/test_ui_browser.py`) 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+from ui_stores import XSS, XSS_IMG, XSS_SCRIPT, RunningServer, build_store
 
-from ui_stores import XSS, XSS_IMG, XSS_SCRIPT, RunningServer, build_store  # noqa: E402
-
-from ui.server import UIConfig  # noqa: E402
+from ui.server import UIConfig
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]

@@ -12,12 +12,10 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-sys.path.insert(0, os.path.dirname(__file__))
+from ui_stores import RunningServer, build_store
 
-from ui_stores import RunningServer, build_store  # noqa: E402
-
-from kaelum.cli import main as kaelum_main  # noqa: E402
-from ui.server import UIConfig, UIConfigError, is_loopback  # noqa: E402
+from kaelum.cli import main as kaelum_main
+from ui.server import UIConfig, UIConfigError, is_loopback
 
 TOKEN = "s3cret-token"
 
