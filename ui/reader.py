@@ -335,11 +335,14 @@ def trace_detail(cur: duckdb.DuckDBPyConnection, trace_id: str) -> dict[str, Any
         "llm_model, prompt_tokens, completion_tokens, latency_ms, expanded_at, seq from nodes where trace_id = ? order by seq",
         [trace_id],
     )
+    # node_expanded events are the `nodes` rows just read (one per node, with their LLM usage), so
+    # they are not read again: the events of that type are the largest (every thought) and they
+    # sit in segments of their own, which this filter skips.
     events = rows(
         cur,
         "select type, seq, ts, node_id, value, passed, score, status, reward, label, "
         "case when type in ('reflection', 'trace_completed', 'feedback', 'verification') then data end as data "
-        "from events where trace_id = ? order by ts, seq",
+        "from events where trace_id = ? and type <> 'node_expanded' order by ts, seq",
         [trace_id],
     )
     visits: dict[str, int] = {}
@@ -365,14 +368,12 @@ def trace_detail(cur: duckdb.DuckDBPyConnection, trace_id: str) -> dict[str, Any
             e["verifier"] = data.get("verifier")
             if e.get("node_id"):
                 verifiers[e["node_id"]] = data.get("verifier")
-    llm = {n["node_id"]: n for n in nodes}
-    timeline = []
-    for e in events:
-        item = dict(e)
-        if e["type"] == "node_expanded" and e.get("node_id") in llm:
-            n = llm[e["node_id"]]
-            item.update({k: n[k] for k in ("llm_model", "prompt_tokens", "completion_tokens", "latency_ms")})
-        timeline.append(item)
+    expanded = [
+        {"type": "node_expanded", "seq": n["seq"], "ts": n["expanded_at"], "node_id": n["node_id"],
+         **{k: n[k] for k in ("llm_model", "prompt_tokens", "completion_tokens", "latency_ms")}}
+        for n in nodes
+    ]
+    timeline = sorted(events + expanded, key=lambda e: (e["ts"] or "", e["seq"]))
     for n in nodes:
         n["visits"] = visits.get(n["node_id"])
         n["reflections"] = reflections.get(n["node_id"], [])
