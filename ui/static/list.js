@@ -110,7 +110,13 @@
     } catch (e) { K.showError(errors, e); }
   }
 
-  buildForm().then(() => load()).then(() => {
-    setInterval(() => { if (!document.hidden) load(true); }, 1000 * (K.settings.poll_s || 5));
-  });
+  // Live updates: re-ask every poll_s seconds, but never spend more than a tenth of the time
+  // querying (on a large store one list query takes seconds; a poll must not keep a core busy).
+  async function poll() {
+    const t0 = performance.now();
+    if (!document.hidden) await load(true);
+    const took = performance.now() - t0;
+    setTimeout(poll, Math.max(1000 * (K.settings.poll_s || 5), 10 * took));
+  }
+  buildForm().then(() => load()).then(() => setTimeout(poll, 1000 * (K.settings.poll_s || 5)));
 })();
