@@ -335,3 +335,28 @@ def test_a_slow_query_is_interrupted_with_a_clear_error():
         with time_limit(cur, 0.2, "counting forever"):
             cur.execute("select count(*) from range(1000000000000) a, range(1000) b").fetchall()
     assert cur.execute("select 42").fetchone() == (42,)  # the cursor is usable afterwards
+
+
+def test_the_server_starts_without_torch_or_the_trainer():
+    import subprocess
+    import sys
+
+    code = "import sys, ui.server, ui.cli; bad = sorted(m for m in ('torch', 'transformers', 'train') if m in sys.modules); print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_datasets_without_torch(env, monkeypatch):
+    """Without torch the selection still works; rendering with --model says what to install."""
+    import sys
+
+    http, _, store_dir, _ = env
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    for name in ("train.dataset", "train.trainer"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert http.get("/api/datasets").json()["selected"] == 4
+    with RunningServer(UIConfig(store=str(store_dir), port=0, model="HuggingFaceTB/SmolLM2-135M-Instruct")) as srv:
+        r = httpx.get(srv.url + "/api/datasets", timeout=60)
+    assert r.status_code == 503
+    assert "rendering with --model HuggingFaceTB/SmolLM2-135M-Instruct needs the train extra" in r.json()["error"]
+    assert "pip install 'kaelum[train]'" in r.json()["error"]
