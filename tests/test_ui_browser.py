@@ -26,24 +26,41 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's c
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
+def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui-browser")
     store_dir, _logs, ids = build_store(root)
+    return root, store_dir, ids
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def new_page(browser):
+    # The pages' Content-Security-Policy forbids any inline script; it is bypassed here so that the
+    # test checks the escaping itself (an injected handler would run) and Playwright may evaluate.
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    return page, errors
+
+
+@pytest.fixture(scope="module")
+def site(built, browser):
+    root, store_dir, ids = built
     shots = Path(os.environ.get("KAELUM_UI_SCREENSHOTS") or root / "shots")
     shots.mkdir(parents=True, exist_ok=True)
-    with RunningServer(UIConfig(store=str(store_dir), port=0, user="browser-test", poll_s=1.0)) as srv, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        # The pages' Content-Security-Policy forbids any inline script; it is bypassed here so that the
-        # test checks the escaping itself (an injected handler would run) and Playwright may evaluate.
-        context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    with RunningServer(UIConfig(store=str(store_dir), port=0, user="browser-test", poll_s=1.0)) as srv:
+        page, errors = new_page(browser)
         yield page, srv.url, ids, shots, errors
-        browser.close()
 
 
 def screenshot(page, shots: Path, name: str, full_page: bool = True) -> Path:
@@ -245,3 +262,23 @@ def test_live_list_shows_new_traces(site, tmp_path):
     page.wait_for_selector(f'#traces tbody tr[data-trace-id="{tid}"]', timeout=15000)
     assert page.locator("#traces tbody tr").count() == n + 1 and "1 new" in page.locator("#live").inner_text()
     assert not errors, errors
+
+
+def test_with_a_token_the_pages_carry_it(built, browser):
+    """Opened as /?token=T, every script, style, API call and link of the app carries the token."""
+    _root, store_dir, ids = built
+    with RunningServer(UIConfig(store=str(store_dir), port=0, token="browser-token")) as srv:
+        page, errors = new_page(browser)
+        assert page.goto(srv.url + "/").status == 401
+        errors.clear()  # the browser logs that refusal
+        page.goto(srv.url + "/?token=browser-token")
+        page.wait_for_selector("#traces tbody tr")
+        page.locator(f'#traces tbody tr[data-trace-id="{ids["branch"]}"] a.trace-link').click()
+        page.wait_for_selector("#tree .node")
+        assert "token=browser-token" in page.url
+        page.fill("#fb-label", "seen")
+        page.click("#fb-submit")
+        page.wait_for_selector("#feedback-status.ok")
+        page.click("nav.top a[href^='/quarantine']")
+        page.wait_for_selector("#quarantine")
+        assert not errors, errors
