@@ -1,7 +1,7 @@
 """`kaelum ui` benchmark: every page's API call on a store of 1M traces, against a plain view query.
 
 Builds (once; `--reuse` keeps it) a store of `--traces` synthetic traces written as Arrow tables
-straight through `store.SegmentWriter` (no JSONL, no ingester) and compacted once: each trace has
+straight through `store.StoreWriter` (no JSONL, no ingester) and compacted once (`store.compact.compact`): each trace has
 a start, a root and two terminal children (one passes its verification, one fails, so every trace
 yields a preference pair), two verifications and a completion, and every 20th trace a feedback —
 7.05 events per trace. Then it starts the real server (uvicorn on 127.0.0.1, a free port) and times
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import duckdb
 
-from store import SegmentWriter, SourceRange
+from store import StoreWriter, SourceRange
 from store.compact import compact
 from store.schema import EVENTS_SCHEMA
 
@@ -78,7 +78,7 @@ def build(store_dir: Path, traces: int) -> dict[str, float]:
     gen.execute("SET TimeZone = 'UTC'")
     t0 = time.perf_counter()
     events = 0
-    with SegmentWriter(store_dir, writer_id="ui-bench") as w:
+    with StoreWriter(store_dir, writer_id="ui-bench") as w:
         for chunk, lo in enumerate(range(0, traces, TRACES_PER_COMMIT)):
             hi = min(traces, lo + TRACES_PER_COMMIT)
             rel = gen.sql(GEN_SQL, params={"t_lo": lo, "t_hi": hi, "traces": traces, "slots": SLOTS})
@@ -91,12 +91,12 @@ def build(store_dir: Path, traces: int) -> dict[str, float]:
             print(f"  committed {hi:,} traces ({events:,} events) in {time.perf_counter() - t0:.0f} s", flush=True)
     t_write = time.perf_counter() - t0
     t1 = time.perf_counter()
-    compact(store_dir, grace_s=0)
+    compact(store_dir)
     t_compact = time.perf_counter() - t1
     # A few refused lines so that the quarantine page has something to page through.
     from store import QuarantineRecord
 
-    with SegmentWriter(store_dir, writer_id="ui-bench-q") as w:
+    with StoreWriter(store_dir, writer_id="ui-bench-q") as w:
         w.commit(quarantine=[QuarantineRecord("bad.jsonl", "bad", i * 100, b'{"v": 1, broken', "invalid JSON") for i in range(200)])
     return {"events": events, "write_s": t_write, "compact_s": t_compact}
 
