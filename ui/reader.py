@@ -62,9 +62,10 @@ class StoreReader:
 
     Opening a connection installs the views (about half a second), so it is not done per request.
     A cursor's every query resolves the store's snapshot anew (docs/store.md, "What a reader sees"),
-    so new commits are visible at once. The connection is still reopened, in the background and
-    without making a request wait, once it is older than `refresh_s`: a store whose readers pin a
-    version at connect time then shows new commits within `refresh_s` as well. A replaced
+    so new commits are visible at once on a local store. The connection is still reopened, in the
+    background and without making a request wait, once it is older than `refresh_s`: a URL store,
+    whose connection reads the version newest at connect time, then shows new commits within
+    `refresh_s` as well. A replaced
     connection is closed only when its last cursor is done (closing it under a running query
     would pull the database from under that query).
     """
