@@ -31,6 +31,10 @@ from .tables import META_EVENTS_VERSION, META_SUMMARY_COLUMNS, TABLE_CONFIGURATI
 
 DEFAULT_RETENTION_S = 3600.0  # longer than the longest reader's query; also how far back --as-of reaches
 TARGET_FILE_BYTES = 128 << 20
+# A "small" file is what a following daemon's flushes write (a few thousand events, well under a
+# MiB); a bulk catch-up's commits of up to 100k events write files of ~8 MiB, which are left alone
+# by the daemon's schedule, so that --once never spends longer compacting than ingesting.
+SMALL_FILE_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ def count_files(info: StoreInfo) -> int:
     return sum(len(open_table(info, uri).file_uris()) for uri in (info.events_uri, info.quarantine_uri))
 
 
-def small_files(info: StoreInfo, small_bytes: int = TARGET_FILE_BYTES // 4) -> int:
+def small_files(info: StoreInfo, small_bytes: int = SMALL_FILE_BYTES) -> int:
     """Files in the newest version of both tables smaller than `small_bytes`: what OPTIMIZE would merge."""
     n = 0
     for uri in (info.events_uri, info.quarantine_uri):

@@ -121,6 +121,9 @@ def test_compaction_flags_are_checked_and_off_means_off(tmp_path):
     for _ in range(3):
         once("--compact-every-s", "0.01")  # 1, 2, 3 small files: fewer than the default 8
     assert _optimizes(st) == 0 and small_files(store.open_store(st)) == 3
+    # No compaction, but --once left the per-trace summary of what it ingested behind.
+    summary = DeltaTable(str(st / "trace_summary"))
+    assert summary.history(limit=1)[0]["kaelum.events_version"] == str(DeltaTable(str(st / "events")).version())
     once("--compact-every-s", "0", "--compact-min-segments", "1")  # off means off
     assert _optimizes(st) == 0 and small_files(store.open_store(st)) == 4
     before = _views(st)
