@@ -3,8 +3,8 @@ port) and the real delta-rs client talking to it — no mocked calls. Ingest and
 daemons with their own writer ids and log directories writing one store while readers query, and
 an unreachable store that fails before any work.
 
-moto runs in its own process: delta-rs calls hold the GIL, so an S3 server thread inside the test
-process could not answer them.
+moto runs in its own process: a ThreadedMotoServer inside the test process let delta-rs's requests
+time out (observed here), and a separate process is closer to a real server anyway.
 """
 
 from __future__ import annotations
