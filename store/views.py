@@ -14,6 +14,7 @@ given by the caller (the benchmark asks raw JSONL the very same questions).
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -468,7 +469,7 @@ def connect(
         files = SnapshotFiles(snapshots)
         con.create_function("kaelum_files", files, ["VARCHAR", "UBIGINT"], "VARCHAR[]", side_effects=True)
         scans = Scans.snapshot_files()
-        _SNAPSHOT_OF[id(con)] = lambda: files.last or snapshots.resolve()
+        _SNAPSHOT_OF[con] = lambda: files.last or snapshots.resolve()
         files.binding = True
     else:
         files = None
@@ -477,21 +478,22 @@ def connect(
         con.register("_kaelum_events_dataset", ev)
         con.register("_kaelum_quarantine_dataset", q)
         scans = Scans.registered("_kaelum_events_dataset", "_kaelum_quarantine_dataset")
-        _SNAPSHOT_OF[id(con)] = lambda: snap
+        _SNAPSHOT_OF[con] = lambda: snap
     install_views(con, scans, contract, files=files)
     if files is not None:
         files.binding = False
     return con
 
 
-_SNAPSHOT_OF: dict[int, Callable[[], Snapshot]] = {}
+# Per connection (weakly held: the entry goes with the connection), what it read last.
+_SNAPSHOT_OF: "weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, Callable[[], Snapshot]]" = weakref.WeakKeyDictionary()
 
 
 def snapshot_of(con: duckdb.DuckDBPyConnection) -> Snapshot:
     """The snapshot (table versions and files) the last query of `con` read — the one a pinned
     (``as_of``) or URL connection always reads."""
     try:
-        return _SNAPSHOT_OF[id(con)]()
+        return _SNAPSHOT_OF[con]()
     except KeyError:
         raise StoreError("this connection was not made by store.connect") from None
 
