@@ -15,7 +15,7 @@ import store
 from store import SourceRange, StoreError, StoreWriter, events_from_dicts
 from store.compact import compact, count_files
 from store.views import PUBLIC_VIEWS, snapshot_of
-from test_store_views import _simple, _traces  # the e2e traces (tests/ is on sys.path)
+from store_traces import _simple, _traces  # the e2e traces (tests/ is on sys.path)
 from kaelum.events import TraceEvents
 
 
