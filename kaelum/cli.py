@@ -22,7 +22,7 @@ log = logging.getLogger("kaelum.cli")
 
 # Sub-command groups that live in other modules, imported when used so that `kaelum --help`
 # stays fast and a missing optional part does not break the other commands.
-LAZY_COMMANDS = {"models": ("kaelum.models_cli", "models")}
+LAZY_COMMANDS = {"models": ("kaelum.models_cli", "models"), "improve": ("train.improve_cli", "improve")}
 
 
 def _lazy(name: str) -> click.Command | None:
