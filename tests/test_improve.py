@@ -198,6 +198,8 @@ def test_rerun_of_a_finished_run_does_nothing(two_rounds):
     assert res.exit_code == 0, res.output
     assert "round 1: decided already (promoted)" in res.output and "round 2: decided already (rejected)" in res.output
     assert (root / "W" / "improve.json").read_text() == before
+    rounds = json.loads(before)["rounds"]
+    assert os.path.realpath(root / "W" / "champion") == os.path.realpath(rounds[0]["candidate"])
 
 
 def test_rerun_with_other_arguments_is_refused(two_rounds):

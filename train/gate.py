@@ -44,7 +44,10 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     d = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / d
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 and n successes the interval ends exactly at the estimate (rounding would leave 1e-17).
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
 
 
 @dataclass(frozen=True)

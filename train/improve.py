@@ -379,13 +379,14 @@ class Improver:
         with self.locked():
             for number in range(1, self.args.rounds + 1):
                 rnd = Round.at(self.work, number)
-                champion = self.champion_before(number)
-                point_champion(self.champion_link, champion)  # also repairs a swap a crash interrupted
                 rec = rnd.done("decide")
                 if rec is not None:
                     self.echo(f"round {number}: decided already ({rec['decision']})")
                     continue
+                champion = self.champion_before(number)
+                point_champion(self.champion_link, champion)  # also repairs a swap a crash interrupted
                 self.round(rnd, champion)
+            point_champion(self.champion_link, self.champion_before(self.args.rounds + 1))
             rounds = self.write_record()
         return rounds
 
