@@ -134,8 +134,10 @@ def grpo_config(args: TrainArgs, n_prompts: int) -> Any:
     )
 
 
-def run_grpo(args: TrainArgs, selection: Selection, tokenizer: Any | None = None) -> Any:
-    """Train with GRPO on `selection`'s queries and write the output directory. `args` must be validated."""
+def run_grpo(args: TrainArgs, selection: Selection, tokenizer: Any | None = None, callbacks: Sequence[Any] = ()) -> Any:
+    """Train with GRPO on `selection`'s queries and write the output directory. `args` must be validated.
+
+    `callbacks`: transformers TrainerCallbacks (the benchmark stops GRPO at SFT's wall-clock with one)."""
     from datasets import Dataset
     from transformers import set_seed
     from trl import GRPOTrainer
@@ -166,6 +168,7 @@ def run_grpo(args: TrainArgs, selection: Selection, tokenizer: Any | None = None
         args=grpo_config(args, len(rows)),
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
+        callbacks=list(callbacks) or None,
     )
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=ckpt if args.resume else None)
