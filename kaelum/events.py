@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from .domains.registry import DOMAIN_NAMES
+
 SCHEMA_VERSION = 1
 
 EVENT_TYPES = (
@@ -32,7 +34,7 @@ EVENT_TYPES = (
     "feedback",
 )
 
-DOMAINS = ("math", "code", "logic", "factual", "creative", "analysis")
+DOMAINS = DOMAIN_NAMES  # declared in kaelum.domains.registry, which imports nothing heavy
 TRACE_STATUSES = ("ok", "failed", "error", "timeout")
 
 

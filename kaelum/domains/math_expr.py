@@ -26,7 +26,6 @@ class MathParseError(ValueError):
     """The text is not an expression this parser accepts (or would be too expensive)."""
 
 
-_X = sympy.Symbol("x")
 _SYMBOLS = {name: sympy.Symbol(name) for name in ("x", "y", "z", "n", "a", "b", "t")}
 _CONSTANTS = {"pi": sympy.pi, "e": sympy.E, "π": sympy.pi}
 
@@ -380,7 +379,6 @@ def compute_expected(question: str) -> tuple[Any, str] | None:
 # --- equations written in the steps -----------------------------------------------------------
 
 _EQ_SIDE = r"[\d\s.+\-*/^()×÷%,$√]*\d[\d\s.+\-*/^()×÷%,$√]*"
-_EQ_RE = re.compile(rf"(?<![\w.])({_EQ_SIDE})=\s*({_EQ_SIDE})")
 
 
 def step_equations(steps: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
