@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from kaelum.domains import get_domain
 from kaelum.domains.base import VerifyContext
+from test_improve_support import write_trace
 from train.grpo import parse_completion, prompt_rows, verifier_reward
 
 
@@ -61,7 +62,6 @@ def test_grpo_trains_and_writes_an_adapter_that_loads(tmp_path):
     from kaelum.llm import load_llm
     from kaelum.llm.base import SamplingParams
     from kaelum.tracelog import TraceLogger
-    from tests.test_improve import write_trace
     from tests.tiny_model import make_tiny_llama
     from train.cli import main as train_main
     from train.manifest import read_manifest

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from tests.test_improve import SEVEN_HELD, SEVEN_TRAIN, improve_args, make_world
+from test_improve_support import SEVEN_HELD, SEVEN_TRAIN, improve_args, make_world
 
 # In order: inside collection, after each phase, inside training, between the two evaluations,
 # between publishing the champion and recording the decision.
