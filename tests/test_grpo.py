@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -99,3 +100,23 @@ def test_grpo_settings_are_validated():
         "--grpo-temperature must be positive, got 0.0",
         "--grpo-max-steps must be at least 1, got 0",
     ]
+
+
+def test_improve_round_with_grpo(tmp_path):
+    """`kaelum improve --method grpo` on a filled store: a merged GRPO candidate whose parent is the base, gated like any other."""
+    from test_improve_support import EVAL_OVERRIDES, SEVEN_HELD, fill_store, write_queries
+    from tests.tiny_model import make_tiny_llama
+    from train.improve import EVAL_SETTINGS, ImproveArgs, improve
+    from train.manifest import read_manifest
+
+    model = str(make_tiny_llama(tmp_path / "tiny"))
+    seeded = fill_store(tmp_path)
+    write_queries(tmp_path / "held.jsonl", SEVEN_HELD)
+    args = ImproveArgs(domain="math", held_out=str(tmp_path / "held.jsonl"), workdir=str(tmp_path / "W"), model=model, method="grpo",
+                       store=str(tmp_path / "store"), batch_size=4, lr=1e-3, progress=False, eval_settings={**EVAL_SETTINGS, **EVAL_OVERRIDES},
+                       train_options={"grpo_num_generations": 2, "grpo_max_steps": 2, "grpo_max_completion_length": 8})
+    [rec] = improve(args, echo=lambda line: None)
+    manifest = read_manifest(rec["candidate"])
+    assert (manifest["method"], manifest["kind"], manifest["base_model"]) == ("grpo", "merged", os.path.abspath(model))
+    assert sorted(manifest["data"]["trace_ids"]) == sorted(seeded)
+    assert rec["method"] == "grpo" and rec["decision"] in ("promoted", "rejected") and rec["examples"] == len(seeded)
