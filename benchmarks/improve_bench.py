@@ -114,11 +114,12 @@ def run_seed(args: argparse.Namespace, seed: int, work: str) -> dict[str, Any]:
     eval_settings = {**evals, "SEED": seed}
 
     # 2. the held-out template: subtraction
-    t0 = time.perf_counter()
-    sub_base = score_of(base, sub_q, eval_settings)
-    sub_champ = score_of(champion, sub_q, eval_settings) if champion != os.path.realpath(base) else sub_base
-    out["subtraction"] = {"base": sub_base["row"], "champion": sub_champ["row"],
-                          "gate": gate_row(sub_base["verified"], sub_champ["verified"], 0.0, args.alpha), "seconds": time.perf_counter() - t0}
+    if not args.skip_template:
+        t0 = time.perf_counter()
+        sub_base = score_of(base, sub_q, eval_settings)
+        sub_champ = score_of(champion, sub_q, eval_settings) if champion != os.path.realpath(base) else sub_base
+        out["subtraction"] = {"base": sub_base["row"], "champion": sub_champ["row"],
+                              "gate": gate_row(sub_base["verified"], sub_champ["verified"], 0.0, args.alpha), "seconds": time.perf_counter() - t0}
 
     # 3. the gate against a sabotaged candidate (from the base, on round 1's examples with wrong answers)
     r1 = os.path.join(iargs.workdir, "rounds", "round-001")
@@ -198,9 +199,10 @@ def report(results: list[dict[str, Any]]) -> None:
         improving = all(r["candidate_accuracy"] > r["champion_accuracy"] for r in promoted)
         print(f"final champion {pct(final)} vs base {pct(base_acc)}: {100 * (final - base_acc):+.1f} points (goal >= +25); "
               f"every promoted round improved: {improving}")
-        s = res["subtraction"]
-        print(f"held-out template (subtraction): base {pct(s['base']['verified_accuracy'])}, champion {pct(s['champion']['verified_accuracy'])}, "
-              f"p = {s['gate']['p_value']:.3g}")
+        if "subtraction" in res:
+            s = res["subtraction"]
+            print(f"held-out template (subtraction): base {pct(s['base']['verified_accuracy'])}, champion {pct(s['champion']['verified_accuracy'])}, "
+                  f"p = {s['gate']['p_value']:.3g}")
         b = res["sabotage"]
         print(f"sabotaged candidate ({b['examples']} examples, wrong answers): {pct(b['gate']['candidate_accuracy'])} vs base "
               f"{pct(b['gate']['champion_accuracy'])} -> {b['gate']['decision']} ({b['gate']['reason']}); goal: rejected")
@@ -226,6 +228,7 @@ def main() -> None:
     p.add_argument("--min-reward", type=float, default=0.9, help="verified traces whose stated step equations hold (reward 1.0)")
     p.add_argument("--min-gain", type=float, default=2.0)
     p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--skip-template", action="store_true", help="skip the held-out subtraction template")
     p.add_argument("--skip-grpo", action="store_true")
     p.add_argument("--grpo-lr", type=float, default=1e-5)
     p.add_argument("--grpo-batch", type=int, default=8, help="completions per step")
