@@ -9,7 +9,7 @@ import pytest
 
 import store
 from kaelum.events import TraceEvents
-from store import Contract, SegmentWriter, StoreError, Upcaster, events_from_dicts
+from store import Contract, StoreWriter, StoreError, Upcaster, events_from_dicts
 from store.upcast import CURRENT, V1_FIELDS
 
 
@@ -51,7 +51,7 @@ def test_contract_needs_the_whole_chain():
 
 def test_v1_rows_read_as_v2(tmp_path: Path):
     tid, evs = _trace()
-    with SegmentWriter(tmp_path, "old") as w:  # a version-1 writer stored them as written
+    with StoreWriter(tmp_path, "old") as w:  # a version-1 writer stored them as written
         w.commit(events_from_dicts(evs))
     con = store.connect(tmp_path, contract=V2)
     data, v, thought = con.execute("SELECT data, v, thought FROM events WHERE type = 'node_expanded' AND node_id = 'n1'").fetchone()
@@ -60,7 +60,7 @@ def test_v1_rows_read_as_v2(tmp_path: Path):
     # The Python path of the same upcaster gives the same payload.
     assert V2.upcast("node_expanded", evs[2]["data"], 1) == payload
     assert con.execute("SELECT steps FROM training_examples").fetchone()[0] == ["It is 1."]
-    # The stored segment is untouched: version 1, field `thought`.
+    # The stored row is untouched: version 1, field `thought`.
     v1 = store.connect(tmp_path)
     assert json.loads(v1.execute("SELECT data FROM events WHERE node_id = 'n1' AND type = 'node_expanded'").fetchone()[0])["thought"] == "It is 1."
 
@@ -71,7 +71,7 @@ def test_v2_writer_takes_v1_and_v2_rows_and_the_views_agree(tmp_path: Path):
     for e in v2:
         e["id"] = e["id"][:-4] + "beef"  # another copy of the trace, as version 2 lines
         e["trace_id"] = "v2-" + tid
-    with SegmentWriter(tmp_path, "new", contract=V2) as w:
+    with StoreWriter(tmp_path, "new", contract=V2) as w:
         w.commit(events_from_dicts(evs + v2))
     con = store.connect(tmp_path, contract=V2)
     rows = con.execute("SELECT trace_id, steps, complete FROM trajectories ORDER BY trace_id").fetchall()
@@ -80,6 +80,6 @@ def test_v2_writer_takes_v1_and_v2_rows_and_the_views_agree(tmp_path: Path):
 
 def test_newer_version_than_the_writer_knows_is_refused(tmp_path: Path):
     _tid, evs = _trace()
-    with SegmentWriter(tmp_path, "old") as w:
+    with StoreWriter(tmp_path, "old") as w:
         with pytest.raises(StoreError, match=r"column 'v': versions 1..2 outside 1..1 \(quarantine lines of unknown versions"):
             w.commit(events_from_dicts([evs[0], dict(evs[1], v=2)]))

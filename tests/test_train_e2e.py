@@ -103,7 +103,8 @@ def test_manifest_lists_exactly_the_trace_ids_the_filter_selected(trained, world
     assert m["base_model"] == world["model"] and m["kind"] == "adapter"
     assert m["filters"]["where"] == "reward >= 0.9" and m["domain"] == "math" and m["filters"]["min_reward"] == 0.7
     assert [s["examples"] for s in m["filters"]["stages"]] == [33, 30, 27, 24]  # view, --domain, --min-reward, --where
-    assert m["store"]["event_count"] > 0 and m["store"]["segments"] and all(s.startswith("events/") for s in m["store"]["segments"])
+    assert m["store"]["event_count"] > 0 and m["store"]["files"] and all(s.startswith("events/") for s in m["store"]["files"])
+    assert m["store"]["versions"]["events"] >= 1
     assert m["hyperparameters"]["lr"] == 5e-3 and m["hyperparameters"]["lora"]["r"] == 16
     assert m["metrics"]["eval_loss"] > 0
 
@@ -190,13 +191,15 @@ def test_kaelum_eval_compares_models_side_by_side(trained, world, tmp_path):
     res = CliRunner().invoke(
         eval_main,
         ["--model", world["model"], "--model", str(out), "--queries", str(queries), "--simulations", "1", "--seed", "1",
-         "--csv", str(tmp_path / "eval.csv"), "--plot", str(tmp_path / "eval.png"), "--no-progress"],
+         "--csv", str(tmp_path / "eval.csv"), "--plot", str(tmp_path / "eval.png"), "--show", "--no-progress"],
         catch_exceptions=False,
     )
     assert res.exit_code == 0, res.output
-    assert "verified accuracy" in res.output and "tokens / query" in res.output
+    assert "verified accuracy" in res.output and "tokens / query" in res.output and "load seconds (once)" in res.output
+    assert "What is 101 + 7?" in res.output and "What is 230 + 5?" in res.output  # --show: per query
     rows = list(csv.DictReader(open(tmp_path / "eval.csv")))
-    assert [r["model"] for r in rows] == [world["model"], str(out)] and all(r["queries"] == "2" for r in rows)
+    assert [(r["query"], r["model"]) for r in rows] == [(f"What is {q}?", m) for q in ("101 + 7", "230 + 5") for m in (world["model"], str(out))]
+    assert all(r["verified"] in ("True", "False") and "answer" in r for r in rows)
     assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -123,6 +123,7 @@ def train(args: TrainArgs) -> TrainResult | DryRun:
         domain=args.data.domain,
         min_reward=args.data.min_reward,
         where=args.data.where,
+        as_of=args.data.as_of,
     )
     if args.dry_run:
         return dry_run(args, sel)

@@ -60,6 +60,8 @@ def _print_summary(r: Any) -> None:
 @click.option("--lr", default=2e-5, show_default=True, type=float, help="Learning rate.")
 @click.option("--min-reward", default=0.7, show_default=True, type=float, help="Minimum (effective) reward of a training example.")
 @click.option("--store", default="./store", show_default=True, help="The trace store to read training_examples from.")
+@click.option("--as-of", default=None, help="Train on the store as it was: an events table version, events=N,quarantine=M "
+              "(what kaelum_manifest.json records), or an RFC 3339 timestamp.")
 @click.option("--where", default=None, help="SQL predicate over training_examples (preference_pairs with --method dpo), e.g. \"reward > 0.9\".")
 @click.option("--grad-accum", default=1, show_default=True, type=int, help="Gradient accumulation steps.")
 @click.option("--max-seq-len", default=1024, show_default=True, type=int)
@@ -107,6 +109,9 @@ def main(**kw: Any) -> None:
         kaelum-train --model HuggingFaceTB/SmolLM2-135M-Instruct --domain math --log-dir ./logs --output-dir ./finetuned_math --min-reward 0.8 --where "reward > 0.9"
     """
     logging.basicConfig(level=logging.DEBUG if kw.pop("verbose") else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from kaelum.quiet import quiet_third_party
+
+    quiet_third_party()
     args = TrainArgs(
         model=kw["model"],
         output_dir=kw["output_dir"],
@@ -119,6 +124,7 @@ def main(**kw: Any) -> None:
             max_seq_len=kw["max_seq_len"],
             eval_split=kw["eval_split"],
             packing=kw["packing"],
+            as_of=kw["as_of"],
         ),
         lora=LoraArgs(r=kw["lora_r"], alpha=kw["lora_alpha"], dropout=kw["lora_dropout"], targets=kw["lora_targets"]),
         adapter=kw["adapter"],

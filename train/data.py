@@ -16,9 +16,9 @@ from typing import Any, Sequence
 import duckdb
 import pyarrow as pa
 
-from kaelum.prompts import format_completion, format_partial, worker_messages
+from kaelum.prompts import format_completion, format_continuation, format_partial, worker_messages
 
-from .where import check_where, lock_down
+from .where import WhereError, check_where, filter_rows, lock_down
 
 log = logging.getLogger("kaelum.train.data")
 
@@ -90,18 +90,11 @@ class PreferencePair:
     def prefix(self) -> str:
         return format_partial(self.prompt_steps)
 
-    def _continuation(self, steps: tuple[str, ...], answer: str) -> str:
-        # The full assistant text is rendered once, so step numbers continue after the prefix;
-        # steps given as the whole path (prefix included) and as the continuation alone both work.
-        full = steps if steps[: len(self.prompt_steps)] == self.prompt_steps else self.prompt_steps + steps
-        text = format_completion(full, answer or "")
-        return text[len(self.prefix()) :]
-
     def chosen(self) -> str:
-        return self._continuation(self.chosen_steps, self.chosen_answer)
+        return format_continuation(self.prompt_steps, self.chosen_steps, self.chosen_answer)
 
     def rejected(self) -> str:
-        return self._continuation(self.rejected_steps, self.rejected_answer)
+        return format_continuation(self.prompt_steps, self.rejected_steps, self.rejected_answer)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "PreferencePair":
@@ -122,14 +115,22 @@ class PreferencePair:
 
 @dataclass
 class StoreSnapshot:
-    """What the store held when the examples were read: enough to trace a model back to its events."""
+    """What the store held when the examples were read: enough to trace a model back to its events
+    and to read exactly the same rows again (``--as-of events=N,quarantine=M``)."""
 
     path: str
-    segments: list[str]
+    versions: dict[str, int]  # Delta table versions read: {"events": N, "quarantine": M}
+    files: list[str]  # the events table's data files of that version, relative to the store
     event_count: int
+    as_of: str | None = None  # what the user asked for, if anything
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "segments": self.segments, "segment_count": len(self.segments), "event_count": self.event_count}
+        return {"path": self.path, "versions": self.versions, "as_of": self.as_of, "files": self.files,
+                "file_count": len(self.files), "event_count": self.event_count}
+
+    def as_of_arg(self) -> str:
+        """The ``--as-of`` that reads this snapshot again."""
+        return f"events={self.versions['events']},quarantine={self.versions['quarantine']}"
 
 
 @dataclass
@@ -157,36 +158,50 @@ def trace_ids_hash(trace_ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(trace_ids)).encode()).hexdigest()
 
 
-def open_store(store_path: str) -> duckdb.DuckDBPyConnection:
-    """The store's read-only DuckDB connection with its views, or a DataError naming the fix."""
-    if not os.path.isdir(store_path):
+def open_store(store_path: str, as_of: Any = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the store's views over one snapshot, or a DataError naming the fix.
+
+    The snapshot is `as_of` (a version, an RFC 3339 timestamp, or exact table versions), else the
+    newest one now; either way every query of the connection reads the same versions, so counts,
+    rows and the manifest agree even while an ingester commits.
+    """
+    import store
+    from store.layout import is_url
+    from store.snapshot import parse_as_of
+
+    if not is_url(store_path) and not os.path.isdir(store_path):
         raise DataError(
             f"no store at {store_path} — run `kaelum-ingest --once --log-dir ./logs --store {store_path}` first, "
             "or pass --log-dir to ingest the logs before training"
         )
-    import store
-
     try:
-        return store.connect(store_path)
+        parsed = parse_as_of(as_of) if isinstance(as_of, str) else as_of
+        if parsed is None:  # pin the newest snapshot, so that every later query reads the same one
+            probe = store.connect(store_path)
+            try:
+                parsed = store.snapshot_of(probe).versions
+            finally:
+                probe.close()
+        return store.connect(store_path, as_of=parsed)
     except Exception as exc:
         raise DataError(f"cannot open the store at {store_path}: {exc}") from exc
 
 
-def snapshot(store_path: str, con: duckdb.DuckDBPyConnection) -> StoreSnapshot:
+def snapshot(store_path: str, con: duckdb.DuckDBPyConnection, as_of: Any = None) -> StoreSnapshot:
+    """The snapshot `con` (from ``open_store``) reads: its table versions, files and event count."""
     import store
-    from store.snapshot import resolve
+    from store.layout import is_url
 
-    root = os.path.abspath(store_path)
-    # The segments a reader sees now: committed writer segments and the current compaction
-    # generation, never uncommitted files or inputs waiting for deletion. (`store.open_store`, the
-    # store's layout; this module's own `open_store` is its DuckDB connection.)
-    snap = resolve(store.open_store(store_path))
-    segments = sorted(os.path.relpath(str(p), root) for p in (*snap.compacted, *snap.fresh))
+    snap = store.snapshot_of(con)
+    root = store_path if is_url(store_path) else os.path.abspath(store_path)
+    prefix = root.rstrip("/") + "/"
+    files = sorted(f[len(prefix):] if f.startswith(prefix) else f for f in snap.events_files)
     try:
         count = int(con.execute("select count(*) from events").fetchall()[0][0])
     except duckdb.Error:
         count = -1
-    return StoreSnapshot(path=root, segments=segments, event_count=count)
+    return StoreSnapshot(path=root, versions=snap.versions, files=files, event_count=count,
+                         as_of=None if as_of is None else str(as_of))
 
 
 def select_rows(
@@ -199,8 +214,9 @@ def select_rows(
 ) -> tuple[list[dict[str, Any]], list[tuple[str, int]]]:
     """Apply the filters in order to `table` (the rows of `view`); return the rows and the stage counts.
 
-    The user's predicate runs on a fresh in-memory connection that holds nothing but these rows,
-    with external access switched off and the configuration locked.
+    The user's predicate runs last, over the rows the other filters kept, in `where.filter_rows`: a
+    child process holding nothing but those rows, with external access switched off, the
+    configuration locked, and a time and memory limit.
     """
     pred = check_where(where) if where else None
     con = duckdb.connect(":memory:")
@@ -214,28 +230,28 @@ def select_rows(
             filters.append((f"--domain {domain}", "domain = ?", [domain]))
         if min_reward is not None and view == "training_examples":
             filters.append((f"--min-reward {min_reward}", "reward >= ?", [min_reward]))
-        if pred is not None:
-            filters.append((f"--where {pred!r}", f"({pred})", []))
         # Count after each cumulative filter so that an empty result can name the first culprit.
         counted: list[tuple[str, int]] = [(first, table.num_rows)]
         for i in range(1, len(filters) + 1):
             sql = f"select count(*) from {view} where " + " and ".join(f[1] for f in filters[:i])
-            params = [p for f in filters[:i] for p in f[2]]
-            try:
-                n = con.execute(sql, params).fetchall()[0][0]
-            except duckdb.Error as exc:
-                raise DataError(f"--where failed on {view}: {str(exc).splitlines()[0]}") from None
+            n = con.execute(sql, [p for f in filters[:i] for p in f[2]]).fetchall()[0][0]
             counted.append((filters[i - 1][0], int(n)))
         sql = f"select * from {view}"
         if filters:
             sql += " where " + " and ".join(f[1] for f in filters)
         sql += " order by trace_id" + (", branch_node_id" if view == "preference_pairs" else "")
-        params = [p for f in filters for p in f[2]]
-        cur = con.execute(sql, params)
-        cols = [d[0] for d in cur.description]
-        rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+        kept = con.sql(sql, params=[p for f in filters for p in f[2]]).to_arrow_table()
     finally:
         con.close()
+    if pred is not None:
+        # Never in the WHERE clause above: the predicate filters the rows the other filters kept,
+        # in an outer query of its own (and a process of its own, with time and memory limits).
+        try:
+            kept = filter_rows(kept, pred, view=view)
+        except WhereError as exc:
+            raise DataError(str(exc)) from None
+        counted.append((f"--where {pred!r}", kept.num_rows))
+    rows = kept.to_pylist()
     return rows, counted
 
 
@@ -246,15 +262,19 @@ def select_examples(
     domain: str | None = None,
     min_reward: float | None = 0.7,
     where: str | None = None,
+    as_of: Any = None,
 ) -> Selection:
-    """Read the store's view for `method` and apply the filters. Raises DataError when nothing is left."""
+    """Read the store's view for `method` and apply the filters. Raises DataError when nothing is left.
+
+    Everything is read from one snapshot of the store: `as_of` (see ``open_store``) or the newest.
+    """
     if where:
         check_where(where)  # before the store is touched
     # GRPO learns from its own samples: every complete trace's query is a prompt, failed ones included.
     view = {"dpo": "preference_pairs", "grpo": "trajectories"}.get(method, "training_examples")
-    con = open_store(store_path)
+    con = open_store(store_path, as_of)
     try:
-        snap = snapshot(store_path, con)
+        snap = snapshot(store_path, con, as_of)
         try:
             table = con.sql(f"select * from {view}").to_arrow_table()
         except duckdb.Error as exc:

@@ -515,9 +515,11 @@ class Improver:
         from .data import DataError, Selection, select_examples
 
         pinned = rnd.done("selection")
+        # After a crash the same snapshot is read again (its table versions, as the manifest records them).
+        as_of = snapshot_as_of(pinned["store_snapshot"]) if pinned is not None else None
         try:
             sel = select_examples(self.args.store_path, method=self.args.method, domain=self.args.domain,
-                                  min_reward=self.args.min_reward, where=None)
+                                  min_reward=self.args.min_reward, where=None, as_of=as_of)
         except DataError as exc:
             raise ImproveError(f"round {rnd.number}: {exc}") from None
         if pinned is not None:
@@ -528,7 +530,8 @@ class Improver:
                 raise ImproveError(f"round {rnd.number}: {len(missing)} pinned traces are no longer in the store {self.args.store_path}")
             return Selection(examples=examples, stages=[tuple(s) for s in pinned["stages"]],
                              snapshot=PinnedSnapshot(pinned["store_snapshot"]), view=sel.view)
-        excluded_eval = eval_trace_ids(self.args.store_path)
+        snap = sel.snapshot.as_dict() if sel.snapshot is not None else None
+        excluded_eval = eval_trace_ids(self.args.store_path, snapshot_as_of(snap))
         trained = trained_by_lineage(champion)
         held = {normalize_query(q["query"]) for q in self.held_out}
         stages = list(sel.stages)
@@ -544,7 +547,6 @@ class Improver:
                 + ", ".join(f"{n} after {name}" for name, n in stages)
                 + "); collect more with --queries, or rerun once the store holds new traces"
             )
-        snap = sel.snapshot.as_dict() if sel.snapshot is not None else None
         write_json_atomic(rnd.record("selection"), {"trace_ids": sorted({e.trace_id for e in examples}),
                                                     "stages": stages, "store_snapshot": snap})
         reached(f"round-{rnd.number}/train/selection")
@@ -693,11 +695,17 @@ def ingest_logs(log_dir: str, store_path: str) -> Any:
     return ingest_once(log_dir, store_path, progress=False)
 
 
-def eval_trace_ids(store_path: str) -> set[str]:
-    """Trace ids the store holds with the evaluation tag."""
+def snapshot_as_of(snapshot: dict[str, Any] | None) -> str | None:
+    """The `--as-of` that reads a recorded store snapshot again ("events=N,quarantine=M"), from its table versions."""
+    versions = (snapshot or {}).get("versions")
+    return ",".join(f"{k}={v}" for k, v in sorted(versions.items())) if versions else None
+
+
+def eval_trace_ids(store_path: str, as_of: str | None = None) -> set[str]:
+    """Trace ids the store holds with the evaluation tag (at snapshot `as_of`, else the newest)."""
     from .data import open_store
 
-    con = open_store(store_path)
+    con = open_store(store_path, as_of)
     try:
         rows = con.execute("select trace_id from trajectories where list_contains(tags, ?)", [EVAL_TAG]).fetchall()
     finally:
