@@ -201,7 +201,7 @@ class Daemon:
                     if following:
                         compactor.stop()
                 if compactor is not None and cfg.once and not self._stop.is_set():
-                    compactor.run_once()  # --once: one compaction after the last commit
+                    compactor.run_once(summary_anyway=True)  # --once: one compaction (or the summary) after the last commit
             finally:
                 writer.close()
         finally:
