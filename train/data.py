@@ -270,7 +270,8 @@ def select_examples(
     """
     if where:
         check_where(where)  # before the store is touched
-    view = "preference_pairs" if method == "dpo" else "training_examples"
+    # GRPO learns from its own samples: every complete trace's query is a prompt, failed ones included.
+    view = {"dpo": "preference_pairs", "grpo": "trajectories"}.get(method, "training_examples")
     con = open_store(store_path, as_of)
     try:
         snap = snapshot(store_path, con, as_of)
