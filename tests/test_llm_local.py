@@ -150,6 +150,8 @@ def test_prefix_is_continued_not_repeated(llms, tiny, engine):
 def test_engines_agree_greedily_in_float32(home, tiny, llms):
     """CTranslate2 without quantisation reproduces transformers' greedy tokens."""
     exact = LocalLLM.load(tiny, engine="ctranslate2", quantization="float32")
+    # Computed in float32 as converted, not re-quantised at load ("auto" would pick int8 on CPU).
+    assert {g.compute_type for g in exact.engine._generators} == {"float32"}
     params = SamplingParams(max_tokens=10, temperature=0)
     a = exact.generate(MESSAGES, params=params, prefix="Step 1:")[0]
     b = llms["transformers"].generate(MESSAGES, params=params, prefix="Step 1:")[0]

@@ -148,7 +148,14 @@ class CT2Engine:
 
     @classmethod
     def load(cls, ct2_model_dir: Path, tokenizer, end_ids: Sequence[int], *, device: str = "cpu",
-             compute_type: str = "auto", threads: int = 0, replicas: int = 0) -> "CT2Engine":
+             compute_type: str = "default", threads: int = 0, replicas: int = 0) -> "CT2Engine":
+        """Generators over `ct2_model_dir`, computing in the type it was converted to.
+
+        compute_type "default" keeps the conversion's quantization (CTranslate2 falls back to a
+        type the device supports, e.g. float16 weights run as float32 on CPU). Not "auto": that is
+        CTranslate2's "fastest type this device supports", int8_float32 on any x86 CPU, which
+        silently ran a float32 (or float16) conversion quantised to int8.
+        """
         import ctranslate2
 
         threads = threads or default_threads()
