@@ -23,15 +23,28 @@ from pathlib import Path
 
 import duckdb
 
+from kaelum.domains.base import CHECKED_METHODS
+
 from .layout import SCHEMA_PARTITION, SCHEMA_SEGMENT, StoreError, StoreInfo, open_store
 from .snapshot import SnapshotFiles
-from .upcast import CURRENT, Contract
+from .upcast import CURRENT, Contract, method_sql
 
 DEFAULT_MIN_REWARD = 0.7
 
 
 def _q(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
+
+
+# training_examples keeps only traces verified by a method that checks the answer (CHECKED_METHODS);
+# training_examples_all has every verified trace, for whoever includes the rest knowingly.
+_CHECKED_SQL = ", ".join(_q(m) for m in CHECKED_METHODS)
+
+
+def _verification_method(data: str = "data") -> str:
+    """SQL for a verification's method: stated (version 2), else derived from its verifier name (as the upcaster does)."""
+    verifier = data + "->>'$.verifier'"
+    return f"coalesce({data}->>'$.method', {method_sql(verifier)})"
 
 
 def _read(files: str, hive: bool = True) -> str:
@@ -91,7 +104,8 @@ def _trace_views(p: str, src: str) -> list[tuple[str, str]]:
         # One trace_started / trace_completed per trace (the earliest start, the latest completion).
         (f"{p}_started", f"SELECT trace_id, query, domain, worker_model, tags, ts AS started_at, data FROM {src} "
          "WHERE type = 'trace_started' QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY seq, id) = 1"),
-        (f"{p}_completed", f"SELECT trace_id, status, final_answer, best_path, verified, reward, ts AS completed_at, data FROM {src} "
+        (f"{p}_completed", f"SELECT trace_id, status, final_answer, best_path, verified, reward, ts AS completed_at, data, "
+         f"data->>'$.verified_by' AS stated_verified_by FROM {src} "
          "WHERE type = 'trace_completed' QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY seq DESC, id DESC) = 1"),
         # Corrections are new events: the latest feedback that carries a reward wins.
         (f"{p}_feedback", "SELECT trace_id, arg_max(reward, (ts, seq, id)) FILTER (WHERE reward IS NOT NULL) AS feedback_reward, "
@@ -99,6 +113,12 @@ def _trace_views(p: str, src: str) -> list[tuple[str, str]]:
          f"FROM {src} WHERE type = 'feedback' GROUP BY trace_id"),
         (f"{p}_node_expanded", "SELECT trace_id, node_id, parent_id, depth, thought, terminal, answer, ts, seq, data "
          f"FROM {src} WHERE type = 'node_expanded'"),
+        # The final answer's method for completions that do not state it (version 1 events, whose
+        # upcaster sees one event and cannot): the method of the latest verification of the best
+        # path's last node, i.e. the final answer's verdict.
+        (f"{p}_final_method", f"SELECT c.trace_id, arg_max({_verification_method('e.data')}, (e.ts, e.seq, e.id)) AS method "
+         f"FROM {p}_completed c JOIN {src} e ON e.trace_id = c.trace_id AND e.node_id = c.best_path[-1] "
+         "WHERE e.type = 'verification' AND c.stated_verified_by IS NULL AND len(c.best_path) > 0 GROUP BY c.trace_id"),
     ]
 
 
@@ -108,12 +128,14 @@ def _trace_columns_sql(p: str) -> str:
             SELECT coalesce(s.trace_id, c.trace_id) AS trace_id, s.domain, s.query, s.worker_model, s.tags,
                    s.data->>'$.router.method' AS router_method, (s.data->>'$.router.confidence')::DOUBLE AS router_confidence,
                    s.started_at, c.completed_at, c.status, c.final_answer, c.best_path, c.verified,
+                   coalesce(c.stated_verified_by, m.method) AS verified_by,
                    coalesce(f.feedback_reward, c.reward) AS reward, c.reward AS completed_reward,
                    f.feedback_reward, f.feedback_label, coalesce(f.feedback_count, 0) AS feedback_count,
                    (c.data->>'$.duration_ms')::DOUBLE AS duration_ms, c.data->>'$.error' AS error,
                    (c.data->>'$.usage.llm_calls')::BIGINT AS llm_calls
             FROM {p}_started s FULL OUTER JOIN {p}_completed c ON s.trace_id = c.trace_id
             LEFT JOIN {p}_feedback f ON f.trace_id = coalesce(s.trace_id, c.trace_id)
+            LEFT JOIN {p}_final_method m ON m.trace_id = c.trace_id
     """
 
 
@@ -143,7 +165,7 @@ def _summary_sql(p: str) -> str:
 
 TRACE_COLUMNS = (
     "trace_id, domain, query, worker_model, tags, router_method, router_confidence, started_at, completed_at, status, "
-    "final_answer, best_path, verified, reward, completed_reward, feedback_reward, feedback_label, feedback_count, "
+    "final_answer, best_path, verified, verified_by, reward, completed_reward, feedback_reward, feedback_label, feedback_count, "
     "duration_ms, error, llm_calls"
 )
 
@@ -222,14 +244,15 @@ def view_sql(
     view(
         "_node_verdict",
         "SELECT trace_id, node_id, arg_max(passed, (ts, seq, id)) AS passed, arg_max(score, (ts, seq, id)) AS score, "
-        "arg_max(data->>'$.verifier', (ts, seq, id)) AS verifier "
+        "arg_max(data->>'$.verifier', (ts, seq, id)) AS verifier, "
+        f"arg_max({_verification_method()}, (ts, seq, id)) AS method "
         "FROM events WHERE type = 'verification' GROUP BY trace_id, node_id",
     )
     view(
         "nodes",
         """
         SELECT n.trace_id, n.node_id, n.parent_id, n.depth, n.thought, n.terminal, n.answer,
-               v.value, v.evaluations, r.passed, r.score AS verification_score, r.verifier,
+               v.value, v.evaluations, r.passed, r.score AS verification_score, r.verifier, r.method AS verification_method,
                n.data->>'$.llm.model' AS llm_model, (n.data->>'$.llm.prompt_tokens')::BIGINT AS prompt_tokens,
                (n.data->>'$.llm.completion_tokens')::BIGINT AS completion_tokens,
                (n.data->>'$.llm.latency_ms')::DOUBLE AS latency_ms, n.ts AS expanded_at, n.seq
@@ -241,7 +264,7 @@ def view_sql(
     view(
         "trajectories",
         """
-        SELECT trace_id, domain, query, steps, step_node_ids, final_answer, reward, verified,
+        SELECT trace_id, domain, query, steps, step_node_ids, final_answer, reward, verified, verified_by,
                status, worker_model, started_at, completed_at, tags, best_path,
                completed_reward, feedback_reward, feedback_label, complete
         FROM _trace_summary WHERE completed_at IS NOT NULL
@@ -258,13 +281,14 @@ def view_sql(
     )
     view("high_reward_trajectories", f"SELECT * FROM trajectories WHERE reward >= {DEFAULT_MIN_REWARD}")
     view(
-        "training_examples",
+        "training_examples_all",
         """
-        SELECT trace_id, domain, query, steps, final_answer, reward, verified, worker_model, started_at, completed_at,
-               tags, len(steps) AS n_steps, completed_reward, feedback_label
+        SELECT trace_id, domain, query, steps, final_answer, reward, verified, verified_by, worker_model, started_at,
+               completed_at, tags, len(steps) AS n_steps, completed_reward, feedback_label
         FROM trajectories WHERE complete AND verified
         """,
     )
+    view("training_examples", f"SELECT * FROM training_examples_all WHERE verified_by IN ({_CHECKED_SQL})")
     defs.append(
         (
             "training_examples_at",
@@ -348,6 +372,7 @@ PUBLIC_VIEWS = (
     "complete_trajectories",
     "high_reward_trajectories",
     "training_examples",
+    "training_examples_all",
     "preference_pairs",
     "quarantine",
 )
