@@ -2,7 +2,10 @@
 
 Each model answers every query through `kaelum.Orchestrator` (route → LATS → verify → reward)
 with the model as the worker of every domain, so the numbers are what the runtime would deliver
-in production: verified accuracy, mean reward and LLM tokens per query.
+in production: verified accuracy, mean reward and LLM tokens per query. "Verified" counts every
+verdict; "checked" only those reached by a method that checks the answer (a reference, a
+computed value, tests, a formal model, constraints), not by agreement or a judge's opinion; with
+references in the queries file, "checked" on those queries is accuracy against the references.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class ModelScore:
     model: str
     queries: int = 0
     verified: int = 0
+    checked: int = 0  # verified by a method in kaelum.domains.base.CHECKED_METHODS
     reward_sum: float = 0.0
     tokens: int = 0
     errors: int = 0
@@ -36,6 +40,10 @@ class ModelScore:
     @property
     def accuracy(self) -> float:
         return self.verified / self.queries if self.queries else 0.0
+
+    @property
+    def checked_accuracy(self) -> float:
+        return self.checked / self.queries if self.queries else 0.0
 
     @property
     def mean_reward(self) -> float:
@@ -51,6 +59,8 @@ class ModelScore:
             "queries": self.queries,
             "verified": self.verified,
             "verified_accuracy": round(self.accuracy, 4),
+            "checked": self.checked,
+            "checked_accuracy": round(self.checked_accuracy, 4),
             "mean_reward": round(self.mean_reward, 4),
             "tokens_per_query": round(self.tokens_per_query, 1),
             "errors": self.errors,
@@ -59,7 +69,7 @@ class ModelScore:
 
 
 def load_eval_queries(path: str) -> list[dict[str, Any]]:
-    from kaelum.orchestrator import load_queries
+    from kaelum.queries import load_queries
 
     try:
         return load_queries(path)
@@ -124,6 +134,7 @@ def evaluate_model(
     progress: bool = True,
 ) -> ModelScore:
     from kaelum import Orchestrator
+    from kaelum.domains.base import CHECKED_METHODS
 
     settings = settings_for(model, **(settings_overrides or {}))
     make = orchestrator_factory or (
@@ -142,10 +153,13 @@ def evaluate_model(
             res = orch.run(q["query"], domain=q.get("domain"), tests=q.get("tests"), tags=["eval"], reference=q.get("reference"))
             score.queries += 1
             score.verified += int(bool(res.verified))
+            score.checked += int(bool(res.verified) and getattr(res, "verified_by", None) in CHECKED_METHODS)
             score.reward_sum += float(res.reward)
             score.tokens += int(res.usage.get("prompt_tokens", 0)) + int(res.usage.get("completion_tokens", 0))
             score.errors += int(res.status == "error")
-            score.answers.append({"query": q["query"], "answer": res.answer, "verified": res.verified, "reward": res.reward})
+            score.answers.append({"query": q["query"], "answer": res.answer, "verified": res.verified,
+                                  "verified_by": getattr(res, "verified_by", None), "reward": res.reward,
+                                  "reference": q.get("reference")})
     finally:
         score.seconds = time.perf_counter() - t0
         close = getattr(orch, "close", None)
@@ -174,6 +188,7 @@ def format_table(scores: Sequence[ModelScore]) -> str:
     metrics = [
         ("queries", lambda s: str(s.queries)),
         ("verified accuracy", lambda s: f"{100 * s.accuracy:.1f}%"),
+        ("checked accuracy", lambda s: f"{100 * s.checked_accuracy:.1f}%"),
         ("mean reward", lambda s: f"{s.mean_reward:.3f}"),
         ("tokens / query", lambda s: f"{s.tokens_per_query:.1f}"),
         ("errors", lambda s: str(s.errors)),
