@@ -201,6 +201,21 @@ def _specs_of(version: int) -> dict[str, dict[str, Field]]:
 
 PAYLOAD_SPECS_BY_VERSION: dict[int, dict[str, dict[str, Field]]] = {v: _specs_of(v) for v in range(1, SCHEMA_VERSION + 1)}
 
+
+
+def _read_by_current(version: int) -> bool:
+    """Whether every line valid against the current payloads is valid against `version`'s: true when the
+    later versions only added optional fields (an older version allowed them as unknown extra fields)."""
+    return all(
+        all(PAYLOAD_SPECS[t].get(n) == f for n, f in spec.items())
+        and all(not f.required for n, f in PAYLOAD_SPECS[t].items() if n not in spec)
+        for t, spec in PAYLOAD_SPECS_BY_VERSION[version].items()
+    )
+
+
+# Versions whose lines the ingester may check with the current payload specs (its fast path).
+CURRENT_SPECS_CHECK = tuple(v for v in PAYLOAD_SPECS_BY_VERSION if _read_by_current(v))
+
 _TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|\+00:00)$")
 
 

@@ -6,6 +6,7 @@ import jsonschema
 import pytest
 
 from kaelum.events import (
+    CURRENT_SPECS_CHECK,
     PAYLOAD_SPECS_BY_VERSION,
     SCHEMA_PATH,
     SCHEMA_VERSION,
@@ -89,6 +90,8 @@ def test_version_2_records_the_method_and_version_1_events_stay_valid():
     from kaelum.domains.base import METHODS
 
     assert VERDICT_METHODS == METHODS
+    # Version 2 only added optional fields, so the ingester's fast path checks version-1 lines too.
+    assert CURRENT_SPECS_CHECK == (1, 2)
     assert "verified_by" in PAYLOAD_SPECS_BY_VERSION[2]["trace_completed"]
     assert "verified_by" not in PAYLOAD_SPECS_BY_VERSION[1]["trace_completed"]
     assert "method" not in PAYLOAD_SPECS_BY_VERSION[1]["verification"]
