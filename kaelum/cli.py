@@ -105,9 +105,14 @@ def _orchestrator(ctx: click.Context, settings: Settings, log_dir: str | None) -
 
 
 def _reference_option(value: str | None) -> Any:
-    """`--reference` as given; a JSON list (the code domain's input/output cases) as the list, checked."""
-    if value is None or not value.strip().startswith("["):
-        return value
+    """`--reference` as given (a GSM8K answer: its '#### ' line); a JSON list (the code domain's
+    input/output cases) as the list, checked."""
+    if value is None:
+        return None
+    if not value.strip().startswith("["):
+        from .queries import gsm8k_final_answer
+
+        return gsm8k_final_answer(value)[0]
     from .domains.code import reference_tests
 
     try:

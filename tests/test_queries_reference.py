@@ -105,7 +105,7 @@ def test_ask_with_a_reference(tmp_path):
                              obj={"orchestrator_factory": _factory(llm)})
     assert res.exit_code == 0, res.output
     assert "verified yes (by reference)" in res.output
-    res = CliRunner().invoke(main, ["ask", q, "--domain", "math", "--reference", "12", "--no-tree", "--simulations", "1"],
+    res = CliRunner().invoke(main, ["ask", q, "--domain", "math", "--reference", "47 + 38 is wrong\n#### 12", "--no-tree", "--simulations", "1"],
                              obj={"orchestrator_factory": _factory(llm)})
     assert "verified no (by reference)" in res.output
     res = CliRunner().invoke(main, ["ask", "Write add(a, b).", "--reference", '[{"input": "add(1,"}]'],
