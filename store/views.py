@@ -296,7 +296,9 @@ def view_sql(
             "SELECT * FROM training_examples WHERE reward >= min_reward",
         )
     )
-    # Preference pairs: in a trace with both a passed and a failed verified terminal, walk each such
+    # Preference pairs: only terminals whose verdict a checked method reached are outcomes (a branch
+    # that "passed" by agreement may be wrong, one that "failed" by it may be right), then:
+    # in a trace with both a passed and a failed verified terminal, walk each such
     # terminal up to the root; a passed and a failed terminal whose paths part at node b form a
     # pair branching at b. Per branch node, the best-valued passed and worst-valued failed terminal.
     # Paths are built from node ids only; thoughts are looked up for the chosen pairs at the end
@@ -309,7 +311,7 @@ def view_sql(
             SELECT n.trace_id, n.node_id, r.passed, v.value, n.answer
             FROM _node_expanded n JOIN _node_verdict r ON r.trace_id = n.trace_id AND r.node_id = n.node_id
             LEFT JOIN _node_value v ON v.trace_id = n.trace_id AND v.node_id = n.node_id
-            WHERE n.terminal AND r.passed IS NOT NULL
+            WHERE n.terminal AND r.passed IS NOT NULL AND r.method IN (""" + _CHECKED_SQL + """)
         ),
         mixed AS (SELECT trace_id FROM leaves GROUP BY trace_id HAVING bool_or(passed) AND bool_or(NOT passed)),
         tree AS MATERIALIZED (

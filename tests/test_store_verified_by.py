@@ -158,6 +158,32 @@ def test_trainer_selection_default_flag_and_where(old_and_new):
     assert {t.trace_id for t in collect_traces(store=str(path), include_unchecked=True)} == {e.trace_id for e in everything.examples}
 
 
+def test_preference_pairs_use_only_checked_outcomes(tmp_path):
+    """A branch that 'passed' by agreement is no chosen answer, and one that 'failed' by it no rejected one."""
+    from store import SegmentWriter, events_from_dicts
+
+    def tree(passing: str, failing: str) -> list[dict]:
+        t = TraceEvents()
+        evs = [t.make("trace_started", query="How many?", domain="math", router={"domain": "math", "confidence": 1.0, "method": "explicit"},
+                      worker_model="tiny", params=PARAMS, tags=[]),
+               t.make("node_expanded", node_id="n0", parent_id=None, depth=0, thought="How many?", terminal=False, answer=None, llm=None)]
+        for nid, answer, verifier, passed in (("n1", "12", passing, True), ("n2", "13", failing, False)):
+            evs.append(t.make("node_expanded", node_id=nid, parent_id="n0", depth=1, thought=f"It is {answer}.", terminal=True, answer=answer, llm=None))
+            evs.append(t.make("verification", node_id=nid, answer=answer, passed=passed, score=float(passed), verifier=verifier,
+                              method=method_of_verifier(verifier), details={}))
+        evs.append(t.make("trace_completed", status="ok", final_answer="12", best_path=["n0", "n1"], verified=True, verified_by=method_of_verifier(passing),
+                          reward=0.9, reward_components={}, node_stats=[], usage={"llm_calls": 1, "prompt_tokens": 1, "completion_tokens": 1},
+                          duration_ms=1.0, error=None))
+        return [e.to_dict() for e in evs]
+
+    checked, agreed, outvoted = tree("math.reference", "math.reference"), tree("math.consistency", "math.reference"), tree("math.reference", "math.consistency")
+    with SegmentWriter(tmp_path, "w") as w:
+        w.commit(events_from_dicts(checked + agreed + outvoted))
+    con = store.connect(tmp_path)
+    pairs = con.execute("SELECT trace_id, chosen_answer, rejected_answer FROM preference_pairs").fetchall()
+    assert pairs == [(checked[0]["trace_id"], "12", "13")]
+
+
 def test_compaction_keeps_verified_by_in_the_derived_summary(old_and_new):
     """Last in this module: compacts the shared store. The per-trace summary carries verified_by."""
     from store.compact import compact
