@@ -128,3 +128,21 @@ def test_eval_reads_references_and_reports_checked_accuracy(tmp_path):
     assert "checked accuracy" in format_table([score]) and score.row()["checked_accuracy"] == 0.5
     with pytest.raises(ValueError, match="line 1: 'query' must be a non-empty string"):
         load_eval_queries(str(_write(tmp_path / "bad.jsonl", [{"answer": "#### 3"}])))
+
+
+@pytest.mark.timeout(180)
+def test_run_checks_code_against_reference_cases(tmp_path):
+    solution = "Step 1: return the reverse\nAnswer:\n```python\ndef rev(s):\n    return s[::-1]\n```"
+    queries = _write(tmp_path / "q.jsonl", [
+        {"query": "Write a Python function rev(s) that reverses a string.", "domain": "code", "id": "rev",
+         "reference": [{"input": "rev('abc')", "output": "'cba'"}, {"input": "rev('')", "output": "''"}]},
+        {"query": "Write a Python function rev(s) that reverses a string.", "domain": "code", "id": "rev-wrong-label",
+         "reference": [{"input": "rev('abc')", "output": "'abc'"}]},
+    ])
+    llm = ScriptedLLM(expand=lambda c: [solution] * c.n)
+    res = CliRunner().invoke(main, ["run", "--queries", str(queries), "--log-dir", str(tmp_path / "logs"), "--simulations", "1"],
+                             obj={"orchestrator_factory": _factory(llm)})
+    assert res.exit_code == 0, res.output
+    completed = [e["data"] for e in _events(tmp_path / "logs") if e["type"] == "trace_completed"]
+    assert [(c["verified"], c["verified_by"]) for c in completed] == [(True, "reference"), (False, "reference")]
+    assert "correct against references: 1/2" in res.output
