@@ -156,6 +156,11 @@ def test_trainer_selection_default_flag_and_where(old_and_new):
     agreed = select_examples(str(path), min_reward=None, where="verified_by = 'consistency'")
     assert {e.trace_id for e in agreed.examples} == {ids["agreed"], ids["stated"]}
     assert {t.trace_id for t in collect_traces(store=str(path), include_unchecked=True)} == {e.trace_id for e in everything.examples}
+    # kaelum-eval's held-out queries from the store follow the same rule.
+    from train.evaluate import queries_from_store
+
+    assert {q["id"] for q in queries_from_store(str(path), "verified_by = 'consistency'")} == {ids["agreed"], ids["stated"]}
+    assert {q["id"] for q in queries_from_store(str(path), "true")} == {ids["computed"], ids["reverified"], ids["reference"]}
 
 
 def test_preference_pairs_use_only_checked_outcomes(tmp_path):

@@ -246,6 +246,14 @@ def select_rows(
 _NAMES_VERIFIED_BY = re.compile(r"\bverified_by\b", re.IGNORECASE)
 
 
+def examples_source(where: str | None, include_unchecked: bool = False) -> str:
+    """The view SFT examples are read from: `training_examples` (checked methods only), or
+    `training_examples_all` when unchecked traces are asked for, by flag or by a `where` naming `verified_by`."""
+    if include_unchecked or (where is not None and _NAMES_VERIFIED_BY.search(where)):
+        return "training_examples_all"
+    return "training_examples"
+
+
 def select_examples(
     store_path: str,
     *,
@@ -265,9 +273,7 @@ def select_examples(
     if where:
         check_where(where)  # before the store is touched
     view = "preference_pairs" if method == "dpo" else "training_examples"
-    source = view
-    if view == "training_examples" and (include_unchecked or (where is not None and _NAMES_VERIFIED_BY.search(where))):
-        source = "training_examples_all"
+    source = examples_source(where, include_unchecked) if view == "training_examples" else view
     con = open_store(store_path)
     try:
         snap = snapshot(store_path, con)

@@ -78,14 +78,15 @@ def load_eval_queries(path: str) -> list[dict[str, Any]]:
 
 
 def queries_from_store(store_path: str, where: str, exclude_trace_ids: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Held-out queries: training_examples rows matching `where`, minus traces any model trained on."""
+    """Held-out queries: training_examples rows matching `where` (training_examples_all when `where`
+    names verified_by), minus traces any model trained on."""
     import duckdb
 
-    from .data import open_store, select_rows
+    from .data import examples_source, open_store, select_rows
 
     con = open_store(store_path)
     try:
-        table = con.sql("select * from training_examples").to_arrow_table()
+        table = con.sql(f"select * from {examples_source(where)}").to_arrow_table()
     except duckdb.Error as exc:
         raise EvalError(f"the store at {store_path} has no training_examples view: {exc}") from None
     finally:
