@@ -115,8 +115,9 @@ def _trace_views(p: str, src: str) -> list[tuple[str, str]]:
          f"FROM {src} WHERE type = 'node_expanded'"),
         # The final answer's method for completions that do not state it (version 1 events, whose
         # upcaster sees one event and cannot): the method of the latest verification of the best
-        # path's last node, i.e. the final answer's verdict.
-        (f"{p}_final_method", f"SELECT c.trace_id, arg_max({_verification_method('e.data')}, (e.ts, e.seq, e.id)) AS method "
+        # path's last node, i.e. the final answer's verdict (arg_max_null: a latest verdict without a
+        # method, e.g. an internal error, is the answer's verdict too; arg_max would skip it).
+        (f"{p}_final_method", f"SELECT c.trace_id, arg_max_null({_verification_method('e.data')}, (e.ts, e.seq, e.id)) AS method "
          f"FROM {p}_completed c JOIN {src} e ON e.trace_id = c.trace_id AND e.node_id = c.best_path[-1] "
          "WHERE e.type = 'verification' AND c.stated_verified_by IS NULL AND len(c.best_path) > 0 GROUP BY c.trace_id"),
     ]
@@ -245,7 +246,7 @@ def view_sql(
         "_node_verdict",
         "SELECT trace_id, node_id, arg_max(passed, (ts, seq, id)) AS passed, arg_max(score, (ts, seq, id)) AS score, "
         "arg_max(data->>'$.verifier', (ts, seq, id)) AS verifier, "
-        f"arg_max({_verification_method()}, (ts, seq, id)) AS method "
+        f"arg_max_null({_verification_method()}, (ts, seq, id)) AS method "
         "FROM events WHERE type = 'verification' GROUP BY trace_id, node_id",
     )
     view(

@@ -74,6 +74,8 @@ def old_and_new(tmp_path_factory):
         "judged": _trace("Write something lovely.", [("creative.constraints", True, {"signals": {"constraints": None, "judge": 1.0}})],
                          0.8, domain="creative"),
         "crashed": _trace("What is 2 + 2?", [("math.error", False, {"error": "internal error"})], 0.0),
+        # The final re-verification failed internally: no method, even though an earlier verdict had one.
+        "crashed_last": _trace("What is 5 + 5?", [("math.consistency", True, {}), ("math.error", False, {"error": "boom"})], 0.0),
     }
     new = {
         "reference": _trace("Mara has 46 coins and gives away 34. How many are left?", [("math.reference", True, {})], 0.9,
@@ -115,8 +117,9 @@ def test_verification_methods_of_old_events_are_upcast_in_sql_and_python_alike(o
     assert methods[ids["reverified"]] == ["consistency", "computed"]
     assert methods[ids["judged"]] == ["judge"]
     assert methods[ids["crashed"]] == [None]
+    assert methods[ids["crashed_last"]] == ["consistency", None]
     nodes = dict(con.execute("SELECT trace_id, verification_method FROM nodes WHERE node_id = 'n2'").fetchall())
-    assert nodes[ids["reverified"]] == "computed" and nodes[ids["reference"]] == "reference"
+    assert nodes[ids["reverified"]] == "computed" and nodes[ids["reference"]] == "reference" and nodes[ids["crashed_last"]] is None
 
 
 def test_traces_and_trajectories_expose_verified_by(old_and_new):
@@ -124,10 +127,11 @@ def test_traces_and_trajectories_expose_verified_by(old_and_new):
     con = store.connect(path)
     got = dict(con.execute("SELECT trace_id, verified_by FROM traces").fetchall())
     assert got == {ids["agreed"]: "consistency", ids["computed"]: "computed", ids["reverified"]: "computed",
-                   ids["judged"]: "judge", ids["crashed"]: None, ids["reference"]: "reference", ids["stated"]: "consistency"}
+                   ids["judged"]: "judge", ids["crashed"]: None, ids["crashed_last"]: None, ids["reference"]: "reference",
+                   ids["stated"]: "consistency"}
     assert dict(con.execute("SELECT trace_id, verified_by FROM trajectories").fetchall()) == got
     assert dict(con.execute("SELECT trace_id, verified_by FROM verified_trajectories").fetchall()) == {
-        k: v for k, v in got.items() if k != ids["crashed"]}
+        k: v for k, v in got.items() if k not in (ids["crashed"], ids["crashed_last"])}
 
 
 def test_consistency_only_traces_are_out_of_the_default_training_examples(old_and_new):
