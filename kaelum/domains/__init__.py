@@ -6,14 +6,15 @@
     verdict = domain.verify(answer, VerifyContext(query=...))
     reward = domain.reward(verdict, value, ctx)
 
-Each domain's reward components are documented in docs/domains.md.
+Each domain's reward components, and what each verdict method (`verdict.method`, one of METHODS;
+CHECKED_METHODS check the answer) guarantees, are documented in docs/domains.md.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .base import Domain, Judge, Reward, Verdict, VerifyContext
+from .base import CHECKED_METHODS, METHODS, Domain, Judge, Reward, Verdict, VerifyContext, method_of_verifier
 
 DOMAIN_NAMES = ("math", "code", "logic", "factual", "creative", "analysis")
 
@@ -43,4 +44,5 @@ def get_domain(name: str, options: Mapping[str, Any] | None = None) -> Domain:
     return _classes()[name.strip().lower()](options)
 
 
-__all__ = ["get_domain", "DOMAIN_NAMES", "Domain", "Judge", "Reward", "Verdict", "VerifyContext"]
+__all__ = ["get_domain", "DOMAIN_NAMES", "Domain", "Judge", "Reward", "Verdict", "VerifyContext", "METHODS", "CHECKED_METHODS",
+           "method_of_verifier"]
