@@ -9,8 +9,8 @@ A queries file is JSONL, one object per line:
   (`{"question": ..., "answer": "...reasoning...\\n#### 72"}`) is read as it is: the reference is
   the text after the last `#### ` line (`72`), the reasoning before it is kept as
   `reference_solution`.
-- A reference is a string or a number; for the code domain it may also be a list of
-  `{"input": "add(1, 2)", "output": "3"}` cases (expected outputs for inputs).
+- A reference is a string or a number; for the code domain (`"domain": "code"` on the line) it
+  may also be a list of `{"input": "add(1, 2)", "output": "3"}` cases (expected outputs for inputs).
 
 Every problem in the file is collected and reported at once, with its line number; a bad file
 loses nothing and runs nothing.
@@ -58,8 +58,9 @@ def _reference(value: Any, domain: str | None, where: str, problems: list[str]) 
             problems.append(f"{where}: 'reference' is empty" + (" after its '####' line" if solution else ""))
         return ref, solution
     if isinstance(value, list):
-        if domain not in (None, "code"):
-            problems.append(f"{where}: a list 'reference' (input/output cases) is only for the code domain, not {domain}")
+        if domain != "code":
+            problems.append(f"{where}: a list 'reference' (input/output cases) is only for the code domain, not "
+                            f"{domain or 'a routed query'}; add \"domain\": \"code\"")
             return None, None
         from .domains.code import reference_tests
 
