@@ -43,6 +43,10 @@ class Upcaster:
     from_version: int
     python: Callable[[str, dict[str, Any]], dict[str, Any]]
     sql: str
+    # Whether the upcaster may change the value of a typed column (``Contract.fields``); when no
+    # upcaster of a chain does, the typed columns stored with an old row are already right and the
+    # readers do not re-derive them from the upcast payload (a JSON parse per old row, on every query).
+    changes_typed_columns: bool = True
 
 
 # Typed columns of the stored segments: name -> (DuckDB type, JSON key in the payload at version 1).
@@ -89,6 +93,11 @@ class Contract:
         if set(self.fields) != set(V1_FIELDS):
             raise ValueError(f"contract fields must be exactly the typed columns {sorted(V1_FIELDS)}")
 
+    @property
+    def typed_columns_as_stored(self) -> bool:
+        """True when no upcaster changes a typed column: every stored row's typed columns are current."""
+        return not any(u.changes_typed_columns for u in self.upcasters)
+
     def chain(self, from_version: int) -> list[Upcaster]:
         by_from = {u.from_version: u for u in self.upcasters}
         return [by_from[v] for v in range(from_version, self.version)]
@@ -125,10 +134,10 @@ class Contract:
 
 def method_sql(verifier_expr: str) -> str:
     """SQL for ``method_of_verifier(verifier)`` over a VARCHAR expression (NULL when it has no method)."""
-    suffix = f"regexp_extract({verifier_expr}, '\\.([^.]*)$', 1)"
-    methods = ", ".join(f"'{m}'" for m in METHODS)
-    legacy = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in _LEGACY_VERIFIER_METHODS.items())
-    return f"(CASE WHEN {suffix} IN ({methods}) THEN {suffix} ELSE (CASE {suffix} {legacy} END) END)"
+    # A CASE on the suffix evaluates it once (no regular expression: this runs per verification row).
+    table = {**{m: m for m in METHODS}, **_LEGACY_VERIFIER_METHODS}
+    whens = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in table.items())
+    return f"(CASE WHEN contains({verifier_expr}, '.') THEN (CASE string_split({verifier_expr}, '.')[-1] {whens} END) END)"
 
 
 def _v1_verification_method(data: dict[str, Any]) -> str | None:
@@ -169,6 +178,7 @@ UPCAST_V1_V2 = Upcaster(
     python=_v1_to_v2,
     # A NULL method in the patch removes nothing and adds nothing (JSON merge patch), as in Python.
     sql="CASE WHEN {type} = 'verification' THEN json_merge_patch({data}, json_object('method', " + _V1_METHOD_SQL + ")) ELSE {data} END",
+    changes_typed_columns=False,  # it only adds verification.method, which is no typed column
 )
 
 CURRENT = Contract(version=SCHEMA_VERSION, upcasters=(UPCAST_V1_V2,))

@@ -44,7 +44,8 @@ _CHECKED_SQL = ", ".join(_q(m) for m in CHECKED_METHODS)
 def _verification_method(data: str = "data") -> str:
     """SQL for a verification's method: stated (version 2), else derived from its verifier name (as the upcaster does)."""
     verifier = data + "->>'$.verifier'"
-    return f"coalesce({data}->>'$.method', {method_sql(verifier)})"
+    # CASE evaluates the fallback only for the rows without a stated method (few: upcast rows state one).
+    return f"(CASE WHEN {data}->>'$.method' IS NOT NULL THEN {data}->>'$.method' ELSE {method_sql(verifier)} END)"
 
 
 def _read(files: str, hive: bool = True) -> str:
@@ -77,6 +78,9 @@ def _events_up(scan: str, contract: Contract) -> str:
     # it. CASE evaluates a branch only for the rows that take it, so current rows pay nothing.
     cases = " ".join(f"WHEN {v} THEN {contract.upcast_sql(v)}" for v in range(1, contract.version))
     data = f"CASE v {cases} ELSE data::JSON END"
+    if contract.typed_columns_as_stored:  # only the payload changes: the stored typed columns are current
+        cols = ", ".join(f'"{n}"' for n in contract.fields)
+        return f"SELECT {envelope}, {data} AS data, {cols} FROM {scan} WHERE date <> DATE '1970-01-01'"
     struct = contract.extract_sql("_d")
     typed = ", ".join(
         f'CASE WHEN v < {contract.version} THEN {contract.column_of("_x", n)} ELSE "{n}" END AS "{n}"' for n in contract.fields
@@ -113,13 +117,12 @@ def _trace_views(p: str, src: str) -> list[tuple[str, str]]:
          f"FROM {src} WHERE type = 'feedback' GROUP BY trace_id"),
         (f"{p}_node_expanded", "SELECT trace_id, node_id, parent_id, depth, thought, terminal, answer, ts, seq, data "
          f"FROM {src} WHERE type = 'node_expanded'"),
-        # The final answer's method for completions that do not state it (version 1 events, whose
-        # upcaster sees one event and cannot): the method of the latest verification of the best
-        # path's last node, i.e. the final answer's verdict (arg_max_null: a latest verdict without a
-        # method, e.g. an internal error, is the answer's verdict too; arg_max would skip it).
-        (f"{p}_final_method", f"SELECT c.trace_id, arg_max_null({_verification_method('e.data')}, (e.ts, e.seq, e.id)) AS method "
-         f"FROM {p}_completed c JOIN {src} e ON e.trace_id = c.trace_id AND e.node_id = c.best_path[-1] "
-         "WHERE e.type = 'verification' AND c.stated_verified_by IS NULL AND len(c.best_path) > 0 GROUP BY c.trace_id"),
+        # The method of each node's latest verification (arg_max_null: a latest verdict without a
+        # method, e.g. an internal error, is the node's verdict; arg_max would skip it). A completion
+        # that does not state its method (version 1 events, whose upcaster sees one event and cannot)
+        # takes the one of its best path's last node: the final answer's verdict.
+        (f"{p}_verdict_method", f"SELECT trace_id, node_id, arg_max_null({_verification_method()}, (ts, seq, id)) AS method "
+         f"FROM {src} WHERE type = 'verification' GROUP BY trace_id, node_id"),
     ]
 
 
@@ -136,7 +139,7 @@ def _trace_columns_sql(p: str) -> str:
                    (c.data->>'$.usage.llm_calls')::BIGINT AS llm_calls
             FROM {p}_started s FULL OUTER JOIN {p}_completed c ON s.trace_id = c.trace_id
             LEFT JOIN {p}_feedback f ON f.trace_id = coalesce(s.trace_id, c.trace_id)
-            LEFT JOIN {p}_final_method m ON m.trace_id = c.trace_id
+            LEFT JOIN {p}_verdict_method m ON c.stated_verified_by IS NULL AND m.trace_id = c.trace_id AND m.node_id = c.best_path[-1]
     """
 
 
