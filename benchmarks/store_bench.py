@@ -1,4 +1,4 @@
-"""Trace store benchmark: typical view queries on the Parquet store vs the same questions on raw JSONL.
+"""Trace store benchmark: typical view queries on the Delta store vs the same questions on raw JSONL.
 
 Builds a synthetic but realistically shaped store (LATS traces of ~54 events: a started event, a
 20-node tree with evaluations, verifications of the 10 leaves, reflections, the completion, and
@@ -10,7 +10,9 @@ as JSONL, and reports side by side:
 
 each on the store (before and after compaction) and on the raw JSONL through DuckDB's
 ``read_ndjson`` with the very same view definitions (the typed columns extracted from the JSON per
-query). Also the segment count before and after ``compact``.
+query). Also the file count before and after ``compact`` (Delta OPTIMIZE + VACUUM), and the
+queries with the last ``--fresh`` events committed in small batches after compaction (what a
+store looks like between two compactions of a following daemon).
 
     python benchmarks/store_bench.py --events 5000000 --workdir /tmp/kaelum-bench
 """
@@ -27,12 +29,13 @@ from pathlib import Path
 
 import duckdb
 
-from store import SegmentWriter, SourceRange
-from store.compact import compact, count_segments
+from store import SourceRange, StoreWriter
+from store.compact import compact, count_files
 from store.layout import open_store
 from store.schema import EVENTS_SCHEMA
+from store.snapshot import schema_file
 from store.upcast import CURRENT
-from store.views import connect, install_views
+from store.views import Scans, connect, install_views
 
 EVENTS_PER_TRACE = 54.1  # 54 per trace plus a feedback event on every tenth trace
 TRACES_PER_COMMIT = 5000  # ~270k events per commit, like an ingester flushing a busy log
@@ -123,6 +126,22 @@ QUERIES = {
 }
 
 
+def _chunks(gen: duckdb.DuckDBPyConnection, log_dir: Path, traces: int, lo_hi: list[tuple[int, int]], first_chunk: int = 0):
+    for chunk, (lo, hi) in enumerate(lo_hi, start=first_chunk):
+        rel = gen.sql(GEN_SQL, params={"t_lo": lo, "t_hi": hi, "traces": traces, "words": WORDS})
+        gen.execute("CREATE OR REPLACE TEMP TABLE chunk AS SELECT * FROM rel")
+        jsonl = log_dir / f"kaelum-bench-{chunk:05d}.jsonl"
+        gen.execute(
+            "COPY (SELECT v, id, type, trace_id, seq, strftime(ts, '%Y-%m-%dT%H:%M:%S.%fZ') AS ts, data::JSON AS data FROM chunk) "
+            f"TO '{jsonl}' (FORMAT json)"
+        )
+        table = gen.sql(
+            f"SELECT id, v, type, trace_id, seq, ts, data, '{chunk:05d}' AS source, '{jsonl}' AS source_path, "
+            "(row_number() OVER () * 600)::BIGINT AS \"offset\", NULL::VARCHAR AS writer FROM chunk"
+        ).to_arrow_table().cast(EVENTS_SCHEMA)
+        yield chunk, jsonl, table, hi - lo
+
+
 def build(workdir: Path, n_events: int) -> tuple[Path, Path, int]:
     store_dir, log_dir = workdir / "store", workdir / "logs"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -133,24 +152,13 @@ def build(workdir: Path, n_events: int) -> tuple[Path, Path, int]:
     written = 0
     from tqdm import tqdm
 
-    with SegmentWriter(store_dir, writer_id="bench") as w, tqdm(total=traces, desc="generate+commit", unit="trace") as bar:
-        for chunk, lo in enumerate(range(0, traces, TRACES_PER_COMMIT)):
-            hi = min(traces, lo + TRACES_PER_COMMIT)
-            rel = gen.sql(GEN_SQL, params={"t_lo": lo, "t_hi": hi, "traces": traces, "words": WORDS})
-            gen.execute("CREATE OR REPLACE TEMP TABLE chunk AS SELECT * FROM rel")
-            jsonl = log_dir / f"kaelum-bench-{chunk:05d}.jsonl"
-            gen.execute(
-                "COPY (SELECT v, id, type, trace_id, seq, strftime(ts, '%Y-%m-%dT%H:%M:%S.%fZ') AS ts, data::JSON AS data FROM chunk) "
-                f"TO '{jsonl}' (FORMAT json)"
-            )
-            table = gen.sql(
-                f"SELECT id, v, type, trace_id, seq, ts, data, '{chunk:05d}' AS source, '{jsonl}' AS source_path, "
-                "(row_number() OVER () * 600)::BIGINT AS \"offset\", NULL::VARCHAR AS writer FROM chunk"
-            ).to_arrow_table().cast(EVENTS_SCHEMA)
+    with StoreWriter(store_dir, writer_id="bench") as w, tqdm(total=traces, desc="generate+commit", unit="trace") as bar:
+        ranges = [(lo, min(traces, lo + TRACES_PER_COMMIT)) for lo in range(0, traces, TRACES_PER_COMMIT)]
+        for chunk, jsonl, table, n_traces in _chunks(gen, log_dir, traces, ranges):
             size = jsonl.stat().st_size
             w.commit(table, sources=[SourceRange(f"{chunk:05d}", str(jsonl), 0, size, table.num_rows)])
             written += table.num_rows
-            bar.update(hi - lo)
+            bar.update(n_traces)
     return store_dir, log_dir, written
 
 
@@ -171,6 +179,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per query on the store (median reported)")
     ap.add_argument("--raw-repeat", type=int, default=1, help="runs per query on the raw JSONL")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fresh", type=int, default=100_000, help="events committed after compaction, in commits of ~2,700 (0: skip)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -180,32 +189,46 @@ def main() -> None:
     info = open_store(store_dir)
     store_mb = sum(p.stat().st_size for p in store_dir.rglob("*.parquet")) / 1e6
     jsonl_mb = sum(p.stat().st_size for p in log_dir.glob("*.jsonl")) / 1e6
-    seg_before = count_segments(info)
+    seg_before = count_files(info)
 
     store_con = connect(store_dir, threads=args.threads)
     before = {name: timed(store_con, sql, args.repeat) for name, sql in QUERIES.items()}
     t1 = time.perf_counter()
-    res = compact(store_dir, grace_s=0)
+    res = compact(store_dir, retention_s=0)
     compact_s = time.perf_counter() - t1
     after = {name: timed(store_con, sql, args.repeat) for name, sql in QUERIES.items()}
+    fresh: dict[str, tuple[float, object]] = {}
+    if args.fresh:
+        traces = max(1, round(n / EVENTS_PER_TRACE))
+        per = 50  # ~2,700 events per commit: a following daemon's flushes
+        extra = max(1, round(args.fresh / EVENTS_PER_TRACE))
+        ranges = [(lo, min(traces + extra, lo + per)) for lo in range(traces, traces + extra, per)]
+        gen = duckdb.connect(":memory:")
+        gen.execute("SET TimeZone = 'UTC'")
+        with StoreWriter(store_dir, writer_id="bench-fresh") as w:
+            for chunk, jsonl, table, _n in _chunks(gen, log_dir, traces + extra, ranges, first_chunk=100_000):
+                w.commit(table, sources=[SourceRange(f"{chunk:05d}", str(jsonl), 0, jsonl.stat().st_size, table.num_rows)])
+        fresh = {name: timed(store_con, sql, args.repeat) for name, sql in QUERIES.items()}
 
     raw_con = duckdb.connect(":memory:")
     raw_con.execute(f"SET threads = {args.threads}")
     raw_con.execute("SET TimeZone = 'UTC'")
-    install_views(raw_con, info, events_source=raw_events_source(str(log_dir / "*.jsonl")))
+    no_quarantine = f"read_parquet('{schema_file('quarantine')}', hive_partitioning = true, hive_types = {{'date': DATE}})"
+    install_views(raw_con, Scans(events="", quarantine=no_quarantine), events_source=raw_events_source(str(log_dir / "*.jsonl")))
     raw = {name: timed(raw_con, sql, args.raw_repeat) for name, sql in QUERIES.items()}
 
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nload average (1/5/15 min) at the end: {load}")
     print(f"{n:,} events ({n / EVENTS_PER_TRACE:,.0f} traces): built in {build_s:.1f} s; "
           f"Parquet store {store_mb:,.0f} MB vs JSONL {jsonl_mb:,.0f} MB; DuckDB threads={args.threads}")
-    print(f"segments: {seg_before} before compaction, {res.segments_after} after ({compact_s:.1f} s)\n")
+    print(f"data files: {seg_before} before compaction, {res.files_after} after ({compact_s:.1f} s)\n")
     w = max(map(len, QUERIES))
-    print(f"{'query':<{w}}  {'store':>9}  {'compacted':>9}  {'raw JSONL':>9}  {'speed-up':>8}  result (store = compacted = raw)")
+    print(f"{'query':<{w}}  {'store':>9}  {'compacted':>9}  {'+fresh':>9}  {'raw JSONL':>9}  {'speed-up':>8}  result (store = compacted = raw)")
     for name in QUERIES:
         (b, rb), (a, ra), (r, rr) = before[name], after[name], raw[name]
+        f = f"{fresh[name][0]:8.3f}s" if fresh else f"{'-':>9}"
         same = "ok" if rb == ra == rr else f"MISMATCH {rb} {ra} {rr}"
-        print(f"{name:<{w}}  {b:8.3f}s  {a:8.3f}s  {r:8.3f}s  {r / a:7.1f}x  {ra} {same}")
+        print(f"{name:<{w}}  {b:8.3f}s  {a:8.3f}s  {f}  {r:8.3f}s  {r / a:7.1f}x  {ra} {same}")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,21 @@
-"""Automatic compaction while the daemon follows: the views are much faster over compacted segments.
+"""Automatic compaction while the daemon follows: Delta OPTIMIZE and VACUUM on a schedule.
 
-Every ``every_s`` seconds a background thread of the daemon counts the store's uncompacted
-(fresh) segments — event and quarantine segments written by any writer and not yet folded into
-a compaction generation — and runs ``store.compact.compact`` when there are at least
-``min_segments`` of them.
+Every ``every_s`` seconds a background thread of the daemon counts the small files in the newest
+version of the store's tables (the many small commits of a daemon that follows) and runs
+``store.compact.compact`` when there are at least ``min_segments`` of them.
 
 Why this is safe beside ingestion and readers (docs/store.md, store/compact.py):
-- compaction only takes segments whose commit record is durable, and never touches commit
-  records, so positions, and with them exactly-once, are unaffected;
-- readers switch generations atomically (the manifest's rename) and replaced files are deleted
-  only after ``grace_s``;
-- a compaction abandoned half-way (the daemon exits, a crash) leaves files the next one removes.
+- OPTIMIZE is one Delta commit that removes files and adds the same rows; Delta lets it commit
+  beside concurrent appends, and it never touches the writers' app transactions or the commit
+  metadata that holds their positions, so exactly-once is unaffected;
+- VACUUM deletes only files no version younger than its retention names, so a running query
+  never loses a file;
+- a compaction abandoned half-way (the daemon exits, a crash) commits nothing; its files are
+  in no version, and a later VACUUM removes them.
 
 It must not starve ingestion: the thread lowers its own scheduling priority (Linux ``nice`` is
-per thread, and the DuckDB workers that compaction starts inherit it), so on a busy machine the
-parse and commit threads win the cores.
+per thread, and the worker threads that delta-rs starts from it inherit it), so on a busy machine
+the parse and commit threads win the cores.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import os
 import threading
 import time
 
-from store import open_store
+from store import StoreInfo
 
 from .observe import Hub
 
@@ -33,24 +34,17 @@ log = logging.getLogger("kaelum.ingest")
 NICE_INCREMENT = 10
 
 
-def fresh_segments(store_path: str) -> int:
-    """Event and quarantine segments of the store that no compaction has folded in yet."""
-    from store.snapshot import resolve
-
-    info = open_store(store_path)
-    snap = resolve(info)
-    return len(snap.fresh) + sum(1 for p in snap.quarantine if p.name.startswith("w-"))
-
-
 class Compactor:
     """The daemon's compaction thread; ``start()``, then ``stop()`` when the daemon stops."""
 
-    def __init__(self, store_path: str, hub: Hub, every_s: float, min_segments: int, grace_s: float = 10.0) -> None:
-        self.store_path = store_path
+    def __init__(self, store: StoreInfo, hub: Hub, every_s: float, min_segments: int, retention_s: float | None = None) -> None:
+        from store.compact import DEFAULT_RETENTION_S
+
+        self.store = store
         self.hub = hub
         self.every_s = every_s
         self.min_segments = min_segments
-        self.grace_s = grace_s
+        self.retention_s = DEFAULT_RETENTION_S if retention_s is None else retention_s
         self.runs = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kaelum-ingest-compact", daemon=True)
@@ -61,15 +55,15 @@ class Compactor:
     def stop(self, wait_s: float = 5.0) -> None:
         """Ask the thread to stop; wait up to `wait_s` for a compaction in progress to finish.
 
-        A compaction still running after that is abandoned when the process exits: the next
-        compaction removes what it left (see the module docstring)."""
+        A compaction still running after that is abandoned when the process exits: it commits
+        nothing (see the module docstring)."""
         self._stop.set()
         self._thread.join(timeout=wait_s)
         if self._thread.is_alive():
-            log.warning("event=compaction_abandoned reason=\"still running %.0f s after stop; the next compaction cleans up\"", wait_s)
+            log.warning("event=compaction_abandoned reason=\"still running %.0f s after stop; nothing of it is committed\"", wait_s)
 
     def _run(self) -> None:
-        try:  # per-thread on Linux; DuckDB's worker threads created by this thread inherit it
+        try:  # per-thread on Linux; threads created by this thread inherit it
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE_INCREMENT)
         except (AttributeError, OSError) as exc:
             log.info("event=compaction_priority_unchanged error=%s", exc)
@@ -77,24 +71,23 @@ class Compactor:
             self.run_once()
 
     def run_once(self) -> bool:
-        """Compact now if enough fresh segments accumulated; True when a compaction ran."""
-        from store.compact import compact
+        """Compact now if enough small files accumulated; True when a compaction ran."""
+        from store.compact import compact, small_files
 
         try:
-            n = fresh_segments(self.store_path)
+            n = small_files(self.store)
             if n < self.min_segments:
-                self.hub.emit("compaction_skipped", fresh_segments=n, min_segments=self.min_segments)
+                self.hub.emit("compaction_skipped", small_files=n, min_segments=self.min_segments)
                 return False
             t0 = time.monotonic()
-            result = compact(self.store_path, grace_s=self.grace_s)
+            result = compact(self.store, retention_s=self.retention_s)
         except Exception as exc:
-            # Another compaction (kaelum-sql compact, a second daemon) holds the lock, the disk
-            # failed, DuckDB refused: ingestion goes on, the next interval tries again.
+            # The storage failed, delta-rs refused: ingestion goes on, the next interval tries again.
             self.hub.emit("compaction_failed", error=f"{type(exc).__name__}: {exc}")
             return False
         self.runs += 1
         self.hub.emit(
-            "compacted", fresh_segments=n, segments_before=result.segments_before, segments_after=result.segments_after,
-            rows=result.rows, seconds=round(time.monotonic() - t0, 2),
+            "compacted", small_files=n, files_before=result.files_before, files_after=result.files_after,
+            merged=result.files_removed, vacuumed=result.files_deleted, seconds=round(time.monotonic() - t0, 2),
         )
         return True

@@ -2,10 +2,11 @@
 
 Loop: scan the directory (woken by watchdog events, or by the periodic rescan on file systems
 that send none) → read complete lines from every source → parse them in bulk → add them to the
-batch → commit the batch through the store's ``SegmentWriter`` when it holds ``batch_events``
-events or its oldest line has waited ``flush_ms``. A source's committed position moves only
-after the commit returned, i.e. after the store made it durable; on start the positions come
-from the store itself (``SegmentWriter.positions()``), never from a side file that may be older.
+batch → commit the batch through the store's ``StoreWriter`` (one Delta commit, positions
+included) when it holds ``batch_events`` events or its oldest line has waited ``flush_ms``. A
+source's committed position moves only after the commit returned, i.e. after the store made it
+durable; on start the positions come from the store itself (``StoreWriter.positions()``: the
+writer's last commit), never from a side file that may be older.
 """
 
 from __future__ import annotations
@@ -23,19 +24,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from store import QuarantineRecord, SegmentWriter, open_store
+from store import QuarantineRecord, StoreError, StoreInfo, StoreWriter, open_store
 
 from .compactor import Compactor
 from .emit import Batch, Committer
 from .observe import Hub, LogObserver
 from .parse import DEFAULT_MAX_LINE_BYTES, oversize_reason, parse_block
 from .source import Lines, Oversize
-from .status import StatusModel, write_status
+from .status import StatusModel, state_dir, write_status
 from .tailer import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Source, Tailer
 
 log = logging.getLogger("kaelum.ingest")
-
-INGEST_DIR = "_ingest"  # inside the store: the daemon's locks and status files
 
 
 class ConfigError(ValueError):
@@ -63,10 +62,11 @@ class IngestConfig:
     progress: bool = True
     once: bool = False
     use_watchdog: bool = True
-    # Automatic compaction: while following, every compact_every_s seconds; with --once, once at
-    # the end (a cron catch-up of a large backlog would otherwise leave the views slow until
-    # someone runs `kaelum-sql compact`). Either only when at least compact_min_segments segments
-    # are uncompacted. compact_every_s = 0 turns both off.
+    # Automatic compaction (Delta OPTIMIZE + VACUUM): while following, every compact_every_s
+    # seconds; with --once, once at the end. Either only when at least compact_min_segments small
+    # files (the many small commits of following) are in the tables: the large files of a bulk
+    # catch-up are left as they are, so --once never spends longer compacting than ingesting.
+    # compact_every_s = 0 turns both off.
     compact_every_s: float = 300.0
     compact_min_segments: int = 8
 
@@ -114,10 +114,11 @@ class IngestSummary:
 class _DirLock:
     """One daemon per (host, log directory, store): an flock in the store, held while running."""
 
-    def __init__(self, store_path: str, log_dir: str, writer_id: str) -> None:
+    def __init__(self, store: StoreInfo, log_dir: str, writer_id: str) -> None:
         key = hashlib.sha256(f"{socket.gethostname()}\0{os.path.realpath(log_dir)}".encode()).hexdigest()[:16]
-        d = os.path.join(store_path, INGEST_DIR, "locks")
-        os.makedirs(d, exist_ok=True)
+        store_path = store.uri
+        d = os.path.join(state_dir(store), "locks")
+        os.makedirs(d, mode=0o750, exist_ok=True)
         self.path = os.path.join(d, f"logdir-{key}.lock")
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -155,6 +156,7 @@ class Daemon:
         self._last_status_write = 0.0
         self._flush_now = False
         self.compactor: Compactor | None = None  # set by run() when automatic compaction is on
+        self._writer: StoreWriter | None = None
         self.hub.add(self._on_event)
 
     def stop(self) -> None:
@@ -172,26 +174,26 @@ class Daemon:
         cfg = self.config
         started = time.monotonic()
         info = open_store(cfg.store, create=True)  # StoreError names the fix; the CLI shows it
-        lock = _DirLock(str(info.path), cfg.log_dir, self.writer_id)
+        lock = _DirLock(info, cfg.log_dir, self.writer_id)
         watcher = None
         try:
-            writer = SegmentWriter(info.path, writer_id=self.writer_id)
+            writer = self._writer = StoreWriter(info, writer_id=self.writer_id)
             try:
                 positions = {fp: p.offset for fp, p in writer.positions().items()}
                 self.status.restore(writer.positions())
                 tailer = Tailer(cfg.log_dir, self.hub, positions, cfg.include, cfg.exclude, cfg.block_bytes, cfg.max_line_bytes)
-                self.hub.emit("started", writer=self.writer_id, log_dir=cfg.log_dir, store=str(info.path), known_sources=len(positions), pid=os.getpid())
+                self.hub.emit("started", writer=self.writer_id, log_dir=cfg.log_dir, store=info.uri, known_sources=len(positions), pid=os.getpid())
                 if cfg.use_watchdog and not cfg.once:
                     watcher = _watch(cfg.log_dir, self._wake)
                 compactor = self.compactor = (
-                    Compactor(str(info.path), self.hub, cfg.compact_every_s, cfg.compact_min_segments)
+                    Compactor(info, self.hub, cfg.compact_every_s, cfg.compact_min_segments)
                     if cfg.compact_every_s > 0 else None
                 )
                 following = compactor is not None and not cfg.once
                 if following:
                     compactor.start()  # a thread compacting every compact_every_s
                 try:
-                    summary = self._loop(tailer, writer, str(info.path))
+                    summary = self._loop(tailer, writer, info)
                 finally:
                     tailer.close()
                     if following:
@@ -209,20 +211,20 @@ class Daemon:
         self.hub.emit("stopped", writer=self.writer_id, events=summary.events, quarantined=summary.quarantined, commits=summary.commits, seconds=summary.seconds)
         return summary
 
-    def _loop(self, tailer: Tailer, writer: SegmentWriter, store_path: str) -> IngestSummary:
+    def _loop(self, tailer: Tailer, writer: StoreWriter, store: StoreInfo) -> IngestSummary:
         cfg = self.config
         committer = Committer(writer, tailer, self.hub)
         try:
-            self._follow(tailer, committer, store_path)
+            self._follow(tailer, committer, store)
         finally:
             committer.close()  # commits what was submitted, in order
-        self._write_status(store_path, tailer, force=True)
+        self._write_status(store, tailer, force=True)
         t = committer.totals
         summary = IngestSummary(self.writer_id, files=len(self.status.sources), events=t.events, quarantined=t.quarantined, bytes=t.bytes, commits=t.commits)
         summary.per_file = {s.path: {"events": s.events, "quarantined": s.quarantined, "bytes": s.bytes} for s in self.status.sources.values()}
         return summary
 
-    def _follow(self, tailer: Tailer, committer: Committer, store_path: str) -> None:
+    def _follow(self, tailer: Tailer, committer: Committer, store: StoreInfo) -> None:
         cfg = self.config
         batch = Batch()
         tailer.scan()
@@ -238,7 +240,9 @@ class Daemon:
                 self.status.last_error = err
                 failures += 1
                 if cfg.once and failures >= 3:
-                    raise RuntimeError(f"the store refused 3 commits in a row, last: {err}")
+                    # A full disk or an unreachable store: a clear error and exit code 1 (the CLI
+                    # shows StoreError); nothing was committed, so nothing is lost.
+                    raise StoreError(f"the store refused 3 commits in a row, last: {err}")
                 time.sleep(min(5.0, 0.5 * failures))
             progressed = False
             for src in tailer.readable(include_gone=True):
@@ -263,7 +267,7 @@ class Daemon:
                 committer.submit(batch)
                 batch = Batch()
             tailer.settle()
-            self._write_status(store_path, tailer)
+            self._write_status(store, tailer)
             if self._stop.is_set():
                 self.hub.emit("stopping", writer=self.writer_id, reason="signal")
                 break
@@ -276,7 +280,7 @@ class Daemon:
                     committer.drain()
                     t = committer.totals
                     self.hub.emit("caught_up", files=len(tailer.sources), events=t.events, quarantined=t.quarantined)
-                    self._write_status(store_path, tailer, force=True)
+                    self._write_status(store, tailer, force=True)
                 if cfg.once:
                     committer.drain()
                     if committer.error is None:
@@ -336,13 +340,15 @@ class Daemon:
         batch.bad.append(QuarantineRecord(src.path, src.fingerprint, offset, bytes(raw), reason))
         self.hub.emit("quarantined", path=src.path, fingerprint=src.fingerprint, offset=offset, reason=reason, raw=bytes(raw[:200]))
 
-    def _write_status(self, store_path: str, tailer: Tailer, force: bool = False) -> None:
+    def _write_status(self, store: StoreInfo, tailer: Tailer, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_status_write < 1.0:
             return
         self._last_status_write = now
         try:
-            write_status(store_path, self.status.snapshot(tailer))
+            # The durable counts: this daemon's writer knows its last commit's positions.
+            durable = self._writer.positions() if self._writer is not None else None
+            write_status(store, self.status.snapshot(tailer), durable)
         except OSError as exc:
             log.warning("could not write the status file: %s", exc)
 

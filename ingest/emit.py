@@ -3,7 +3,7 @@
 Reading and parsing the next batch overlaps the store's write of the previous one (DuckDB,
 Parquet encoding and fsync release the GIL). At most one batch waits while one is being
 committed, so memory stays bounded. A source's ``committed`` position moves only here, after
-``SegmentWriter.commit`` returned, i.e. after the store made the batch durable.
+``StoreWriter.commit`` returned, i.e. after the store made the batch durable.
 
 After a failed commit every later batch is dropped unread-back until the daemon calls
 ``recover()``: it waits for the queue to empty and rewinds every source to what the store holds.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from store import QuarantineRecord, SegmentWriter, SourceRange
+from store import QuarantineRecord, StoreWriter, SourceRange
 
 from .observe import Hub
 from .tailer import Source, Tailer
@@ -69,7 +69,7 @@ class Totals:
 
 
 class Committer:
-    def __init__(self, writer: SegmentWriter, tailer: Tailer, hub: Hub) -> None:
+    def __init__(self, writer: StoreWriter, tailer: Tailer, hub: Hub) -> None:
         self.writer = writer
         self.tailer = tailer
         self.hub = hub

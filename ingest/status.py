@@ -1,24 +1,37 @@
 """The status model: per source file, what was ingested, how far behind, what went wrong.
 
-Durable counts (bytes, events, quarantined lines per file) come from the store's commit records
-(``store.positions``), so they survive restarts and are true even after a kill -9. The daemon adds
-what only it knows — file sizes at its last look, lag in seconds, the last error — in a small
-status file per writer (``<store>/_ingest/status/<writer>.json``, written temp → fsync → rename).
+Durable counts (bytes, events, quarantined lines per file) come from the store's commits
+(``store.positions``: the read positions each writer's commits carry), so they survive restarts and
+are true even after a kill -9. The daemon adds what only it knows — file sizes at its last look,
+lag in seconds, the last error — in a small status file per writer, in the daemon's state folder
+(``state_dir``: ``<store>/_ingest`` for a local store; for a URL store a folder of this host,
+``$XDG_STATE_HOME/kaelum/ingest/<hash of the URL>``), written temp → fsync → rename.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from store import open_store, positions as store_positions
+from store import StoreInfo, open_store, positions as store_positions
+from store.layout import is_url, normalise
 
 from .source import FINGERPRINT_BYTES, fingerprint_of
 
-STATUS_DIR = os.path.join("_ingest", "status")
+INGEST_DIR = "_ingest"  # inside a local store: the daemons' locks and status files
+
+
+def state_dir(store: str | StoreInfo) -> str:
+    """Where the daemons of this host keep locks and status files for `store`."""
+    uri = store.uri if isinstance(store, StoreInfo) else normalise(store)
+    if not is_url(uri):
+        return os.path.join(uri, INGEST_DIR)
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "kaelum", "ingest", hashlib.sha256(uri.encode()).hexdigest()[:16])
 
 
 @dataclass
@@ -102,17 +115,18 @@ class StatusModel:
         )
 
 
-def write_status(store_path: str, snap: StatusSnapshot) -> None:
-    # The durable counts are the store's; refresh them from the commit records before writing.
-    durable = {fp: p for (w, fp), p in store_positions(store_path).items() if w == snap.writer}
+def write_status(store: StoreInfo, snap: StatusSnapshot, durable_positions: dict | None = None) -> None:
+    # The durable counts are the store's (the writer's last commit); refresh them before writing.
+    durable = durable_positions if durable_positions is not None else {
+        fp: p for (w, fp), p in store_positions(store).items() if w == snap.writer}
     for s in snap.sources:
         p = durable.get(s.fingerprint)
         if p is not None:
             s.bytes, s.events, s.quarantined, s.position = p.bytes, p.events, p.quarantined, p.offset
     snap.quarantined_total = sum(s.quarantined for s in snap.sources)
     snap.events_total = sum(s.events for s in snap.sources)
-    d = os.path.join(store_path, STATUS_DIR)
-    os.makedirs(d, exist_ok=True)
+    d = os.path.join(state_dir(store), "status")
+    os.makedirs(d, mode=0o750, exist_ok=True)
     target = os.path.join(d, f"{snap.writer}.json")
     tmp = target + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -122,8 +136,8 @@ def write_status(store_path: str, snap: StatusSnapshot) -> None:
     os.replace(tmp, target)
 
 
-def _read_status_files(store_path: str) -> dict[str, dict[str, Any]]:
-    d = os.path.join(store_path, STATUS_DIR)
+def _read_status_files(store: StoreInfo) -> dict[str, dict[str, Any]]:
+    d = os.path.join(state_dir(store), "status")
     out = {}
     if os.path.isdir(d):
         for name in sorted(os.listdir(d)):
@@ -154,9 +168,9 @@ def _current_sizes(log_dir: str) -> dict[str, tuple[str, int, float]]:
 
 def collect_status(store_path: str, log_dir: str | None = None) -> list[StatusSnapshot]:
     """The status of every writer of the store; with `log_dir`, lag is measured against it now."""
-    open_store(store_path)  # raises StoreError naming the fix when it is not a store
-    durable = store_positions(store_path)
-    files = _read_status_files(store_path)
+    info = open_store(store_path)  # raises StoreError naming the fix when it is not a store
+    durable = store_positions(info)
+    files = _read_status_files(info)
     sizes = _current_sizes(log_dir) if log_dir else {}
     writers = sorted({w for w, _ in durable} | set(files))
     out = []

@@ -19,18 +19,26 @@ from typing import Any
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .domains.registry import DOMAIN_SPECS
 from .lats import LatsParams
 
-DOMAIN_MODEL_FIELDS = {
-    "math": "MATH_WORKER_MODEL",
-    "code": "CODE_WORKER_MODEL",
-    "logic": "LOGIC_WORKER_MODEL",
-    "factual": "FACTUAL_WORKER_MODEL",
-    "creative": "CREATIVE_WORKER_MODEL",
-    "analysis": "ANALYSIS_WORKER_MODEL",
-}
+# domain -> the Settings field naming its worker model; the fields are declared below, one per
+# domain of the registry (tests/test_domain_registry.py checks the two agree).
+DOMAIN_MODEL_FIELDS = {spec.name: spec.worker_field for spec in DOMAIN_SPECS}
 
 EMBEDDED_MODEL = "default"
+
+_SEARCH_DEFAULTS = LatsParams()
+
+
+def _search_field(param: str, **constraints: Any) -> Any:
+    """A Settings field that feeds `LatsParams.<param>`, with LatsParams' default.
+
+    The search defaults are written once, in `kaelum.lats.LatsParams`; Settings only adds the
+    environment name, the bounds a user may set and the description. `Settings.lats_params`
+    finds the parameter through the field's `lats_param` tag.
+    """
+    return Field(getattr(_SEARCH_DEFAULTS, param), json_schema_extra={"lats_param": param}, **constraints)
 
 
 class Settings(BaseSettings):
@@ -60,34 +68,27 @@ class Settings(BaseSettings):
     LLM_TIMEOUT_S: float = Field(60.0, gt=0, description="per-request timeout")
     LLM_MAX_RETRIES: int = Field(3, ge=0, le=20, description="retries with backoff on transient server errors")
 
-    # --- LATS --------------------------------------------------------------------------------
-    # Defaults are sized for the embedded 135M model on a 2-core CPU: wide and shallow (8 candidate
-    # steps per batched call, answers asked for at depth 2), no LLM value judge and no reflections,
-    # which a 135M model cannot do usefully and which spend its budget. Measured with
-    # benchmarks/search_bench.py (20 held-out questions, 16 calls): these settings verified 16/20
-    # and 17/20 in two runs at 5.5-6.6 calls per question; the previous defaults (branching 3,
-    # depth 6, judge weight 0.5, reflections) verified 2/20 at 15.5 calls. docs/runtime.md has the
-    # settings for a larger worker.
-    LATS_SIMULATIONS: int = Field(4, ge=1, le=10_000, description="select-expand-evaluate-simulate-backpropagate iterations")
-    LATS_MAX_DEPTH: int = Field(2, ge=1, le=64, description="maximum steps on a path (root = depth 0); expansions at the limit ask for answers")
-    LATS_BRANCHING: int = Field(8, ge=1, le=32, description="candidate next steps sampled per expansion (one batched call)")
-    LATS_EXPLORATION: float = Field(1.0, ge=0, le=100, description="UCT exploration constant c")
-    LATS_REWARD_THRESHOLD: float = Field(0.8, ge=0, le=1, description="stop early once a verified answer reaches this reward")
-    LATS_MAX_LLM_CALLS: int = Field(20, ge=1, le=100_000, description="hard budget of LLM calls per query")
-    LATS_LLM_VALUE_WEIGHT: float = Field(0.0, ge=0, le=1, description="weight of the LLM value judgement vs. sibling self-consistency")
-    LATS_JUDGE_SAMPLES: int = Field(3, ge=1, le=32, description="yes/no samples per LLM judgement (one batched call)")
-    LATS_PRUNE_THRESHOLD: float = Field(0.1, ge=0, le=1, description="children evaluated below this are pruned")
-    LATS_REFLECTION: bool = Field(False, description="reflect on a failed answer (at most once per simulation); later expansions see it")
-    LATS_MAX_REFLECTIONS: int = Field(3, ge=0, le=100, description="reflections kept in the prompt")
-    LATS_TIMEOUT_S: float = Field(600.0, gt=0, description="wall-clock limit of one search; the trace ends with status 'timeout'")
+    # --- LATS (defaults: kaelum.lats.LatsParams, which says how they were sized) -------------
+    LATS_SIMULATIONS: int = _search_field("simulations", ge=1, le=10_000, description="select-expand-evaluate-simulate-backpropagate iterations")
+    LATS_MAX_DEPTH: int = _search_field("max_depth", ge=1, le=64, description="maximum steps on a path (root = depth 0); expansions at the limit ask for answers")
+    LATS_BRANCHING: int = _search_field("branching", ge=1, le=32, description="candidate next steps sampled per expansion (one batched call)")
+    LATS_EXPLORATION: float = _search_field("exploration", ge=0, le=100, description="UCT exploration constant c")
+    LATS_REWARD_THRESHOLD: float = _search_field("reward_threshold", ge=0, le=1, description="stop early once a verified answer reaches this reward")
+    LATS_MAX_LLM_CALLS: int = _search_field("max_llm_calls", ge=1, le=100_000, description="hard budget of LLM calls per query")
+    LATS_LLM_VALUE_WEIGHT: float = _search_field("llm_value_weight", ge=0, le=1, description="weight of the LLM value judgement vs. sibling self-consistency")
+    LATS_JUDGE_SAMPLES: int = _search_field("judge_samples", ge=1, le=32, description="yes/no samples per LLM judgement (one batched call)")
+    LATS_PRUNE_THRESHOLD: float = _search_field("prune_threshold", ge=0, le=1, description="children evaluated below this are pruned")
+    LATS_REFLECTION: bool = _search_field("reflections", description="reflect on a failed answer (at most once per simulation); later expansions see it")
+    LATS_MAX_REFLECTIONS: int = _search_field("max_reflections", ge=0, le=100, description="reflections kept in the prompt")
+    LATS_TIMEOUT_S: float = _search_field("timeout_s", gt=0, description="wall-clock limit of one search; the trace ends with status 'timeout'")
 
-    # --- sampling ----------------------------------------------------------------------------
-    TEMPERATURE: float = Field(0.8, ge=0, le=5, description="sampling temperature of expansions and rollouts")
-    TOP_P: float = Field(0.95, gt=0, le=1, description="nucleus sampling")
-    MAX_TOKENS_PER_STEP: int = Field(64, ge=4, le=8192, description="tokens for one expansion step")
-    MAX_ROLLOUT_TOKENS: int = Field(256, ge=8, le=32_768, description="tokens for one simulation toward an answer")
-    MAX_ANSWER_TOKENS: int = Field(384, ge=4, le=32_768, description="tokens for an answer (code, prose) when it is asked for alone")
-    SEED: int | None = Field(None, ge=0, description="makes a search reproducible (with a backend that honours seeds)")
+    # --- sampling (defaults: kaelum.lats.LatsParams) ----------------------------------------
+    TEMPERATURE: float = _search_field("temperature", ge=0, le=5, description="sampling temperature of expansions and rollouts")
+    TOP_P: float = _search_field("top_p", gt=0, le=1, description="nucleus sampling")
+    MAX_TOKENS_PER_STEP: int = _search_field("max_step_tokens", ge=4, le=8192, description="tokens for one expansion step")
+    MAX_ROLLOUT_TOKENS: int = _search_field("max_rollout_tokens", ge=8, le=32_768, description="tokens for one simulation toward an answer")
+    MAX_ANSWER_TOKENS: int = _search_field("max_answer_tokens", ge=4, le=32_768, description="tokens for an answer (code, prose) when it is asked for alone")
+    SEED: int | None = _search_field("seed", ge=0, description="makes a search reproducible (with a backend that honours seeds)")
 
     # --- locations ---------------------------------------------------------------------------
     LOG_DIR: Path = Field(Path("./logs"), description="where TraceLogger writes JSONL")
@@ -130,27 +131,12 @@ class Settings(BaseSettings):
         return self.OPENAI_API_KEY.get_secret_value() if self.OPENAI_API_KEY is not None else None
 
     def lats_params(self) -> LatsParams:
-        """The typed search parameters for `kaelum.lats`."""
-        return LatsParams(
-            simulations=self.LATS_SIMULATIONS,
-            max_depth=self.LATS_MAX_DEPTH,
-            branching=self.LATS_BRANCHING,
-            exploration=self.LATS_EXPLORATION,
-            reward_threshold=self.LATS_REWARD_THRESHOLD,
-            max_llm_calls=self.LATS_MAX_LLM_CALLS,
-            llm_value_weight=self.LATS_LLM_VALUE_WEIGHT,
-            judge_samples=self.LATS_JUDGE_SAMPLES,
-            prune_threshold=self.LATS_PRUNE_THRESHOLD,
-            reflections=self.LATS_REFLECTION,
-            max_reflections=self.LATS_MAX_REFLECTIONS,
-            timeout_s=self.LATS_TIMEOUT_S,
-            temperature=self.TEMPERATURE,
-            top_p=self.TOP_P,
-            max_step_tokens=self.MAX_TOKENS_PER_STEP,
-            max_rollout_tokens=self.MAX_ROLLOUT_TOKENS,
-            max_answer_tokens=self.MAX_ANSWER_TOKENS,
-            seed=self.SEED,
-        )
+        """The typed search parameters for `kaelum.lats` (`multiline_answers` is per domain: the registry's)."""
+        return LatsParams(**{
+            f.json_schema_extra["lats_param"]: getattr(self, name)
+            for name, f in type(self).model_fields.items()
+            if isinstance(f.json_schema_extra, dict) and "lats_param" in f.json_schema_extra
+        })
 
     def domain_options(self, domain: str) -> dict[str, Any]:
         """Options handed to `kaelum.domains.get_domain` for `domain`."""

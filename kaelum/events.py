@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from .domains.base import METHODS as VERDICT_METHODS
+from .domains.registry import DOMAIN_NAMES
 
 SCHEMA_VERSION = 2
 
@@ -39,7 +40,7 @@ EVENT_TYPES = (
     "feedback",
 )
 
-DOMAINS = ("math", "code", "logic", "factual", "creative", "analysis")
+DOMAINS = DOMAIN_NAMES  # declared in kaelum.domains.registry, which imports nothing heavy
 TRACE_STATUSES = ("ok", "failed", "error", "timeout")
 
 

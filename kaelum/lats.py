@@ -47,7 +47,13 @@ class SearchError(RuntimeError):
 
 @dataclass(frozen=True)
 class LatsParams:
-    """Search parameters. Built from `Settings.lats_params()`; validated on construction."""
+    """Search parameters, validated on construction. `Settings.lats_params()` builds them from the
+    `KAELUM_*` settings; the defaults here are the only copy (each Settings field reads its own).
+
+    The defaults are sized for the embedded 135M model on a CPU: wide and shallow, no LLM value
+    judge and no reflections, which a 135M model cannot do usefully and which spend its budget.
+    docs/runtime.md ("Defaults, and why") has the measurements and the settings for a larger worker.
+    """
 
     simulations: int = 4
     max_depth: int = 2
@@ -60,7 +66,9 @@ class LatsParams:
     prune_threshold: float = 0.1
     reflections: bool = False
     max_reflections: int = 3
-    timeout_s: float | None = None
+    # A search always has a wall-clock limit by default, whoever builds it: a search with none can
+    # hold a worker forever on a stalled backend. None (no limit) is still accepted, on request.
+    timeout_s: float | None = 600.0
     temperature: float = 0.8
     top_p: float = 0.95
     max_step_tokens: int = 64
@@ -112,6 +120,7 @@ class Node:
     parent: "Node | None"
     depth: int
     thought: str
+    order: int = 0  # creation order within the search (node "n<order>"); ties go to the earlier node
     terminal: bool = False
     answer: str | None = None
     children: list["Node"] = field(default_factory=list)
@@ -169,6 +178,14 @@ class SearchObserver:
 
 class _Clock(Protocol):
     def __call__(self) -> float: ...
+
+
+@dataclass
+class Expansion:
+    """What one expansion call produced."""
+
+    children: list[Node]  # the new, deduplicated children
+    samples: int  # completions the call returned: the denominator of each child's self-consistency
 
 
 @dataclass
@@ -291,9 +308,6 @@ class LATS:
         self._rng = random.Random(params.seed)
         self._next_id = 0
         self._deadline: float | None = None
-        self._early_stop = False
-        self._n_samples = 0
-        self._failed: list[Node] = []  # terminals of the current simulation that failed verification
         self.root: Node | None = None
 
     # --- budgets ------------------------------------------------------------------------------
@@ -329,7 +343,7 @@ class LATS:
     # --- tree construction ----------------------------------------------------------------------
 
     def _add(self, parent: Node | None, thought: str, *, terminal: bool = False, answer: str | None = None, llm: dict[str, Any] | None = None, samples: int = 1) -> Node:
-        node = Node(id=f"n{self._next_id}", parent=parent, depth=0 if parent is None else parent.depth + 1, thought=thought, terminal=terminal, answer=answer, llm=llm, samples=samples)
+        node = Node(id=f"n{self._next_id}", parent=parent, depth=0 if parent is None else parent.depth + 1, thought=thought, order=self._next_id, terminal=terminal, answer=answer, llm=llm, samples=samples)
         self._next_id += 1
         if parent is not None:
             parent.children.append(node)
@@ -389,7 +403,7 @@ class LATS:
 
     # --- 2. expansion -------------------------------------------------------------------------
 
-    def expand(self, node: Node) -> list[Node]:
+    def expand(self, node: Node) -> Expansion:
         """Sample `branching` next steps in one call; return the new (deduplicated) children."""
         node.expanded = True
         steps = node.steps()
@@ -427,8 +441,7 @@ class LATS:
                 continue
             child = self._add(node, g["thought"], terminal=g["terminal"], answer=g["answer"], llm=self._llm_info(g["comp"]), samples=g["samples"])
             new.append(child)
-        self._n_samples = len(completions)
-        return new
+        return Expansion(new, len(completions))
 
     @staticmethod
     def _first_step(text: str) -> tuple[str | None, str | None]:
@@ -469,8 +482,10 @@ class LATS:
         )
         return self.judge(question)
 
-    def evaluate(self, children: Sequence[Node], n_samples: int) -> None:
-        for child in children:
+    def evaluate(self, expansion: Expansion) -> None:
+        """Set each new child's value (its prior); terminals are verified (`_evaluate_terminal`)."""
+        n_samples = expansion.samples
+        for child in expansion.children:
             if child.terminal:
                 self._evaluate_terminal(child)
                 continue
@@ -533,10 +548,10 @@ class LATS:
             "reward": node.prior,
         }
         self.observer.node_evaluated(node, node.prior, node.signals)
-        if verdict.passed and node.prior >= self.params.reward_threshold:
-            self._early_stop = True
-        elif not verdict.passed:
-            self._failed.append(node)
+
+    def _solves(self, node: Node) -> bool:
+        """A verified terminal good enough to stop the search at once."""
+        return node.verdict is not None and node.verdict.passed and node.prior >= self.params.reward_threshold
 
     # --- 4. simulation ------------------------------------------------------------------------
 
@@ -588,17 +603,18 @@ class LATS:
 
     # --- 6. reflection ------------------------------------------------------------------------
 
-    def _reflect_on_failures(self, simulations: int) -> None:
+    def _reflect_on_failures(self, verified: Sequence[Node], simulations: int) -> None:
         """At most one reflection per simulation, as in LATS: on the failed answer most samples gave.
 
-        A wide expansion at the depth limit can end in many failed answers at once; reflecting on
-        each would spend the budget on diagnoses instead of attempts. Skipped when the search is
-        about to stop, since no later prompt would see it.
+        `verified` are the terminals the simulation verified. A wide expansion at the depth limit
+        can end in many failed answers at once; reflecting on each would spend the budget on
+        diagnoses instead of attempts. Skipped when the search is about to stop, since no later
+        prompt would see it.
         """
-        failed, self._failed = self._failed, []
-        if not failed or self._early_stop or self._stop_reason(simulations) is not None:
+        failed = [n for n in verified if n.verdict is not None and not n.verdict.passed]
+        if not failed or self._stop_reason(simulations, verified) is not None:
             return
-        worst = max(failed, key=lambda n: (n.samples, -int(n.id[1:])))
+        worst = max(failed, key=lambda n: (n.samples, -n.order))
         assert worst.verdict is not None
         self._reflect(worst, worst.verdict)
 
@@ -627,8 +643,9 @@ class LATS:
 
     # --- the loop -----------------------------------------------------------------------------
 
-    def _stop_reason(self, simulations: int) -> str | None:
-        if self._early_stop:
+    def _stop_reason(self, simulations: int, verified: Sequence[Node]) -> str | None:
+        """Why the search stops after `simulations`, whose last verified `verified`; None to go on."""
+        if any(self._solves(n) for n in verified):
             return "early_stop"
         if self._timed_out():
             return "timeout"
@@ -645,8 +662,9 @@ class LATS:
             self._deadline = self.clock() + self.params.timeout_s
         self.root = self._add(None, self.query)
         simulations = 0
+        verified: list[Node] = []  # the terminals the last simulation verified
         stop = None
-        while (stop := self._stop_reason(simulations)) is None:
+        while (stop := self._stop_reason(simulations, verified)) is None:
             leaf = self.select()
             if leaf is None:
                 stop = "exhausted"
@@ -655,8 +673,8 @@ class LATS:
                 stop = "timeout" if self._timed_out() else "llm_calls"
                 break
             simulations += 1
-            self._simulation(leaf)
-            self._reflect_on_failures(simulations)
+            verified = self._simulation(leaf)
+            self._reflect_on_failures(verified, simulations)
 
         best = self._choose()
         if best is not None:
@@ -669,24 +687,27 @@ class LATS:
             error = f"search exceeded its {self.params.timeout_s} s limit"
         return SearchResult(root=self.root, best=best, status=status, stop_reason=stop, usage=self.usage, reflections=list(self.reflections), simulations=simulations, error=error)
 
-    def _simulation(self, leaf: Node) -> None:
-        """Expand `leaf`, evaluate the children, roll out the best one, back up the rewards."""
-        children = self.expand(leaf)
-        if not children:
+    def _simulation(self, leaf: Node) -> list[Node]:
+        """Expand `leaf`, evaluate the children, roll out the best one, back up the rewards.
+
+        Returns the terminals it verified, in the order they were checked."""
+        expansion = self.expand(leaf)
+        if not expansion.children:
             leaf.exhausted = not any(self._selectable(c) for c in leaf.children)
-            return
-        self.evaluate(children, self._n_samples)
-        for child in children:
-            if child.terminal:
-                self.backpropagate(child, child.prior)
-        if self._early_stop:
-            return
-        live = [c for c in children if self._selectable(c)]
+            return []
+        self.evaluate(expansion)
+        verified = [c for c in expansion.children if c.terminal]
+        for child in verified:
+            self.backpropagate(child, child.prior)
+        if any(self._solves(c) for c in verified):
+            return verified
+        live = [c for c in expansion.children if self._selectable(c)]
         if not live or self._timed_out():
-            return
-        best = max(live, key=lambda c: (c.prior, -int(c.id[1:])))
+            return verified
+        best = max(live, key=lambda c: (c.prior, -c.order))
         end = self.simulate(best)
         self.backpropagate(end, end.prior if end.terminal else 0.0)
+        return verified + [end] if end.terminal else verified
 
     def _choose(self) -> Node | None:
         """The terminal to answer with: verified first, then reward, then backed-up value."""
@@ -694,7 +715,7 @@ class LATS:
         terminals = [n for n in self.root.walk() if n.terminal and n.answer is not None and n.verdict is not None]
         if not terminals:
             return None
-        return max(terminals, key=lambda n: (n.verdict.passed, n.prior, n.value, -int(n.id[1:])))  # type: ignore[union-attr]
+        return max(terminals, key=lambda n: (n.verdict.passed, n.prior, n.value, -n.order))  # type: ignore[union-attr]
 
     def _final_verification(self, node: Node) -> None:
         """Re-verify the chosen answer when answers found after its check could change the verdict."""
@@ -705,4 +726,6 @@ class LATS:
         verdict = self.domain.verify(node.answer, ctx)
         node.verdict, node.sibling_answers = verdict, siblings
         self.observer.verified(node, verdict)
-        node.reward = self.domain.reward(verdict, self._path_value(node, node.signals.get("path_value") or 0.5), ctx)
+        # The path's value is the one measured at the first check (`_evaluate_terminal`): the priors
+        # on the path are set once, when each step is evaluated. None means the search judged no path.
+        node.reward = self.domain.reward(verdict, node.signals["path_value"], ctx)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .config import Settings
 from .domains.base import Domain, Verdict
+from .domains.registry import DOMAIN_SPECS
 from .events import Event, TraceEvents
 from .lats import LATS, LatsParams, Node, SearchObserver, SearchResult
 from .llm.base import LLM
@@ -33,7 +34,7 @@ log = logging.getLogger("kaelum.orchestrator")
 
 # Domains whose steps routinely carry long answers (a code block, a paragraph): an expansion
 # must be allowed to finish the answer in the same call.
-LONG_ANSWER_DOMAINS = ("code", "creative", "analysis")
+LONG_ANSWER_DOMAINS = tuple(spec.name for spec in DOMAIN_SPECS if spec.multiline_answers)
 
 
 @dataclass

@@ -17,32 +17,10 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-SYSTEM_PROMPTS: dict[str, str] = {
-    "math": (
-        "You are a careful math solver. Solve the problem step by step. "
-        "Write each step on its own line as 'Step N: ...' and finish with a line 'Answer: <number or expression>'."
-    ),
-    "code": (
-        "You are an expert Python programmer. Reason step by step in lines 'Step N: ...', then finish with "
-        "'Answer:' followed by one complete Python code block (```python ... ```) that solves the task."
-    ),
-    "logic": (
-        "You are a precise logician. Reason step by step in lines 'Step N: ...' and finish with a line "
-        "'Answer: <yes/no/true/false/valid/invalid or the requested value>'."
-    ),
-    "factual": (
-        "You answer factual questions accurately. Reason briefly in lines 'Step N: ...' and finish with a line "
-        "'Answer: <short answer>'."
-    ),
-    "creative": (
-        "You are a skilled writer who follows every constraint of the request. Plan in lines 'Step N: ...' and "
-        "finish with 'Answer:' followed by the finished piece."
-    ),
-    "analysis": (
-        "You are a rigorous analyst. Address each point asked in lines 'Step N: ...' and finish with "
-        "'Answer:' followed by your conclusion."
-    ),
-}
+from .domains.registry import DOMAIN_SPECS
+
+# Each domain's system prompt is declared with the domain, in kaelum.domains.registry.
+SYSTEM_PROMPTS: dict[str, str] = {spec.name: spec.system_prompt for spec in DOMAIN_SPECS}
 
 ANSWER_PREFIX = "Answer:"
 _STEP_RE = re.compile(r"^\s*Step\s+\d+\s*[:.)-]\s*", re.IGNORECASE)

@@ -1,4 +1,5 @@
-"""kaelum-sql: query the trace store with SQL, list its views, compact it, export a views file."""
+"""kaelum-sql: query the trace store with SQL (now or as of a version/time), list its views and
+versions, compact it, migrate an old store."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import click
 import duckdb
 
 from .layout import StoreError
-from .views import MACROS, PUBLIC_VIEWS, connect, default_store_path, describe_views, write_views_file
+from .snapshot import AsOf, parse_as_of
+from .views import MACROS, PUBLIC_VIEWS, connect, default_store_path, describe_views
 
 FORMATS = ("table", "csv", "json", "parquet")
 MAX_CELL = 80  # table cells longer than this are cut with an ellipsis; csv/json/parquet are never cut
@@ -30,9 +32,18 @@ def store_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--store",
         "store_path",
-        type=click.Path(path_type=Path),
         default=None,
-        help="Store folder (default: $KAELUM_STORE or ./store).",
+        help="Store folder or URL, e.g. s3://bucket/prefix (default: $KAELUM_STORE or ./store).",
+    )(f)
+
+
+def as_of_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--as-of",
+        "as_of",
+        default=None,
+        help="Read the store as it was: an events table version (12, see `kaelum-sql history`), "
+        "events=12,quarantine=3, or an RFC 3339 timestamp (2026-03-01T12:00:00Z).",
     )(f)
 
 
@@ -42,9 +53,19 @@ def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _open(store_path: Path | None) -> duckdb.DuckDBPyConnection:
+def _as_of(text: str | None) -> AsOf:
+    if text is None:
+        return None
     try:
-        return connect(store_path if store_path is not None else default_store_path())
+        return parse_as_of(text)
+    except StoreError as exc:
+        raise click.BadParameter(str(exc), param_hint="--as-of") from exc
+
+
+def _open(store_path: str | None, as_of: str | None = None) -> duckdb.DuckDBPyConnection:
+    parsed = _as_of(as_of)
+    try:
+        return connect(store_path if store_path is not None else default_store_path(), as_of=parsed)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -60,20 +81,21 @@ class _SqlGroup(click.Group):
 
 @click.group(cls=_SqlGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @store_option
+@as_of_option
 @output_options
 @click.pass_context
-def main(ctx: click.Context, store_path: Path | None, fmt: str | None, output: Path | None) -> None:
+def main(ctx: click.Context, store_path: str | None, as_of: str | None, fmt: str | None, output: Path | None) -> None:
     """Run SQL against the Kaelum trace store and print the result.
 
     The SQL is the argument, or stdin when there is none. Views: events, traces, nodes,
     trajectories, verified_trajectories, complete_trajectories, high_reward_trajectories,
     training_examples, preference_pairs, quarantine; table macros
     high_reward_trajectories_at(min_reward) and training_examples_at(min_reward).
-    Subcommands: views, compact, attach-file.
+    Subcommands: views, history, compact, migrate.
 
     Example: kaelum-sql --store ./store "select domain, count(*) from training_examples group by domain"
     """
-    ctx.obj = {"store": store_path, "fmt": fmt, "output": output}
+    ctx.obj = {"store": store_path, "as_of": as_of, "fmt": fmt, "output": output}
     if ctx.invoked_subcommand is None:
         stdin = sys.stdin
         if stdin.isatty():
@@ -98,7 +120,7 @@ def _run_query(ctx: click.Context, sql: str) -> None:
     fmt, output = obj.get("fmt") or "table", obj.get("output")
     if fmt == "parquet" and output is None:
         raise click.ClickException("--format parquet writes a file — add --output FILE.parquet")
-    con = _open(obj.get("store"))
+    con = _open(obj.get("store"), obj.get("as_of"))
     try:
         if fmt == "parquet":
             con.execute(f"COPY ({sql}) TO '{str(output).replace(chr(39), chr(39) * 2)}' (FORMAT parquet, COMPRESSION zstd)")
@@ -178,7 +200,7 @@ def _as_json_lines(columns: list[str], rows: list[tuple]) -> str:
 @main.command("views")
 @store_option
 @click.pass_context
-def views_cmd(ctx: click.Context, store_path: Path | None) -> None:
+def views_cmd(ctx: click.Context, store_path: str | None) -> None:
     """List the views (and table macros) of the store with their columns.
 
     Example: kaelum-sql views --store ./store
@@ -193,49 +215,79 @@ def views_cmd(ctx: click.Context, store_path: Path | None) -> None:
         con.close()
 
 
+@main.command("history")
+@store_option
+@click.option("--limit", type=int, default=20, show_default=True, help="Newest commits to list.")
+@click.pass_context
+def history_cmd(ctx: click.Context, store_path: str | None, limit: int) -> None:
+    """The events table's newest versions: what --as-of can name.
+
+    Example: kaelum-sql history --store ./store --limit 5
+    """
+    from datetime import datetime, timezone
+
+    from .layout import open_store
+    from .tables import open_table
+
+    path = store_path or (ctx.obj or {}).get("store") or default_store_path()
+    try:
+        info = open_store(path)
+        commits = open_table(info, info.events_uri).history(limit=limit)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{'version':>8}  {'committed at (UTC)':<27} {'operation':<10} {'rows':>8}  writer (seq)")
+    for c in commits:
+        at = datetime.fromtimestamp(c["timestamp"] / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+        rows = (c.get("operationMetrics") or {}).get("num_added_rows", "")
+        who = f"{c['kaelum.writer']} ({c.get('kaelum.seq')})" if c.get("kaelum.writer") else ""
+        click.echo(f"{c.get('version', ''):>8}  {at:<27} {c.get('operation', ''):<10} {rows:>8}  {who}")
+
+
 @main.command("compact")
 @store_option
-@click.option("--grace", type=float, default=10.0, show_default=True, help="Seconds to keep merged inputs for queries that already listed them.")
-@click.option("--small-rows", type=int, default=1_000_000, show_default=True, help="Segments with fewer rows are merged.")
+@click.option("--retention-s", type=float, default=None, help="VACUUM keeps the files of versions younger than this (default: 3600). "
+              "Longer than the longest query; also how far back --as-of can reach.")
+@click.option("--no-vacuum", is_flag=True, help="Only OPTIMIZE; delete nothing.")
 @click.pass_context
-def compact_cmd(ctx: click.Context, store_path: Path | None, grace: float, small_rows: int) -> None:
-    """Merge small segments into larger ones; query results do not change.
+def compact_cmd(ctx: click.Context, store_path: str | None, retention_s: float | None, no_vacuum: bool) -> None:
+    """Merge small files (Delta OPTIMIZE) and delete unneeded old ones (VACUUM); query results do not change.
 
-    Safe while an ingester writes and while readers query.
+    Safe while ingesters write and while readers query.
 
     Example: kaelum-sql compact --store ./store
     """
-    from .compact import compact
+    from .compact import DEFAULT_RETENTION_S, compact
 
     path = store_path or (ctx.obj or {}).get("store") or default_store_path()
     try:
-        res = compact(path, small_rows=small_rows, grace_s=grace)
+        res = compact(path, retention_s=DEFAULT_RETENTION_S if retention_s is None else retention_s, vacuum=not no_vacuum)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(
-        f"segments: {res.segments_before} -> {res.segments_after} "
-        f"({res.merged_inputs} merged into {len(res.outputs)}, {res.rows} rows, {res.seconds:.1f} s)"
-    )
+    click.echo(f"files: {res.files_before} -> {res.files_after} ({res.files_removed} merged into {res.files_added}, "
+               f"{res.files_deleted} old files deleted, {res.seconds:.1f} s)")
 
 
-@main.command("attach-file")
+@main.command("migrate")
 @store_option
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Where to write it (default: <store>/views.duckdb).")
+@click.option("--keep-old", is_flag=True, help="Keep the old files under <store>/_v1 after converting.")
 @click.pass_context
-def attach_file_cmd(ctx: click.Context, store_path: Path | None, output: Path | None) -> None:
-    """Write a small DuckDB file with only the view definitions, for any DuckDB client.
+def migrate_cmd(ctx: click.Context, store_path: str | None, keep_old: bool) -> None:
+    """Convert a store of the old layout (layout_version 1) to Delta tables, in place.
 
-    The views point at the store's Parquet segments by absolute path, so the file holds no data
-    and never goes stale; rerun this if the store folder moves.
+    Every event and quarantined line is kept, and every ingester resumes where it stood. Safe to
+    rerun after an interruption. Stop the ingesters writing to the store first.
 
-    Example: kaelum-sql attach-file --store ./store && duckdb -readonly ./store/views.duckdb -c "from traces limit 5"
+    Example: kaelum-sql migrate --store ./store
     """
+    from .legacy import migrate
+
     path = store_path or (ctx.obj or {}).get("store") or default_store_path()
     try:
-        target = write_views_file(path, output)
+        res = migrate(path, keep_old=keep_old)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"wrote {target}\nopen it from any DuckDB client: duckdb -readonly {target} -c \"select * from traces limit 5\"")
+    click.echo(f"migrated {path}: {res.events} event rows, {res.quarantined} quarantined lines, "
+               f"positions of {len(res.writers)} writer(s) ({', '.join(f'{w} at {s}' for w, s in sorted(res.writers.items()))})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,7 @@
-"""Arrow schemas of what the store keeps, the batch builders the ingester uses, and segment writing.
+"""Arrow schemas of what the store keeps, and the batch builders the ingester uses.
 
 ``EVENTS_SCHEMA`` is what a writer accepts: the envelope of each event, its payload as JSON text and
-its lineage (which source file, which byte offset). A stored segment (``SEGMENT_SCHEMA``) adds typed
+its lineage (which source file, which byte offset). A stored row (``SEGMENT_SCHEMA``) adds typed
 columns that the writer extracts from the payload once, at write time (``store.upcast.V1_FIELDS``),
 so that the views filter and join on plain Parquet columns instead of parsing JSON per query.
 The payload itself is kept as written; the typed columns are derived and can be rebuilt from it.
@@ -9,14 +9,11 @@ The payload itself is kept as written; the typed columns are derived and can be 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .layout import fsync_file
+from .layout import StoreError
 
 try:  # orjson is a dependency of the store extra; json is the fallback for bare installs
     import orjson
@@ -45,7 +42,7 @@ EVENTS_SCHEMA = pa.schema(
         pa.field("source", pa.string()),  # fingerprint of the source file (ingest lineage)
         pa.field("source_path", pa.string()),
         pa.field("offset", pa.int64()),  # byte offset of the line in the source file
-        pa.field("writer", pa.string()),  # filled by the SegmentWriter with its writer id
+        pa.field("writer", pa.string()),  # filled by the StoreWriter with its writer id
     ]
 )
 
@@ -64,7 +61,8 @@ def _typed_fields() -> list[pa.Field]:
     return [pa.field(name, _DUCK_TO_ARROW[typ]) for name, (typ, _key) in V1_FIELDS.items()]
 
 
-# Stored segments: the accepted columns, then the derived typed columns.
+# Stored event rows: the accepted columns, then the derived typed columns (SEGMENT_SCHEMA keeps its
+# historical name: the ingester and tests build against it).
 SEGMENT_SCHEMA = pa.schema(list(EVENTS_SCHEMA) + _typed_fields())
 
 # Quarantine: the exact raw bytes (BLOB; a line need not be valid UTF-8) plus a readable text
@@ -84,39 +82,12 @@ QUARANTINE_SCHEMA = pa.schema(
 
 # Row groups of ~128k rows: big enough for zstd and for DuckDB's parallel scan (one row group per
 # thread), small enough that min/max statistics on `type` and `trace_id` let a scan skip most of a
-# compacted segment when a view asks for one event type.
+# file when a view asks for one event type.
 ROW_GROUP_ROWS = 128 * 1024
-ZSTD_LEVEL = 3  # compaction's level: its segments live long; higher levels gain little on JSON text
-# A writer's segments are short-lived (compaction rewrites them at ZSTD_LEVEL) and on the ingest
-# hot path: level 1 measured ~20% faster than 3 at the same size (16.0 vs 15.9 MiB per 200k events).
+ZSTD_LEVEL = 3  # compaction's level: its files live long; higher levels gain little on JSON text
+# A writer's files are short-lived (compaction rewrites them at ZSTD_LEVEL) and on the ingest hot
+# path: level 1 measured ~20% faster than 3 at the same size (16.0 vs 15.9 MiB per 200k events).
 WRITER_ZSTD_LEVEL = 1
-
-
-def write_segment(table: pa.Table, target: Path, metadata: Mapping[str, str] | None = None, compression_level: int = ZSTD_LEVEL) -> None:
-    """Write `table` durably as `target`: ``.<name>.partial`` → fsync → rename → fsync directory.
-
-    Readers glob ``*.parquet``, so they never see the temporary name; the rename is atomic.
-    """
-    from .layout import fsync_dir
-
-    target = Path(target)
-    tmp = target.with_name(f".{target.name}.partial")
-    if metadata:
-        existing = dict(table.schema.metadata or {})
-        existing.update({k.encode(): v.encode() for k, v in metadata.items()})
-        table = table.replace_schema_metadata(existing)
-    pq.write_table(
-        table,
-        tmp,
-        compression="zstd",
-        compression_level=compression_level,
-        row_group_size=ROW_GROUP_ROWS,
-        write_statistics=True,
-        use_dictionary=["type", "trace_id", "source", "source_path", "writer", "domain", "worker_model", "status", "label"],
-    )
-    fsync_file(tmp)
-    os.replace(tmp, target)
-    fsync_dir(target.parent)
 
 
 def _column(values: Any, n: int, typ: pa.DataType) -> pa.Array:
@@ -153,8 +124,6 @@ def events_table(
         lengths["offset"] = len(offset)
     bad = [f"{k} has {m}" for k, m in lengths.items() if m != n]
     if bad:
-        from .layout import StoreError
-
         raise StoreError(f"events_table: every column needs {n} values (as many as id); " + ", ".join(bad))
     ts_arr = pa.array(ts, type=pa.string()).cast(TS_TYPE)
     return pa.Table.from_arrays(
@@ -240,7 +209,6 @@ def events_from_dicts(events: Iterable[Mapping[str, Any]], source: str | None = 
 
 def check_events_table(table: Any) -> pa.Table:
     """Return `table` in ``EVENTS_SCHEMA`` or raise StoreError naming every offending column."""
-    from .layout import StoreError
 
     if not isinstance(table, pa.Table):
         if isinstance(table, pa.RecordBatch):

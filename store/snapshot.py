@@ -1,209 +1,207 @@
-"""What a reader sees: one consistent set of segment files per query, resolved from the store's records.
+"""What a reader sees: one version of each Delta table per query.
 
-A reader never trusts a directory listing alone. It resolves a *snapshot*, in this order:
+A snapshot is a version of the events table and a version of the quarantine table, with the data
+files of each. Delta makes a commit visible atomically (its log entry), so a snapshot holds every
+commit up to its version whole and nothing of a later or a failed one; OPTIMIZE and VACUUM never
+change what a version holds, and VACUUM keeps the files of every version younger than its
+retention (store/compact.py), so a query never loses a file it resolved.
 
-1. the newest compaction manifest ``_snapshots/<gen>.json``: the compacted event segments, the
-   derived per-trace table built from exactly those segments, and per writer the last commit
-   seq folded into them (``covered``);
-2. the newest commit record name of every writer (``_commits/<writer>/<seq>.json``): a writer
-   segment is visible only when its seq is at most that writer's committed seq, so the segments
-   of a commit in flight — written one by one, one per date — and the leftovers of a crashed
-   commit stay hidden until (unless) the commit record makes them all visible at once;
-3. the segment files themselves: writer segments newer than ``covered`` and committed.
-
-Steps 1 → 3 run in this order, so whatever a step finds is complete when the next step looks:
-a manifest names only files renamed in before it, a commit record is renamed in after all its
-segments, and compaction deletes what a manifest replaced only after a grace period.
-
-``store.connect`` registers ``kaelum_files(kind, txid)`` on its connection: the views pass their
-transaction id, so every scan of one query (one transaction) uses the same snapshot, and every
-new query resolves a new one — a long-lived connection sees each commit as soon as it is durable.
+``store.connect`` on a local store registers ``kaelum_files(kind, txid)``: the views pass their
+transaction id, so every scan of one query uses the same snapshot and each new query resolves the
+newest one (a long-lived connection sees each commit as soon as it is durable). With ``as_of``
+(a version or a timestamp) the snapshot is fixed. A URL store is read through delta-rs's own
+object-store client (``DeltaTable.to_pyarrow_dataset``), one version per connection.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
+import atexit
+import shutil
+import tempfile
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Union
 
-from .layout import SCHEMA_PARTITION, SCHEMA_SEGMENT, StoreInfo, write_durable
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-log = logging.getLogger("store.snapshot")
+from .layout import StoreError, StoreInfo
+from .tables import EVENTS_TABLE_SCHEMA, PARTITION, QUARANTINE_TABLE_SCHEMA, delta_call, open_table
 
-SNAPSHOTS_DIR = "_snapshots"
-DERIVED_DIR = "derived"
-KEEP_MANIFESTS = 4  # only the newest is read; a few older ones help forensics
+# A version of the events table, an RFC 3339 timestamp, or exact versions of both tables
+# ({"events": 12, "quarantine": 3}: what a training manifest records).
+AsOf = Union[int, str, datetime, Mapping[str, int], None]
 
-
-@dataclass(frozen=True)
-class Manifest:
-    """One compaction generation: what replaced which writer commits."""
-
-    gen: int
-    compacted: tuple[str, ...]  # event segments, relative to the store root
-    derived: tuple[str, ...]  # per-trace summary built from exactly `compacted`
-    covered: dict[str, int] = field(default_factory=dict)  # writer -> last seq folded into `compacted`
-
-    def to_json(self) -> bytes:
-        body = {"format": 1, "gen": self.gen, "compacted": list(self.compacted), "derived": list(self.derived), "covered": self.covered}
-        return json.dumps(body, indent=1).encode() + b"\n"
+EMPTY_PARTITION = "date=1970-01-01"  # the zero-row schema files' partition; views skip it
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    manifest: Manifest | None
-    committed: dict[str, int]  # writer -> newest committed seq
-    compacted: tuple[Path, ...]  # event segments read as they are (no id occurs twice among them)
-    fresh: tuple[Path, ...]  # committed writer event segments not folded into `compacted`
-    derived: tuple[Path, ...]
-    quarantine: tuple[Path, ...]
-    legacy: bool  # compacted segments of a store without manifests (layout before generations)
+    events_version: int
+    quarantine_version: int
+    events_files: tuple[str, ...]
+    quarantine_files: tuple[str, ...]
+
+    @property
+    def versions(self) -> dict[str, int]:
+        return {"events": self.events_version, "quarantine": self.quarantine_version}
 
 
-def _manifest_name(gen: int) -> str:
-    return f"{gen:012d}.json"
-
-
-def read_manifest(info: StoreInfo) -> Manifest | None:
-    """The newest readable compaction manifest, or None when the store was never compacted that way."""
-    d = info.path / SNAPSHOTS_DIR
-    if not d.is_dir():
-        return None
-    for p in sorted(d.glob("*.json"), reverse=True):
-        try:
-            m = json.loads(p.read_text(encoding="utf-8"))
-            return Manifest(int(m["gen"]), tuple(m["compacted"]), tuple(m["derived"]), {str(k): int(v) for k, v in m["covered"].items()})
-        except (OSError, ValueError, KeyError, TypeError):
-            log.warning("skipping unreadable compaction manifest %s", p)
-    return None
-
-
-def write_manifest(info: StoreInfo, manifest: Manifest) -> None:
-    """Durably publish a generation: its rename is the moment readers switch to it."""
-    d = info.path / SNAPSHOTS_DIR
-    d.mkdir(exist_ok=True)
-    write_durable(d / _manifest_name(manifest.gen), manifest.to_json())
-    for old in sorted(d.glob("*.json"))[:-KEEP_MANIFESTS]:
-        old.unlink(missing_ok=True)
-
-
-def committed_by_name(info: StoreInfo) -> dict[str, int]:
-    """Newest committed seq per writer, from the record names alone (a record exists once renamed in)."""
-    out: dict[str, int] = {}
-    if not info.commits_dir.is_dir():
+def parse_as_of(text: str) -> AsOf:
+    """``--as-of``: a table version (``12``), ``events=12,quarantine=3``, or an RFC 3339 timestamp."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    if "=" in text:
+        out = {}
+        for part in text.split(","):
+            k, _, v = part.partition("=")
+            if k.strip() not in ("events", "quarantine") or not v.strip().isdigit():
+                raise StoreError(f"--as-of {text!r}: expected events=N,quarantine=M with table versions")
+            out[k.strip()] = int(v)
         return out
-    with os.scandir(info.commits_dir) as writers:
-        for w in writers:
-            if not w.is_dir():
-                continue
-            best = 0
-            with os.scandir(w.path) as recs:
-                for r in recs:
-                    name = r.name
-                    if name.endswith(".json") and name[:-5].isdigit():
-                        best = max(best, int(name[:-5]))
-            if best:
-                out[w.name] = best
-    return out
+    try:
+        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise StoreError(
+            f"--as-of {text!r} is neither a table version (e.g. 12) nor an RFC 3339 timestamp (e.g. 2026-03-01T12:00:00Z)"
+        ) from None
+    if ts.tzinfo is None:
+        raise StoreError(f"--as-of {text!r}: give the timestamp's offset (e.g. 2026-03-01T12:00:00Z), so it means one moment")
+    return ts
 
 
-def _writer_seq(name: str) -> tuple[str, int] | None:
-    from .writer import parse_segment_name
-
-    return parse_segment_name(name)
-
-
-def _segments(base: Path) -> list[tuple[Path, str]]:
-    """(path, name) of every data segment under base/<partition>/ (schema segments excluded)."""
-    out = []
-    if not base.is_dir():
-        return out
-    with os.scandir(base) as parts:
-        for part in parts:
-            if not part.is_dir() or part.name == SCHEMA_PARTITION:
-                continue
-            with os.scandir(part.path) as files:
-                for f in files:
-                    if f.name.endswith(".parquet") and not f.name.startswith("."):
-                        out.append((Path(f.path), f.name))
-    return out
+def _commit_time(table: Any, version: int) -> datetime:
+    for commit in table.history():
+        if commit.get("version") == version:
+            return datetime.fromtimestamp(commit["timestamp"] / 1000, tz=timezone.utc)
+    raise StoreError(f"version {version} of the events table is not in its log")
 
 
-def resolve(info: StoreInfo) -> Snapshot:
-    manifest = read_manifest(info)  # 1. before the commit records, before the listing
-    committed = committed_by_name(info)  # 2.
-    covered = manifest.covered if manifest else {}
-    fresh, legacy_c = [], []
-    for path, name in _segments(info.events_dir):  # 3.
-        if name.startswith("w-"):
-            ws = _writer_seq(name)
-            if ws and covered.get(ws[0], 0) < ws[1] <= committed.get(ws[0], 0):
-                fresh.append(path)
-        elif name.startswith("c-") and manifest is None:
-            legacy_c.append(path)
-    quarantine = []
-    for path, name in _segments(info.quarantine_dir):
-        if name.startswith("w-"):
-            ws = _writer_seq(name)
-            if not (ws and ws[1] <= committed.get(ws[0], 0)):
-                continue
-        quarantine.append(path)  # compacted quarantine overlaps its inputs harmlessly: the view de-duplicates
-    if manifest is not None:
-        compacted = tuple(info.path / r for r in manifest.compacted)
-        derived = tuple(info.path / r for r in manifest.derived)
-    else:
-        compacted, derived = tuple(sorted(legacy_c)), ()
-    return Snapshot(manifest, committed, compacted, tuple(sorted(fresh)), derived, tuple(sorted(quarantine)), manifest is None and bool(legacy_c))
+class Snapshots:
+    """Resolves snapshots of one store: the newest on every call, or one fixed by `as_of`."""
 
-
-class SnapshotFiles:
-    """The ``kaelum_files(kind, txid)`` function of one reader connection.
-
-    Kinds: ``compacted``, ``fresh``, ``derived``, ``quarantine``, and ``compacted_if_fresh`` (the
-    compacted segments when there is any fresh segment, else none: the per-trace summary then
-    covers every trace, and the live recomputation reads nothing). Each list ends with a zero-row
-    schema segment so that a scan has its columns even when the list is otherwise empty.
-    """
-
-    def __init__(self, info: StoreInfo, derived_schema: Path | None = None, fixed: Snapshot | None = None) -> None:
+    def __init__(self, info: StoreInfo, as_of: AsOf = None) -> None:
         self.info = info
-        self.derived_schema = derived_schema
-        self.fixed = fixed  # compaction reads one given set of files instead of the store's current snapshot
+        self._events = open_table(info, info.events_uri)
+        self._quarantine = open_table(info, info.quarantine_uri)
         self._lock = threading.Lock()
-        self._cache: OrderedDict[int, Snapshot] = OrderedDict()
-        self.resolved = 0  # how many snapshots were resolved (tests look at it)
+        self.fixed: Snapshot | None = None
+        if as_of is not None:
+            self._pin(as_of)
 
-    def snapshot(self, txid: int) -> Snapshot:
+    def _pin(self, as_of: AsOf) -> None:
+        ev, q = self._events, self._quarantine
+        newest = ev.version()
+        try:
+            if isinstance(as_of, Mapping):
+                ev.load_as_version(int(as_of["events"]))
+                q.load_as_version(int(as_of.get("quarantine", q.version())))
+            elif isinstance(as_of, int):
+                if as_of > newest:
+                    raise StoreError(f"--as-of {as_of}: the events table's newest version is {newest}")
+                ev.load_as_version(as_of)
+                q.load_as_version(_commit_time(ev, as_of))
+            else:
+                ts = parse_as_of(as_of) if isinstance(as_of, str) else as_of
+                ev.load_as_version(ts)
+                q.load_as_version(ts)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"--as-of {as_of}: {str(exc).splitlines()[0]} (the store's first commit is the earliest time it can show)") from exc
+        self.fixed = self._snapshot()
+        if self.info.local is not None:
+            gone = [f for f in (*self.fixed.events_files, *self.fixed.quarantine_files) if not Path(f).exists()]
+            if gone:
+                raise StoreError(
+                    f"--as-of {as_of}: the store as of then (events version {self.fixed.events_version}) is older than "
+                    f"VACUUM's retention: {len(gone)} of its files were deleted (kaelum-sql compact --retention-s keeps more)"
+                )
+
+    def _snapshot(self) -> Snapshot:
+        return Snapshot(self._events.version(), self._quarantine.version(),
+                        tuple(self._events.file_uris()), tuple(self._quarantine.file_uris()))
+
+    def resolve(self) -> Snapshot:
         if self.fixed is not None:
             return self.fixed
         with self._lock:
+            delta_call(self.info, "reading the store", lambda: (self._events.update_incremental(), self._quarantine.update_incremental()))
+            return self._snapshot()
+
+    def datasets(self, snap: Snapshot) -> tuple[Any, Any]:
+        """pyarrow datasets of both tables at `snap` (the reader of object-store URLs)."""
+        with self._lock:
+            self._events.load_as_version(snap.events_version)
+            self._quarantine.load_as_version(snap.quarantine_version)
+            return (delta_call(self.info, "reading the events table", self._events.to_pyarrow_dataset),
+                    delta_call(self.info, "reading the quarantine table", self._quarantine.to_pyarrow_dataset))
+
+
+class SnapshotFiles:
+    """The ``kaelum_files(kind, txid)`` function of one local reader connection.
+
+    Kinds: ``events`` and ``quarantine``. One snapshot per transaction id (a query), so all scans of
+    one query agree. Each list ends with a zero-row file of the table's columns, so that a scan has
+    its columns even when the table is empty.
+    """
+
+    def __init__(self, snapshots: Snapshots) -> None:
+        self.snapshots = snapshots
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[int, Snapshot] = OrderedDict()
+        self.resolved = 0  # how many snapshots were resolved (tests look at it)
+        self.last: Snapshot | None = None
+        # While the views are created DuckDB binds every scan; the empty schema files give it the
+        # columns without resolving a snapshot per CREATE VIEW.
+        self.binding = False
+
+    def snapshot(self, txid: int) -> Snapshot:
+        with self._lock:
             snap = self._cache.get(txid)
             if snap is None:
-                snap = resolve(self.info)
+                snap = self.snapshots.resolve()
                 self.resolved += 1
                 self._cache[txid] = snap
                 while len(self._cache) > 8:
                     self._cache.popitem(last=False)
+            self.last = snap
             return snap
 
     def __call__(self, kind: str, txid: Any) -> list[str]:
+        if self.binding:
+            return [str(schema_file(kind))]
         snap = self.snapshot(int(txid))
-        ev_schema = str(self.info.events_dir / SCHEMA_PARTITION / SCHEMA_SEGMENT)
-        if kind == "compacted":
-            return [*map(str, snap.compacted), ev_schema]
-        if kind == "compacted_if_fresh":
-            return [*map(str, snap.compacted), ev_schema] if snap.fresh else [ev_schema]
-        if kind == "fresh":
-            return [*map(str, snap.fresh), ev_schema]
-        if kind == "derived":
-            if self.derived_schema is None:
-                raise ValueError("kaelum_files('derived') needs the derived schema segment")
-            return [*map(str, snap.derived), str(self.derived_schema)]
+        if kind == "events":
+            return [*snap.events_files, str(schema_file("events"))]
         if kind == "quarantine":
-            return [*map(str, snap.quarantine), str(self.info.quarantine_dir / SCHEMA_PARTITION / SCHEMA_SEGMENT)]
-        raise ValueError(f"unknown segment kind {kind!r}")
+            return [*snap.quarantine_files, str(schema_file("quarantine"))]
+        raise ValueError(f"unknown table {kind!r}")
+
+
+_SCHEMA_FILES: dict[str, Path] = {}
+_SCHEMA_LOCK = threading.Lock()
+
+
+def schema_file(kind: str) -> Path:
+    """A zero-row Parquet file with the columns of a table's data files (one per process).
+
+    It lives in a temporary folder, under a ``date=1970-01-01`` partition the views skip, so that
+    readers never write to the store.
+    """
+    with _SCHEMA_LOCK:
+        path = _SCHEMA_FILES.get(kind)
+        if path is None or not path.exists():
+            schema = {"events": EVENTS_TABLE_SCHEMA, "quarantine": QUARANTINE_TABLE_SCHEMA}[kind]
+            d = Path(tempfile.mkdtemp(prefix="kaelum-store-schema-"))
+            atexit.register(shutil.rmtree, d, True)
+            (d / EMPTY_PARTITION).mkdir()
+            path = d / EMPTY_PARTITION / f"s-{kind}.parquet"
+            data_schema = pa.schema([f for f in schema if f.name != PARTITION])
+            pq.write_table(data_schema.empty_table(), path)
+            _SCHEMA_FILES[kind] = path
+        return path

@@ -1,35 +1,35 @@
-"""Readers: an in-process DuckDB connection whose views turn the segments into traces and datasets.
+"""Readers: an in-process DuckDB connection whose views turn the Delta tables into traces and datasets.
 
-Every view is derived from the segments at query time, except that per-trace views read the
-summary compaction derived from the compacted segments for the traces no fresh segment touches.
-A connection holds nothing on the store's files between queries: each query (transaction)
-resolves a snapshot of the store anew (store/snapshot.py), so it sees every commit finished
-before it started, all of a commit or none of it, and never a segment being written.
+Every view is derived from the events at query time, from one snapshot of the store per query
+(store/snapshot.py): it sees every commit finished before the snapshot, all of a commit or none
+of it, and never a file being written or one of a failed commit.
 
 The definitions follow DESIGN.md ("Definitions the views implement"); docs/store.md lists every
-view's columns. The SQL lives here, in one place, so that ``connect`` and the views-only DuckDB
-file written by ``kaelum-sql attach-file`` define exactly the same views.
+view's columns. Each public view has one builder here (``events_views``, ``traces_views``, ...);
+``view_sql`` lists them in dependency order. Only the two scans (``Scans``) know where rows come
+from: the snapshot's files of a local store, a pinned pyarrow dataset of a URL store, or a SELECT
+given by the caller (the benchmark asks raw JSONL the very same questions).
 """
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import duckdb
 
 from kaelum.domains.base import CHECKED_METHODS
 
-from .layout import SCHEMA_PARTITION, SCHEMA_SEGMENT, StoreError, StoreInfo, open_store
-from .snapshot import SnapshotFiles
+from .layout import StoreError, StoreInfo, open_store
+from .snapshot import AsOf, EMPTY_PARTITION, Snapshot, SnapshotFiles, Snapshots
 from .upcast import CURRENT, Contract, method_sql
 
 DEFAULT_MIN_REWARD = 0.7
+
+ENVELOPE = 'id, v, type, trace_id, seq, ts, source, source_path, "offset", writer, date'
+QUARANTINE_COLUMNS = 'source, source_path, "offset", reason, raw_text, raw, writer, quarantined_at, date'
 
 
 def _q(s: str) -> str:
@@ -48,61 +48,81 @@ def _verification_method(data: str = "data") -> str:
     return f"(CASE WHEN {data}->>'$.method' IS NOT NULL THEN {data}->>'$.method' ELSE {method_sql(verifier)} END)"
 
 
-def _read(files: str, hive: bool = True) -> str:
-    opts = "hive_partitioning = true, hive_types = {'date': DATE}" if hive else "hive_partitioning = false"
-    return f"read_parquet({files}, {opts})"
+@dataclass(frozen=True)
+class Scans:
+    """Where the views read stored rows from: a relation (SQL) for each table."""
 
+    events: str
+    quarantine: str
 
-def _scan(info: StoreInfo, kind: str, mode: str) -> str:
-    """The segments of one kind as a read_parquet call.
+    @staticmethod
+    def snapshot_files() -> "Scans":
+        """The files of the query's snapshot, from ``kaelum_files`` (local stores)."""
+        opts = "hive_partitioning = true, hive_types = {'date': DATE}"
+        return Scans(f"read_parquet(kaelum_files('events', txid_current()), {opts})",
+                     f"read_parquet(kaelum_files('quarantine', txid_current()), {opts})")
 
-    ``snapshot`` mode (``connect``): the files of the query's snapshot, from ``kaelum_files`` (see
-    store/snapshot.py). ``glob`` mode (the views-only file for other DuckDB clients, which cannot
-    call back into Python): every segment by glob, and the views de-duplicate all of them.
-    """
-    if mode == "snapshot":
-        return _read(f"kaelum_files('{kind}', txid_current())", hive=kind != "derived")
-    schema = info.events_dir / SCHEMA_PARTITION / SCHEMA_SEGMENT
-    if kind == "fresh":
-        return _read(f"[{_q(str(info.events_dir / '*' / '*.parquet'))}]")
-    return _read(f"[{_q(str(schema))}]")
+    @staticmethod
+    def registered(events: str, quarantine: str) -> "Scans":
+        """Arrow datasets registered on the connection under these names (URL stores)."""
+        return Scans(events, quarantine)
 
 
 def _events_up(scan: str, contract: Contract) -> str:
     """Stored event rows of `scan`, typed columns at the reader's contract version (upcast on read)."""
-    envelope = 'id, v, type, trace_id, seq, ts, source, source_path, "offset", writer, date'
+    skip = f"WHERE date <> DATE '{EMPTY_PARTITION[5:]}'"
     if not contract.upcasters:
         cols = ", ".join(f'"{n}"' for n in contract.fields)
-        return f"SELECT {envelope}, data::JSON AS data, {cols} FROM {scan} WHERE date <> DATE '1970-01-01'"
+        return f"SELECT {ENVELOPE}, data::JSON AS data, {cols} FROM {scan} {skip}"
     # Rows older than the contract: upcast the payload in SQL and re-derive the typed columns from
     # it. CASE evaluates a branch only for the rows that take it, so current rows pay nothing.
     cases = " ".join(f"WHEN {v} THEN {contract.upcast_sql(v)}" for v in range(1, contract.version))
     data = f"CASE v {cases} ELSE data::JSON END"
     if contract.typed_columns_as_stored:  # only the payload changes: the stored typed columns are current
         cols = ", ".join(f'"{n}"' for n in contract.fields)
-        return f"SELECT {envelope}, {data} AS data, {cols} FROM {scan} WHERE date <> DATE '1970-01-01'"
+        return f"SELECT {ENVELOPE}, {data} AS data, {cols} FROM {scan} {skip}"
     struct = contract.extract_sql("_d")
     typed = ", ".join(
         f'CASE WHEN v < {contract.version} THEN {contract.column_of("_x", n)} ELSE "{n}" END AS "{n}"' for n in contract.fields
     )
     return (
-        f"SELECT {envelope}, _d AS data, {typed} FROM ("
+        f"SELECT {ENVELOPE}, _d AS data, {typed} FROM ("
         f"SELECT *, CASE WHEN v < {contract.version} THEN {struct} END AS _x FROM ("
-        f"SELECT * EXCLUDE (data), {data} AS _d FROM {scan} WHERE date <> DATE '1970-01-01'))"
+        f"SELECT * EXCLUDE (data), {data} AS _d FROM {scan} {skip}))"
     )
 
 
-# Which copy of a re-sent event (same id) the views keep among writer segments; compaction keeps
-# the same one, so compacting never changes a view.
+# Which copy of a re-sent event (same id) the views keep; compaction never changes which.
 DEDUP_ORDER = 'writer, source, "offset"'
+
+Views = list[tuple[str, str]]
+
+
+def _view(name: str, body: str) -> tuple[str, str]:
+    return name, f"CREATE OR REPLACE VIEW {name} AS {body}"
+
+
+def _macro(name: str, body: str) -> tuple[str, str]:
+    return name, f"CREATE OR REPLACE MACRO {name}(min_reward) AS TABLE {body}"
+
+
+def events_views(scans: Scans, contract: Contract, events_source: str | None) -> Views:
+    """``_events_all`` (every stored row) and ``events`` (each id once)."""
+    raw = events_source if events_source is not None else _events_up(scans.events, contract)
+    # Re-sent events share an id; the view keeps one. Partitioning by (type, trace_id, id) rather
+    # than id alone is the same for re-sent events (identical content) and lets DuckDB push a
+    # view's filter on type or trace_id below the de-duplication.
+    return [
+        _view("_events_all", raw),
+        _view("events", f"SELECT * FROM _events_all QUALIFY row_number() OVER (PARTITION BY type, trace_id, id ORDER BY {DEDUP_ORDER}) = 1"),
+    ]
 
 
 def _trace_views(p: str, src: str) -> list[tuple[str, str]]:
     """The per-trace helpers over the event relation `src`, named with prefix `p`.
 
-    They exist twice: over ``events`` (prefix ``_``, used by ``nodes`` and ``preference_pairs``)
-    and over ``_events_live`` (prefix ``_l``: only the traces that fresh segments touch), whose
-    ``_trace_live`` is also what compaction stores as the derived per-trace summary.
+    The views build them over ``events`` with prefix ``_``; a prefix lets a per-trace summary be
+    computed over another relation of the same columns.
     """
     return [
         # One trace_started / trace_completed per trace (the earliest start, the latest completion).
@@ -174,72 +194,18 @@ TRACE_COLUMNS = (
 )
 
 
-def view_sql(
-    info: StoreInfo, contract: Contract = CURRENT, events_source: str | None = None, mode: str = "glob"
-) -> list[tuple[str, str]]:
-    """(name, CREATE statement) of every view and macro, in dependency order.
+def traces_views() -> Views:
+    """The per-trace helpers, ``_trace_summary`` (traces plus steps and completeness) and ``traces``."""
+    return [*(_view(n, b) for n, b in _trace_views("", "events")), _view("_trace_summary", _summary_sql("")),
+            _view("traces", _trace_columns_sql(""))]
 
-    `mode` is ``snapshot`` for ``connect`` (segments from the query's snapshot, compacted ones read
-    as they are, per-trace rows from the derived summary) or ``glob`` (every segment by glob, all
-    de-duplicated: the views-only file for other DuckDB clients). `events_source` replaces the
-    segment scan (a SELECT with the columns of ``_events_all``); the benchmark uses it to ask the
-    raw JSONL the very same questions.
-    """
-    qglob = _q(info.quarantine_glob())
-    defs: list[tuple[str, str]] = []
-    snapshot = mode == "snapshot" and events_source is None
 
+def nodes_views() -> Views:
+    """``nodes`` and its per-node helpers (latest value, latest verdict)."""
+    defs: Views = []
     def view(name: str, body: str) -> None:
-        defs.append((name, f"CREATE OR REPLACE VIEW {name} AS {body}"))
+        defs.append(_view(name, body))
 
-    if events_source is not None:
-        view("_events_compacted", f"SELECT * FROM ({events_source}) WHERE false")
-        view("_events_fresh_raw", events_source)
-    else:
-        view("_events_compacted", _events_up(_scan(info, "compacted", mode), contract))
-        view("_events_fresh_raw", _events_up(_scan(info, "fresh", mode), contract))
-    view("_events_all", "SELECT * FROM _events_compacted UNION ALL SELECT * FROM _events_fresh_raw")
-    # Re-sent events share an id; the views keep one. Compacted segments hold no id twice
-    # (compaction de-duplicates), so they are read as they are; only the fresh segments are
-    # de-duplicated, among themselves and against the compacted ones. Partitioning by
-    # (type, trace_id, id) rather than id alone is the same for re-sent events (identical content)
-    # and lets DuckDB push a view's filter on type or trace_id below the de-duplication.
-    # The compacted rows a fresh row may duplicate: in snapshot mode none are read when there is no
-    # fresh segment (``compacted_if_fresh``), so a compacted store pays nothing for this check.
-    if snapshot:
-        view("_events_c_if_fresh", _events_up(_scan(info, "compacted_if_fresh", mode), contract))
-    else:
-        view("_events_c_if_fresh", "SELECT * FROM _events_compacted")
-    # The anti-join first, the window last: a view's filter on type then reaches the scan (DuckDB
-    # pushes it through a window partitioned by type, not into a window below an anti-join).
-    view(
-        "_events_fresh",
-        "SELECT * FROM (SELECT * FROM _events_fresh_raw f "
-        "WHERE NOT EXISTS (SELECT 1 FROM _events_c_if_fresh c WHERE c.type = f.type AND c.trace_id = f.trace_id AND c.id = f.id)) "
-        f"QUALIFY row_number() OVER (PARTITION BY type, trace_id, id ORDER BY {DEDUP_ORDER}) = 1",
-    )
-    view("events", "SELECT * FROM _events_compacted UNION ALL SELECT * FROM _events_fresh")
-    for name, body in _trace_views("", "events"):
-        view(name, body)
-    if snapshot:
-        # Per-trace rows come from the summary that compaction derived from the compacted segments,
-        # except for the traces that fresh segments touch: those are recomputed from all their events.
-        view("_touched", "SELECT DISTINCT trace_id FROM _events_fresh_raw")
-        view(
-            "_events_live",
-            "SELECT * FROM _events_c_if_fresh c WHERE c.trace_id IN (SELECT trace_id FROM _touched) UNION ALL SELECT * FROM _events_fresh",
-        )
-        for name, body in _trace_views("_l", "_events_live"):
-            view(name, body)
-        view("_trace_live", _summary_sql("_l"))
-        view("_trace_live_columns", _trace_columns_sql("_l"))
-        derived = f"{_scan(info, 'derived', mode)} d WHERE NOT EXISTS (SELECT 1 FROM _touched t WHERE t.trace_id = d.trace_id)"
-        view("_trace_summary", f"SELECT * FROM {derived} UNION ALL SELECT * FROM _trace_live")
-        view("traces", f"SELECT {TRACE_COLUMNS} FROM {derived} UNION ALL SELECT {TRACE_COLUMNS} FROM _trace_live_columns")
-    else:
-        view("_trace_live", _summary_sql(""))
-        view("_trace_summary", "SELECT * FROM _trace_live")
-        view("traces", _trace_columns_sql(""))
     view(
         "_node_value",
         "SELECT trace_id, node_id, arg_max(value, (ts, seq, id)) AS value, count(*) AS evaluations "
@@ -265,6 +231,15 @@ def view_sql(
         LEFT JOIN _node_verdict r ON r.trace_id = n.trace_id AND r.node_id = n.node_id
         """,
     )
+    return defs
+
+
+def trajectories_views() -> Views:
+    """``trajectories`` and the filtered views and macro over it."""
+    defs: Views = []
+    def view(name: str, body: str) -> None:
+        defs.append(_view(name, body))
+
     view(
         "trajectories",
         """
@@ -276,14 +251,18 @@ def view_sql(
     )
     view("verified_trajectories", "SELECT * FROM trajectories WHERE verified")
     view("complete_trajectories", "SELECT * FROM trajectories WHERE complete")
-    defs.append(
-        (
-            "high_reward_trajectories_at",
-            "CREATE OR REPLACE MACRO high_reward_trajectories_at(min_reward) AS TABLE "
-            "SELECT * FROM trajectories WHERE reward >= min_reward",
-        )
-    )
+    defs.append(_macro("high_reward_trajectories_at", "SELECT * FROM trajectories WHERE reward >= min_reward"))
     view("high_reward_trajectories", f"SELECT * FROM trajectories WHERE reward >= {DEFAULT_MIN_REWARD}")
+    return defs
+
+
+def training_examples_views() -> Views:
+    """``training_examples_all`` (complete and verified trajectories), ``training_examples`` (those verified
+    by a checked method) and ``training_examples_at``."""
+    defs: Views = []
+    def view(name: str, body: str) -> None:
+        defs.append(_view(name, body))
+
     view(
         "training_examples_all",
         """
@@ -293,13 +272,16 @@ def view_sql(
         """,
     )
     view("training_examples", f"SELECT * FROM training_examples_all WHERE verified_by IN ({_CHECKED_SQL})")
-    defs.append(
-        (
-            "training_examples_at",
-            "CREATE OR REPLACE MACRO training_examples_at(min_reward) AS TABLE "
-            "SELECT * FROM training_examples WHERE reward >= min_reward",
-        )
-    )
+    defs.append(_macro("training_examples_at", "SELECT * FROM training_examples WHERE reward >= min_reward"))
+    return defs
+
+
+def preference_pairs_views() -> Views:
+    """``preference_pairs``: one (chosen, rejected) continuation pair per branch node."""
+    defs: Views = []
+    def view(name: str, body: str) -> None:
+        defs.append(_view(name, body))
+
     # Preference pairs: only terminals whose verdict a checked method reached are outcomes (a branch
     # that "passed" by agreement may be wrong, one that "failed" by it may be right), then:
     # in a trace with both a passed and a failed verified terminal, walk each such
@@ -358,14 +340,52 @@ def view_sql(
         FROM chosen p JOIN _started s ON s.trace_id = p.trace_id JOIN thoughts th ON th.trace_id = p.trace_id
         """,
     )
-    qscan = _read("kaelum_files('quarantine', txid_current())") if snapshot else _read(qglob)
-    view(
-        "quarantine",
-        f"SELECT source, source_path, \"offset\", reason, raw_text, raw, writer, quarantined_at, date FROM {qscan} "
-        "WHERE date <> DATE '1970-01-01' "
-        'QUALIFY row_number() OVER (PARTITION BY source, "offset" ORDER BY quarantined_at, writer) = 1',
-    )
     return defs
+
+
+def quarantine_views(scans: Scans) -> Views:
+    """``quarantine``: refused lines, each (source, offset) once (the first quarantining wins), and
+    the copies of conflicting event ids (``_id_conflicts``)."""
+    return [
+        # The same event id stored with another type or trace: a contract violation (ids are
+        # UUIDs). The copy that DEDUP_ORDER puts first is the event; every other (type, trace)
+        # copy is listed here with the reason. Computed only when quarantine is queried.
+        _view("_id_conflicts", f"""
+        SELECT e.source, e.source_path, e."offset",
+               'event id ' || e.id || ' conflicts with an earlier copy: that one is a ' || w.type || ' of trace ' || w.trace_id
+                 || ', this one a ' || e.type || ' of trace ' || e.trace_id AS reason,
+               json_object('v', e.v, 'id', e.id, 'type', e.type, 'trace_id', e.trace_id, 'seq', e.seq, 'data', e.data)::VARCHAR AS raw_text,
+               e.writer, e.date
+        FROM events e JOIN (
+            SELECT id, arg_min(type, ({DEDUP_ORDER})) AS type, arg_min(trace_id, ({DEDUP_ORDER})) AS trace_id
+            FROM events GROUP BY id HAVING count(*) > 1
+        ) w ON w.id = e.id AND (w.type <> e.type OR w.trace_id <> e.trace_id)
+        """),
+        _view(
+            "quarantine",
+            f"SELECT {QUARANTINE_COLUMNS} FROM {scans.quarantine} "
+            f"WHERE date <> DATE '{EMPTY_PARTITION[5:]}' "
+            'QUALIFY row_number() OVER (PARTITION BY source, "offset" ORDER BY quarantined_at, writer) = 1 '
+            'UNION ALL SELECT source, source_path, "offset", reason, raw_text, raw_text::BLOB AS raw, writer, '
+            "NULL::TIMESTAMPTZ AS quarantined_at, date FROM _id_conflicts",
+        ),
+    ]
+
+
+def view_sql(scans: Scans, contract: Contract = CURRENT, events_source: str | None = None) -> Views:
+    """(name, CREATE statement) of every view and macro, in dependency order.
+
+    `events_source` replaces the events scan (a SELECT with the columns of ``_events_all``).
+    """
+    return [
+        *events_views(scans, contract, events_source),
+        *traces_views(),
+        *nodes_views(),
+        *trajectories_views(),
+        *training_examples_views(),
+        *preference_pairs_views(),
+        *quarantine_views(scans),
+    ]
 
 
 # The views users see (internal helpers start with "_"), in the order `kaelum-sql views` lists them.
@@ -385,65 +405,67 @@ PUBLIC_VIEWS = (
 MACROS = ("high_reward_trajectories_at", "training_examples_at")
 
 
-_DERIVED_SCHEMAS: dict[tuple, Path] = {}
-_DERIVED_LOCK = threading.Lock()
 
-
-def _derived_schema_file(con: duckdb.DuckDBPyConnection, contract: Contract) -> Path:
-    """A zero-row Parquet file with the columns of the per-trace summary (one per process and contract).
-
-    It ends every list of derived files, so that the summary scan has its columns in a store that
-    was never compacted; it lives in a temporary folder, so that readers never write to the store.
-    """
-    key = (contract.version, tuple(sorted(contract.fields.items())))
-    with _DERIVED_LOCK:
-        path = _DERIVED_SCHEMAS.get(key)
-        if path is None or not path.exists():
-            d = Path(tempfile.mkdtemp(prefix="kaelum-store-schema-"))
-            atexit.register(shutil.rmtree, d, True)
-            path = d / "s-derived.parquet"
-            con.execute(f"COPY (SELECT * FROM _trace_live LIMIT 0) TO {_q(str(path))} (FORMAT parquet)")
-            _DERIVED_SCHEMAS[key] = path
-        return path
-
-
-def install_views(
-    con: duckdb.DuckDBPyConnection,
-    info: StoreInfo,
-    contract: Contract = CURRENT,
-    events_source: str | None = None,
-    mode: str = "glob",
-    files: SnapshotFiles | None = None,
-) -> None:
-    """Create the views on `con`. ``snapshot`` mode registers ``kaelum_files`` (pass `files` to fix the
-    snapshot, as compaction does; by default each query resolves the store's current one)."""
-    if mode == "snapshot" and events_source is None:
-        files = files or SnapshotFiles(info)
-        con.create_function("kaelum_files", files, ["VARCHAR", "UBIGINT"], "VARCHAR[]", side_effects=True)
-    for name, sql in view_sql(info, contract, events_source, mode):
-        if name == "_trace_summary" and files is not None and files.derived_schema is None:
-            files.derived_schema = _derived_schema_file(con, contract)
+def install_views(con: duckdb.DuckDBPyConnection, scans: Scans, contract: Contract = CURRENT, events_source: str | None = None) -> None:
+    for _name, sql in view_sql(scans, contract, events_source):
         con.execute(sql)
 
 
-def connect(path: str | os.PathLike[str] | None = None, contract: Contract = CURRENT, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    path: str | os.PathLike[str] | None = None,
+    contract: Contract = CURRENT,
+    threads: int | None = None,
+    as_of: AsOf = None,
+) -> duckdb.DuckDBPyConnection:
     """An in-process DuckDB connection with the store's views (see docs/store.md).
 
-    `path` defaults to ``$KAELUM_STORE`` or ``./store``. Raises StoreError if it is not a store.
-    Every query (every transaction) reads one consistent snapshot of the store, resolved when it
-    starts: a long-lived connection sees each commit as soon as it is durable.
+    `path` is a folder or a URL, by default ``$KAELUM_STORE`` or ``./store``; StoreError if it is
+    not a store. `as_of` (a version of the events table, an RFC 3339 timestamp, or
+    ``{"events": N, "quarantine": M}``) fixes the snapshot: the store as it was then. Otherwise,
+    on a local store every query (every transaction) reads the newest snapshot, resolved when it
+    starts, so a long-lived connection sees each commit as soon as it is durable; on a URL store
+    the connection reads the version that was newest when it connected (connect again for newer).
+    ``snapshot_of(con)`` says which versions a connection read last.
     """
     info = open_store(default_store_path() if path is None else path)
+    snapshots = Snapshots(info, as_of)
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
-    install_views(con, info, contract, mode="snapshot")
+    if info.local is not None:
+        files = SnapshotFiles(snapshots)
+        con.create_function("kaelum_files", files, ["VARCHAR", "UBIGINT"], "VARCHAR[]", side_effects=True)
+        scans = Scans.snapshot_files()
+        _SNAPSHOT_OF[id(con)] = lambda: files.last or snapshots.resolve()
+        files.binding = True
+    else:
+        snap = snapshots.resolve()
+        ev, q = snapshots.datasets(snap)
+        con.register("_kaelum_events_dataset", ev)
+        con.register("_kaelum_quarantine_dataset", q)
+        scans = Scans.registered("_kaelum_events_dataset", "_kaelum_quarantine_dataset")
+        _SNAPSHOT_OF[id(con)] = lambda: snap
+    install_views(con, scans, contract)
+    if info.local is not None:
+        files.binding = False
     return con
 
 
-def default_store_path() -> Path:
-    return Path(os.environ.get("KAELUM_STORE") or "./store")
+_SNAPSHOT_OF: dict[int, Callable[[], Snapshot]] = {}
+
+
+def snapshot_of(con: duckdb.DuckDBPyConnection) -> Snapshot:
+    """The snapshot (table versions and files) the last query of `con` read — the one a pinned
+    (``as_of``) or URL connection always reads."""
+    try:
+        return _SNAPSHOT_OF[id(con)]()
+    except KeyError:
+        raise StoreError("this connection was not made by store.connect") from None
+
+
+def default_store_path() -> str:
+    return os.environ.get("KAELUM_STORE") or "./store"
 
 
 @dataclass(frozen=True)
@@ -465,25 +487,5 @@ def describe_views(con: duckdb.DuckDBPyConnection) -> list[ViewInfo]:
     return out
 
 
-def write_views_file(store_path: str | os.PathLike[str], target: str | os.PathLike[str] | None = None) -> Path:
-    """Write a small DuckDB file holding only the view definitions (absolute segment paths).
 
-    Any DuckDB client opens it (``duckdb -readonly <file>``) and queries the views; the writer
-    never touches it, and it holds no data, so it never goes stale except when the store moves.
-    """
-    info = open_store(store_path)
-    info = StoreInfo(info.path.resolve(), info.layout_version)
-    target = Path(target) if target is not None else info.path / "views.duckdb"
-    tmp = target.with_name(f".{target.name}.partial")
-    tmp.unlink(missing_ok=True)
-    con = duckdb.connect(str(tmp))
-    try:
-        install_views(con, info)
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
-    os.replace(tmp, target)
-    return target
-
-
-__all__ = ["connect", "describe_views", "write_views_file", "view_sql", "PUBLIC_VIEWS", "StoreError"]
+__all__ = ["connect", "describe_views", "snapshot_of", "view_sql", "install_views", "Scans", "PUBLIC_VIEWS", "StoreError"]

@@ -4,14 +4,12 @@ handed in through the orchestrator factory seam (the real model runs in test_cli
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from click.testing import CliRunner
 
 from kaelum import Orchestrator
 from kaelum.cli import main
 from test_lats_support import ArithmeticDomain, ScriptedLLM
-from test_orchestrator import check_trace_shape
 
 
 def factory(llm: ScriptedLLM, seen: list | None = None):
@@ -23,11 +21,7 @@ def factory(llm: ScriptedLLM, seen: list | None = None):
     return make
 
 
-def events_in(log_dir: Path) -> list[dict]:
-    return [json.loads(line) for f in sorted(log_dir.glob("*.jsonl")) for line in f.read_text().splitlines()]
-
-
-def test_ask_prints_answer_verification_reward_and_tree(tmp_path):
+def test_ask_prints_answer_verification_reward_and_tree(tmp_path, read_events, check_trace_shape):
     llm = ScriptedLLM(rollout=lambda c: "Step 2: 2+3=5\nAnswer: 5")
     seen: list = []
     res = CliRunner().invoke(main, ["ask", "What is 2 + 3?", "--domain", "math", "--log-dir", str(tmp_path / "logs"), "--simulations", "2", "--seed", "3"], obj={"orchestrator_factory": factory(llm, seen)})
@@ -38,7 +32,7 @@ def test_ask_prints_answer_verification_reward_and_tree(tmp_path):
     assert "reward   1.000 (verifier=1.00)" in out, out
     assert "n0 What is 2 + 3?" in out and "step 0" in out and "✓ answer: 5" in out
     assert seen[0].LATS_SIMULATIONS == 2 and seen[0].SEED == 3
-    events = events_in(tmp_path / "logs")
+    events = read_events(tmp_path / "logs")
     check_trace_shape(events, "What is 2 + 3?")
 
 
@@ -50,7 +44,7 @@ def test_ask_without_log_dir_writes_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_run_writes_every_trace_and_prints_a_summary(tmp_path):
+def test_run_writes_every_trace_and_prints_a_summary(tmp_path, read_events, check_trace_shape):
     queries = tmp_path / "q.jsonl"
     queries.write_text("\n".join(json.dumps(q) for q in [{"query": "What is 2 + 3?", "id": "q1"}, {"query": "What is 1 + 4?", "id": "q2", "tags": ["t"]}, {"query": "What is 3 + 3?", "id": "q3"}]) + "\n")
     answers = iter(["Answer: 5", "Answer: 5", "Answer: 4"] + ["Answer: 4"] * 20)
@@ -58,7 +52,7 @@ def test_run_writes_every_trace_and_prints_a_summary(tmp_path):
     res = CliRunner().invoke(main, ["run", "--queries", str(queries), "--log-dir", str(tmp_path / "logs"), "--simulations", "1"], obj={"orchestrator_factory": factory(llm)})
     assert res.exit_code == 0, res.output
     assert "verified 2/3" in res.output and "q3" in res.output
-    events = events_in(tmp_path / "logs")
+    events = read_events(tmp_path / "logs")
     trace_ids = list(dict.fromkeys(e["trace_id"] for e in events))
     assert len(trace_ids) == 3
     for tid, query in zip(trace_ids, ["What is 2 + 3?", "What is 1 + 4?", "What is 3 + 3?"]):
@@ -66,13 +60,13 @@ def test_run_writes_every_trace_and_prints_a_summary(tmp_path):
     assert [e["data"]["tags"] for e in events if e["type"] == "trace_started"] == [[], ["t"], []]
 
 
-def test_run_exits_1_when_a_trace_errors_but_still_writes_it(tmp_path):
+def test_run_exits_1_when_a_trace_errors_but_still_writes_it(tmp_path, read_events):
     queries = tmp_path / "q.jsonl"
     queries.write_text('{"query": "What is 2 + 3?"}\n')
     res = CliRunner().invoke(main, ["run", "--queries", str(queries), "--log-dir", str(tmp_path / "logs")], obj={"orchestrator_factory": factory(ScriptedLLM(fail_on="expand"))})
     assert res.exit_code == 1
     assert "1 of 1 traces ended with an error (first: query 1: RuntimeError: scripted failure on expand)" in res.output
-    assert events_in(tmp_path / "logs")[-1]["data"]["status"] == "error"
+    assert read_events(tmp_path / "logs")[-1]["data"]["status"] == "error"
 
 
 def test_bad_queries_file_and_bad_settings_give_messages_that_name_the_fix(tmp_path):

@@ -7,20 +7,18 @@ Slow (the model generates on the CPU), but kept to ~1-2 minutes: two queries, a 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from kaelum.cli import main
-from test_orchestrator import check_trace_shape
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 QUERIES = [{"id": "add", "query": "What is 12 + 7?", "domain": "math"}, {"id": "mul", "query": "What is 6 * 4?"}]
 
 
-def test_kaelum_run_with_the_embedded_model_writes_complete_valid_traces(tmp_path):
+def test_kaelum_run_with_the_embedded_model_writes_complete_valid_traces(tmp_path, read_events, check_trace_shape):
     queries = tmp_path / "math.jsonl"
     queries.write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
     log_dir = tmp_path / "logs"
@@ -29,7 +27,7 @@ def test_kaelum_run_with_the_embedded_model_writes_complete_valid_traces(tmp_pat
     assert res.exit_code == 0, res.output
     assert "2 queries" in res.output and "verified" in res.output
 
-    events = [json.loads(line) for f in sorted(log_dir.glob("*.jsonl")) for line in f.read_text().splitlines()]
+    events = read_events(log_dir)
     traces = list(dict.fromkeys(e["trace_id"] for e in events))
     assert len(traces) == 2
     for trace_id, q in zip(traces, QUERIES):

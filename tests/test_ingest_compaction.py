@@ -1,6 +1,5 @@
-"""The daemon's automatic compaction: it compacts while following, the views do not change, and
-every event id is in the store exactly once — in the snapshot readers see, and in the raw files
-once the replaced segments are gone."""
+"""The daemon's automatic compaction (Delta OPTIMIZE + VACUUM): it compacts while following, the
+views do not change, and every event id is in the table's newest version exactly once."""
 
 import collections
 import importlib.util
@@ -13,16 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import orjson
 import pytest
 from click.testing import CliRunner
+from deltalake import DeltaTable
 
 import store
 from ingest import ingest_once
 from ingest.cli import main as cli
-from ingest.compactor import fresh_segments
-from store.snapshot import resolve
+from store.compact import small_files
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,11 +29,13 @@ ingest_bench = importlib.util.module_from_spec(_bench)
 _bench.loader.exec_module(ingest_bench)
 
 
-def _ids_in(files) -> collections.Counter:
-    if not files:
-        return collections.Counter()
-    rows = duckdb.execute("select id from read_parquet(?, union_by_name=true)", [[str(f) for f in files]]).fetchall()
-    return collections.Counter(r[0] for r in rows)
+def _ids(st) -> collections.Counter:
+    """Event ids in the events table's newest version, as any Delta reader sees them."""
+    return collections.Counter(DeltaTable(str(st / "events")).to_pyarrow_table(columns=["id"]).column("id").to_pylist())
+
+
+def _optimizes(st) -> int:
+    return sum(1 for c in DeltaTable(str(st / "events")).history() if c["operation"] == "OPTIMIZE")
 
 
 def _views(path) -> dict:
@@ -77,27 +77,15 @@ def test_daemon_compacts_while_following_views_unchanged_ids_exactly_once(tmp_pa
         info = store.open_store(st)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            snap = resolve(info)
-            if snap.manifest is not None and not snap.fresh and set(_ids_in(snap.compacted)) >= set(ids):
+            if _optimizes(st) and set(_ids(st)) >= set(ids) and small_files(info) <= 2:
                 break
             time.sleep(0.2)
         else:
             raise AssertionError(f"never compacted everything; daemon log:\n{(tmp_path / 'daemon.log').read_text()[-3000:]}")
-        # What readers see: the snapshot's files hold every id exactly once.
-        snap = resolve(info)
-        assert _ids_in(list(snap.compacted) + list(snap.fresh)) == collections.Counter(ids)
+        # What readers see: the newest version holds every id exactly once.
+        assert _ids(st) == collections.Counter(ids)
         log = (tmp_path / "daemon.log").read_text()
         assert "event=compacted" in log
-        # The replaced writer segments go after the grace period (10 s): then the raw files too.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            raw = _ids_in(sorted((st / "events").glob("*/[wc]-*.parquet")))
-            if raw == collections.Counter(ids):
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"raw segments still hold {sum(raw.values())} rows for {len(ids)} ids")
-        assert fresh_segments(str(st)) == 0
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
@@ -129,18 +117,16 @@ def test_compaction_flags_are_checked_and_off_means_off(tmp_path):
         assert summary["events"] > 0
         return summary
 
+    st = tmp_path / "s"
     for _ in range(3):
-        once("--compact-every-s", "0.01")  # 1, 2, 3 fresh segments: fewer than the default 8
-    assert resolve(store.open_store(tmp_path / "s")).manifest is None
-    assert fresh_segments(str(tmp_path / "s")) == 3
+        once("--compact-every-s", "0.01")  # 1, 2, 3 small files: fewer than the default 8
+    assert _optimizes(st) == 0 and small_files(store.open_store(st)) == 3
     once("--compact-every-s", "0", "--compact-min-segments", "1")  # off means off
-    assert resolve(store.open_store(tmp_path / "s")).manifest is None
-    assert fresh_segments(str(tmp_path / "s")) == 4
-    before = _views(tmp_path / "s")
-    once("--compact-min-segments", "5")  # the 5th segment makes it worth it
-    snap = resolve(store.open_store(tmp_path / "s"))
-    assert snap.manifest is not None and fresh_segments(str(tmp_path / "s")) == 0
-    after = _views(tmp_path / "s")
+    assert _optimizes(st) == 0 and small_files(store.open_store(st)) == 4
+    before = _views(st)
+    once("--compact-min-segments", "5")  # the 5th small file makes it worth it
+    assert _optimizes(st) == 1 and len(DeltaTable(str(st / "events")).file_uris()) == 1
+    after = _views(st)
     assert len(after["events"]) > len(before["events"])
     assert set(before["events"]) <= set(after["events"])  # nothing lost, nothing duplicated
     assert len({row[0] for row in after["events"]}) == len(after["events"])

@@ -365,3 +365,20 @@ def test_verifier_sees_sibling_answers_and_the_chosen_answer_is_rechecked_when_t
     # Checked once when found, and again at the end because a later answer appeared.
     assert len(verifies) == 2
     assert set(dom.contexts[-1].sibling_answers) == {"4", "5"}
+
+
+def test_nodes_carry_their_creation_order():
+    nodes = LATS(SeededLLM(), ArithmeticDomain("2"), QUERY, params(simulations=4, seed=3)).run().nodes()
+    assert sorted(n.order for n in nodes) == list(range(len(nodes)))
+    assert all(n.id == f"n{n.order}" for n in nodes)
+    assert all(n.parent is None or n.parent.order < n.order for n in nodes)
+
+
+def test_a_recheck_keeps_a_path_value_of_zero():
+    # Every judgement is "no": each step is worth 0.0, and so is the path to the answer. The
+    # recheck at the end (a later answer appeared) must not read that 0.0 as "no value".
+    answers = iter(["Answer: 4", "Answer: 5", "Answer: 5"])
+    result = LATS(ScriptedLLM(rollout=lambda c: next(answers), judge=lambda c: "no"), ArithmeticDomain("5"), QUERY, params(simulations=3, reward_threshold=1.0, llm_value_weight=1.0)).run()
+    assert result.best.answer == "5" and result.best.signals["path_value"] == 0.0
+    assert result.reward.components["path_value"] == 0.0
+    assert result.reward.value == pytest.approx(0.8)

@@ -4,14 +4,9 @@ tested in test_lats.py); events go through the real TraceLogger into real files.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import jsonschema
 import pytest
 
 from kaelum import Orchestrator, Settings
-from kaelum.events import SCHEMA_PATH, validate_event
 from kaelum.orchestrator import load_queries
 from kaelum.prompts import format_completion, worker_messages
 from test_lats_support import ArithmeticDomain, ScriptedLLM
@@ -30,51 +25,7 @@ def orchestrator(tmp_path, llm, domain=None, **kw) -> Orchestrator:
     return Orchestrator(settings(**kw), enable_logging=True, log_dir=tmp_path / "logs", llm=llm, domain_factory=lambda name, options: dom)
 
 
-def read_events(log_dir: Path) -> list[dict]:
-    files = sorted(log_dir.glob("*.jsonl"))
-    assert len(files) == 1
-    return [json.loads(line) for line in files[0].read_text().splitlines()]
-
-
-SCHEMA = json.loads(Path(SCHEMA_PATH).read_text())
-
-
-def check_trace_shape(events: list[dict], query: str) -> None:
-    """The rules of docs/architecture.md that the store's views and the trainer rely on."""
-    for e in events:
-        validate_event(e)
-        jsonschema.validate(e, SCHEMA)
-    assert [e["seq"] for e in events] == list(range(len(events)))
-    assert len({e["trace_id"] for e in events}) == 1
-    assert events[0]["type"] == "trace_started" and events[-1]["type"] == "trace_completed"
-    assert [e["type"] for e in events].count("trace_completed") == 1
-    nodes = {}
-    for e in events:
-        if e["type"] == "node_expanded":
-            d = e["data"]
-            assert d["node_id"] not in nodes
-            if not nodes:
-                assert (d["depth"], d["parent_id"], d["thought"], d["terminal"], d["answer"], d["llm"]) == (0, None, query, False, None, None)
-            else:
-                parent = nodes[d["parent_id"]]  # parents come before children
-                assert d["depth"] == parent["depth"] + 1
-                assert d["thought"].strip() and d["llm"]["model"]
-                assert (d["answer"] is not None) <= d["terminal"]
-            nodes[d["node_id"]] = d
-        elif e["type"] in ("node_evaluated", "verification", "reflection"):
-            assert e["data"]["node_id"] in nodes
-    done = events[-1]["data"]
-    assert {s["node_id"] for s in done["node_stats"]} == set(nodes)
-    if done["status"] == "ok":
-        path = done["best_path"]
-        assert path[0] == events[1]["data"]["node_id"]
-        for parent, child in zip(path, path[1:]):
-            assert nodes[child]["parent_id"] == parent
-        last = nodes[path[-1]]
-        assert last["terminal"] and last["answer"] == done["final_answer"]
-
-
-def test_a_trace_writes_the_full_event_sequence(tmp_path):
+def test_a_trace_writes_the_full_event_sequence(tmp_path, read_events, check_trace_shape):
     llm = ScriptedLLM(rollout=lambda c: "Step 2: 2+3=5\nAnswer: 5")
     with orchestrator(tmp_path, llm) as orch:
         result = orch.run(QUERY, domain="math", tags=["unit"])
@@ -103,7 +54,7 @@ def test_a_trace_writes_the_full_event_sequence(tmp_path):
     assert result.events[-1].to_dict() == events[-1]
 
 
-def test_trace_holds_sibling_nodes_with_different_thoughts_and_renders_training_text(tmp_path):
+def test_trace_holds_sibling_nodes_with_different_thoughts_and_renders_training_text(tmp_path, read_events):
     llm = ScriptedLLM(rollout=lambda c: "Step 2: 2+3=5\nAnswer: 5")
     with orchestrator(tmp_path, llm) as orch:
         orch.run(QUERY, domain="math")
@@ -118,7 +69,7 @@ def test_trace_holds_sibling_nodes_with_different_thoughts_and_renders_training_
     assert worker_messages("math", QUERY)[1]["content"] == QUERY
 
 
-def test_routing_without_an_explicit_domain_is_logged(tmp_path):
+def test_routing_without_an_explicit_domain_is_logged(tmp_path, read_events):
     llm = ScriptedLLM(rollout=lambda c: "Answer: 5")
     with orchestrator(tmp_path, llm) as orch:
         result = orch.run("Calculate 2 + 3.")
@@ -126,7 +77,7 @@ def test_routing_without_an_explicit_domain_is_logged(tmp_path):
     assert router["domain"] == "math" == result.domain and router["method"] == "keywords" and 0 < router["confidence"] <= 1
 
 
-def test_failed_verification_and_reflection_events(tmp_path):
+def test_failed_verification_and_reflection_events(tmp_path, read_events, check_trace_shape):
     llm = ScriptedLLM(rollout=lambda c: "Answer: 4", reflect=lambda c: "Add the numbers.")
     with orchestrator(tmp_path, llm, LATS_SIMULATIONS=2) as orch:
         result = orch.run(QUERY, domain="math")
@@ -140,7 +91,7 @@ def test_failed_verification_and_reflection_events(tmp_path):
 
 
 @pytest.mark.parametrize("fail_on", ["expand", "rollout", "judge", "reflect"])
-def test_an_llm_failure_anywhere_closes_the_trace_with_error(tmp_path, fail_on):
+def test_an_llm_failure_anywhere_closes_the_trace_with_error(tmp_path, fail_on, read_events, check_trace_shape):
     llm = ScriptedLLM(rollout=lambda c: "Answer: 4", fail_on=fail_on)
     with orchestrator(tmp_path, llm) as orch:
         result = orch.run(QUERY, domain="math")
@@ -154,7 +105,7 @@ def test_an_llm_failure_anywhere_closes_the_trace_with_error(tmp_path, fail_on):
     assert events[1]["type"] == "node_expanded" and done["usage"]["llm_calls"] == len(llm.calls) - 1
 
 
-def test_a_verifier_that_raises_closes_the_trace_with_error(tmp_path):
+def test_a_verifier_that_raises_closes_the_trace_with_error(tmp_path, read_events, check_trace_shape):
     llm = ScriptedLLM(rollout=lambda c: "Answer: 5")
     with orchestrator(tmp_path, llm, domain=ArithmeticDomain("5", raise_in_verify=True)) as orch:
         result = orch.run(QUERY, domain="math")
@@ -164,7 +115,7 @@ def test_a_verifier_that_raises_closes_the_trace_with_error(tmp_path):
     assert any(e["type"] == "node_expanded" and e["data"]["terminal"] for e in events)
 
 
-def test_a_domain_that_cannot_be_built_closes_the_trace_with_error(tmp_path):
+def test_a_domain_that_cannot_be_built_closes_the_trace_with_error(tmp_path, read_events):
     def broken(name, options):
         raise LookupError(f"no domain module for {name}")
 
@@ -176,7 +127,7 @@ def test_a_domain_that_cannot_be_built_closes_the_trace_with_error(tmp_path):
     assert events[-1]["data"]["error"] == "LookupError: no domain module for logic" and result.tree is None
 
 
-def test_bad_input_raises_before_any_event(tmp_path):
+def test_bad_input_raises_before_any_event(tmp_path, read_events):
     orch = orchestrator(tmp_path, ScriptedLLM())
     with pytest.raises(ValueError, match="non-empty"):
         orch.run("   ")
@@ -186,7 +137,7 @@ def test_bad_input_raises_before_any_event(tmp_path):
     assert not list((tmp_path / "logs").glob("*.jsonl")) or read_events(tmp_path / "logs") == []
 
 
-def test_many_traces_share_one_file_each_complete(tmp_path):
+def test_many_traces_share_one_file_each_complete(tmp_path, read_events, check_trace_shape):
     llm = ScriptedLLM(rollout=lambda c: "Answer: 5")
     with orchestrator(tmp_path, llm) as orch:
         ids = [orch.run(QUERY, domain="math").trace_id for _ in range(3)]
@@ -195,7 +146,7 @@ def test_many_traces_share_one_file_each_complete(tmp_path):
         check_trace_shape([e for e in events if e["trace_id"] == tid], QUERY)
 
 
-def test_without_logging_nothing_is_written_but_events_are_returned(tmp_path, monkeypatch):
+def test_without_logging_nothing_is_written_but_events_are_returned(tmp_path, monkeypatch, check_trace_shape):
     monkeypatch.chdir(tmp_path)
     orch = Orchestrator(settings(), llm=ScriptedLLM(rollout=lambda c: "Answer: 5"), domain_factory=lambda n, o: ArithmeticDomain("5"))
     result = orch.run(QUERY, domain="math")

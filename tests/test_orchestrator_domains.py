@@ -10,10 +10,9 @@ import pytest
 
 from kaelum import Orchestrator, Settings
 from test_lats_support import ScriptedLLM
-from test_orchestrator import check_trace_shape, read_events
 
 
-def test_math_with_the_real_verifier(tmp_path):
+def test_math_with_the_real_verifier(tmp_path, read_events, check_trace_shape):
     llm = ScriptedLLM(expand=lambda c: ["Step 1: 6 * 4 = 24", "Step 1: 6 * 4 = 20", "Step 1: multiply"], rollout=lambda c: "Answer: 24", judge=lambda c: "yes")
     settings = Settings(LATS_SIMULATIONS=2, SEED=0)
     with Orchestrator(settings, enable_logging=True, log_dir=tmp_path / "logs", llm=llm) as orch:
@@ -38,7 +37,7 @@ def test_math_wrong_answer_is_not_verified(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_code_runs_the_given_tests_in_the_sandbox(tmp_path):
+def test_code_runs_the_given_tests_in_the_sandbox(tmp_path, read_events, check_trace_shape):
     solution = "Step 1: return the reverse\nAnswer:\n```python\ndef rev(s):\n    return s[::-1]\n```"
     llm = ScriptedLLM(expand=lambda c: [solution] * c.n, judge=lambda c: "yes")
     settings = Settings(LATS_SIMULATIONS=1, SANDBOX_TIMEOUT_S=20)
@@ -60,7 +59,7 @@ def _closed_port() -> int:
 
 
 @pytest.mark.timeout(120)
-def test_a_model_that_cannot_be_loaded_closes_the_trace_with_error(tmp_path):
+def test_a_model_that_cannot_be_loaded_closes_the_trace_with_error(tmp_path, read_events):
     settings = Settings(MATH_WORKER_MODEL=str(tmp_path / "no-such-model"))
     with Orchestrator(settings, enable_logging=True, log_dir=tmp_path / "logs") as orch:
         result = orch.run("What is 6 * 4?", domain="math")
@@ -71,7 +70,7 @@ def test_a_model_that_cannot_be_loaded_closes_the_trace_with_error(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_a_server_that_is_down_closes_the_trace_with_error(tmp_path):
+def test_a_server_that_is_down_closes_the_trace_with_error(tmp_path, read_events, check_trace_shape):
     settings = Settings(DEFAULT_WORKER_MODEL="some-model", OPENAI_BASE_URL=f"http://127.0.0.1:{_closed_port()}/v1", LLM_MAX_RETRIES=0, LLM_TIMEOUT_S=5)
     with Orchestrator(settings, enable_logging=True, log_dir=tmp_path / "logs") as orch:
         result = orch.run("What is 6 * 4?", domain="math")

@@ -87,3 +87,40 @@ def test_docs_settings_table_is_current():
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "runtime.md").read_text(encoding="utf-8")
     assert settings_reference() in doc, "docs/runtime.md is stale: run python -m kaelum.config docs/runtime.md"
+
+
+def test_every_search_default_is_the_one_in_lats_params():
+    # Settings writes no search default of its own: the defaults a user gets through the runtime
+    # (Settings) and through the library (LatsParams()) are the same, the wall-clock limit included.
+    assert Settings().lats_params() == LatsParams()
+    assert LatsParams().timeout_s == Settings().LATS_TIMEOUT_S == 600.0
+
+
+def test_every_search_parameter_is_a_setting_except_the_per_domain_one():
+    from dataclasses import fields
+
+    fed = [f.json_schema_extra["lats_param"] for f in Settings.model_fields.values() if isinstance(f.json_schema_extra, dict) and "lats_param" in f.json_schema_extra]
+    assert len(fed) == len(set(fed))
+    # multiline_answers comes from the domain registry (kaelum.domains.registry), not from Settings.
+    assert sorted(fed) == sorted(f.name for f in fields(LatsParams) if f.name != "multiline_answers")
+
+
+def test_each_search_setting_reaches_its_parameter(monkeypatch):
+    monkeypatch.setenv("KAELUM_LATS_TIMEOUT_S", "7.5")
+    s = Settings(LATS_MAX_REFLECTIONS=1, LATS_REFLECTION=True, MAX_ANSWER_TOKENS=500, MAX_ROLLOUT_TOKENS=300, LATS_PRUNE_THRESHOLD=0.0)
+    p = s.lats_params()
+    assert (p.timeout_s, p.max_reflections, p.reflections, p.max_answer_tokens, p.max_rollout_tokens, p.prune_threshold) == (7.5, 1, True, 500, 300, 0.0)
+
+
+def test_the_defaults_docs_runtime_md_names_are_the_defaults():
+    # "Defaults, and why" quotes defaults in its prose (`LATS_BRANCHING=8`); they must be the code's.
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "runtime.md").read_text(encoding="utf-8")
+    section = doc[doc.index("### Defaults, and why") : doc.index("**For a larger worker**")]
+    quoted = dict(re.findall(r"`([A-Z][A-Z_]+)=([^`]+)`", section))
+    assert len(quoted) >= 8
+    defaults = Settings()
+    for name, shown in quoted.items():
+        assert getattr(Settings(**{name: shown}), name) == getattr(defaults, name), f"docs/runtime.md shows {name}={shown}"

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from kaelum.events import TraceEvents
-from store import SegmentWriter, SourceRange, events_from_dicts
+from store import SourceRange, StoreWriter, events_from_dicts
 from store.cli import main
 
 
@@ -19,7 +19,7 @@ from store.cli import main
 def st(tmp_path: Path) -> Path:
     t = TraceEvents()
     evs = [t.make("reflection", node_id=f"n{i}", text=f"note {i}").to_dict() for i in range(3)]
-    with SegmentWriter(tmp_path / "st", "cli") as w:
+    with StoreWriter(tmp_path / "st", "cli") as w:
         w.commit(events_from_dicts(evs[:2]), sources=[SourceRange("fp", "/l", 0, 10, 2)])
         w.commit(events_from_dicts(evs[2:]), sources=[SourceRange("fp", "/l", 10, 20, 1)])
     return tmp_path / "st"
@@ -78,14 +78,23 @@ def test_views_lists_columns(st: Path) -> None:
     assert "    steps                  VARCHAR[]" in out.output
 
 
-def test_compact_and_attach_file(st: Path, tmp_path: Path) -> None:
+def test_compact_history_and_as_of(st: Path, tmp_path: Path) -> None:
     r = CliRunner()
-    out = r.invoke(main, ["compact", "--store", str(st), "--grace", "0"])
-    assert out.exit_code == 0 and out.output.startswith("segments: 2 -> 1 (2 merged into 1, 3 rows")
+    out = r.invoke(main, ["history", "--store", str(st)])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[1].split()[0] == "2" and "cli (2)" in lines[1] and lines[-1].split()[0] == "0"
+    out = r.invoke(main, ["compact", "--store", str(st), "--retention-s", "0"])
+    assert out.exit_code == 0 and out.output.startswith("files: 2 -> 1 (2 merged into 1, 2 old files deleted"), out.output
     out = r.invoke(main, ["--store", str(st), "-f", "csv", "select count(*) as n from events"])
     assert out.output == "n\n3\n"
-    out = r.invoke(main, ["attach-file", "--store", str(st)])
-    assert out.exit_code == 0 and f"duckdb -readonly {st / 'views.duckdb'}" in out.output
-    con = duckdb.connect(str(st / "views.duckdb"), read_only=True)  # what any DuckDB client does
-    assert con.execute("select count(*) from events").fetchone()[0] == 3
-    assert con.execute("select count(*) from training_examples_at(0.5)").fetchone()[0] == 0
+    out = r.invoke(main, ["--store", str(st), "--as-of", "1", "-f", "csv", "select count(*) as n from events"])
+    assert out.exit_code == 1 and "older than VACUUM's retention: 1 of its files were deleted" in out.output  # retention 0
+    out = r.invoke(main, ["--store", str(st), "--as-of", "soon", "select 1"])
+    assert out.exit_code == 2 and "neither a table version" in out.output
+
+
+def test_as_of_reads_an_old_version(st: Path) -> None:
+    r = CliRunner()
+    out = r.invoke(main, ["--store", str(st), "--as-of", "1", "-f", "csv", "select count(*) as n from events"])
+    assert out.exit_code == 0 and out.output == "n\n2\n", out.output

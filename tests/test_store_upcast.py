@@ -12,7 +12,7 @@ import pytest
 
 import store
 from kaelum.events import TraceEvents
-from store import Contract, SegmentWriter, StoreError, Upcaster, events_from_dicts
+from store import Contract, StoreWriter, StoreError, Upcaster, events_from_dicts
 from store.upcast import CURRENT, UPCAST_V1_V2, V1_FIELDS
 
 
@@ -54,7 +54,7 @@ def test_contract_needs_the_whole_chain():
 
 def test_v2_rows_read_as_v3(tmp_path: Path):
     tid, evs = _trace()
-    with SegmentWriter(tmp_path, "old") as w:  # a version-2 writer stored them as written
+    with StoreWriter(tmp_path, "old") as w:  # a version-2 writer stored them as written
         w.commit(events_from_dicts(evs))
     con = store.connect(tmp_path, contract=V3)
     data, v, thought = con.execute("SELECT data, v, thought FROM events WHERE type = 'node_expanded' AND node_id = 'n1'").fetchone()
@@ -65,7 +65,7 @@ def test_v2_rows_read_as_v3(tmp_path: Path):
     # Version-1 rows go through the whole chain.
     assert V3.upcast("node_expanded", evs[2]["data"], 1) == payload
     assert con.execute("SELECT steps FROM trajectories").fetchone()[0] == ["It is 1."]
-    # The stored segment is untouched: version 2, field `thought`.
+    # The stored row is untouched: version 2, field `thought`.
     v1 = store.connect(tmp_path)
     assert json.loads(v1.execute("SELECT data FROM events WHERE node_id = 'n1' AND type = 'node_expanded'").fetchone()[0])["thought"] == "It is 1."
 
@@ -76,7 +76,7 @@ def test_v3_writer_takes_v2_and_v3_rows_and_the_views_agree(tmp_path: Path):
     for e in v3:
         e["id"] = e["id"][:-4] + "beef"  # another copy of the trace, as version 3 lines
         e["trace_id"] = "v3-" + tid
-    with SegmentWriter(tmp_path, "new", contract=V3) as w:
+    with StoreWriter(tmp_path, "new", contract=V3) as w:
         w.commit(events_from_dicts(evs + v3))
     con = store.connect(tmp_path, contract=V3)
     rows = con.execute("SELECT trace_id, steps, complete FROM trajectories ORDER BY trace_id").fetchall()
@@ -85,6 +85,6 @@ def test_v3_writer_takes_v2_and_v3_rows_and_the_views_agree(tmp_path: Path):
 
 def test_newer_version_than_the_writer_knows_is_refused(tmp_path: Path):
     _tid, evs = _trace()
-    with SegmentWriter(tmp_path, "old") as w:
+    with StoreWriter(tmp_path, "old") as w:
         with pytest.raises(StoreError, match=r"column 'v': versions 2..3 outside 1..2 \(quarantine lines of unknown versions"):
             w.commit(events_from_dicts([evs[0], dict(evs[1], v=3)]))

@@ -169,7 +169,7 @@ def test_trainer_selection_default_flag_and_where(old_and_new):
 
 def test_preference_pairs_use_only_checked_outcomes(tmp_path):
     """A branch that 'passed' by agreement is no chosen answer, and one that 'failed' by it no rejected one."""
-    from store import SegmentWriter, events_from_dicts
+    from store import StoreWriter, events_from_dicts
 
     def tree(passing: str, failing: str) -> list[dict]:
         t = TraceEvents()
@@ -186,7 +186,7 @@ def test_preference_pairs_use_only_checked_outcomes(tmp_path):
         return [e.to_dict() for e in evs]
 
     checked, agreed, outvoted = tree("math.reference", "math.reference"), tree("math.consistency", "math.reference"), tree("math.reference", "math.consistency")
-    with SegmentWriter(tmp_path, "w") as w:
+    with StoreWriter(tmp_path, "w") as w:
         w.commit(events_from_dicts(checked + agreed + outvoted))
     con = store.connect(tmp_path)
     pairs = con.execute("SELECT trace_id, chosen_answer, rejected_answer FROM preference_pairs").fetchall()

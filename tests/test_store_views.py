@@ -230,3 +230,20 @@ def test_connect_errors(tmp_path: Path):
         store.connect(tmp_path / "missing")
     with pytest.raises(store.StoreError, match="the folder has no kaelum-store.json"):
         store.connect(tmp_path)
+
+
+def test_a_conflicting_event_id_is_listed_in_quarantine_with_its_reason(tmp_path: Path):
+    t = TraceEvents()
+    first = t.make("reflection", node_id="n1", text="the real one").to_dict()
+    other = TraceEvents().make("reflection", node_id="n1", text="same id, another trace").to_dict()
+    other["id"] = first["id"]
+    with SegmentWriter(tmp_path / "s", writer_id="a") as w:
+        w.commit(store.events_from_dicts([first], source="fp-a", source_path="/a.jsonl", offsets=[0]))
+    with SegmentWriter(tmp_path / "s", writer_id="b") as w:
+        w.commit(store.events_from_dicts([other], source="fp-b", source_path="/b.jsonl", offsets=[40]))
+    con = store.connect(tmp_path / "s")
+    (q,) = _rows(con, "SELECT * FROM quarantine")
+    assert (q["source"], q["source_path"], q["offset"], q["writer"]) == ("fp-b", "/b.jsonl", 40, "b")
+    assert q["reason"] == (f"event id {first['id']} conflicts with an earlier copy: that one is a reflection of trace "
+                           f"{first['trace_id']}, this one a reflection of trace {other['trace_id']}")
+    assert json.loads(q["raw_text"])["data"]["text"] == "same id, another trace" and q["raw"] == q["raw_text"].encode()

@@ -1,4 +1,4 @@
-"""SegmentWriter: atomic commits, positions recovered from the store, clear refusals."""
+"""StoreWriter: atomic Delta commits, positions recovered from the table, clear refusals."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 import store
 from kaelum.events import TraceEvents
@@ -19,9 +19,9 @@ from store import (
     EVENTS_SCHEMA,
     BatchBuilder,
     QuarantineRecord,
-    SegmentWriter,
     SourceRange,
     StoreError,
+    StoreWriter,
     events_from_dicts,
     events_table,
     open_store,
@@ -40,32 +40,37 @@ def _started(t: TraceEvents, domain: str = "math", query: str = "What is 2+2?") 
     ).to_dict()
 
 
-def _segments(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("s-"))
+def _rows(root: Path, table: str = "events") -> list[dict]:
+    """The rows of the table's newest version, read by delta-rs itself (not through the views)."""
+    return DeltaTable(str(root / table)).to_pyarrow_table().to_pylist()
 
 
 def test_commit_writes_events_quarantine_and_positions(tmp_path: Path) -> None:
     t = TraceEvents()
     events = [_started(t)]
-    with SegmentWriter(tmp_path / "st", writer_id="host-a") as w:
+    with StoreWriter(tmp_path / "st", writer_id="host-a") as w:
         info = w.commit(
             events_from_dicts(events, source="fp1", source_path="/logs/a.jsonl", offsets=[0]),
             quarantine=[QuarantineRecord("/logs/a.jsonl", "fp1", 311, b"\xff\xfe not utf-8 {", "line is not valid UTF-8")],
             sources=[SourceRange("fp1", "/logs/a.jsonl", 0, 350, events=1, quarantined=1)],
         )
-    assert info.seq == 1 and info.events == 1 and info.quarantined == 1
-    ev_seg, q_seg = (tmp_path / "st" / s for s in info.segments)
-    assert ev_seg.parent.name.startswith("date=") and ev_seg.name.startswith("w-host-a-000000000001-")
-    row = pq.read_table(ev_seg).to_pylist()[0]
+    assert info.seq == 1 and info.events == 1 and info.quarantined == 1 and info.version == 1
+    (row,) = _rows(tmp_path / "st")
+    assert str(row["date"]) == events[0]["ts"][:10]
     assert row["id"] == events[0]["id"] and row["writer"] == "host-a" and row["offset"] == 0
     assert row["domain"] == "math" and row["query"] == "What is 2+2?" and row["tags"] == ["t"]
     assert json.loads(row["data"]) == events[0]["data"]
-    q = pq.read_table(q_seg).to_pylist()[0]
+    (q,) = _rows(tmp_path / "st", "quarantine")
+    assert q["batch"] == 1 and q["writer"] == "host-a"
     assert q["raw"] == b"\xff\xfe not utf-8 {" and q["raw_text"] == "\\xff\\xfe not utf-8 {"
     assert q["offset"] == 311 and q["reason"] == "line is not valid UTF-8"
 
+    # The commit carries the writer's app transaction and its positions (Delta commit metadata).
+    dt = DeltaTable(str(tmp_path / "st" / "events"))
+    assert dt.transaction_version("host-a") == 1
+    assert json.loads(dt.history(limit=1)[0]["kaelum.positions"])["fp1"]["offset"] == 350
     # Positions are recovered from the store by a fresh writer and by store.positions.
-    with SegmentWriter(tmp_path / "st", writer_id="host-a") as w2:
+    with StoreWriter(tmp_path / "st", writer_id="host-a") as w2:
         pos = w2.positions()["fp1"]
         assert (pos.offset, pos.events, pos.quarantined, pos.bytes, pos.path) == (350, 1, 1, 350, "/logs/a.jsonl")
         assert w2.last_seq == 1
@@ -74,31 +79,32 @@ def test_commit_writes_events_quarantine_and_positions(tmp_path: Path) -> None:
 
 
 def test_positions_accumulate_and_zero_event_commit_is_durable(tmp_path: Path) -> None:
-    with SegmentWriter(tmp_path, writer_id="w1") as w:
+    with StoreWriter(tmp_path, writer_id="w1") as w:
         w.commit(sources=[SourceRange("fp", "/l.jsonl", 0, 100, events=0)])
         w.commit(
             quarantine=[QuarantineRecord("/l.jsonl", "fp", 100, b"garbage", "not JSON")],
             sources=[SourceRange("fp", "/l.jsonl", 100, 108, events=0, quarantined=1)],
         )
-    assert _segments(tmp_path / "events") == []
-    pos = SegmentWriter(tmp_path, writer_id="w1").positions()["fp"]
+    assert _rows(tmp_path) == [] and len(_rows(tmp_path, "quarantine")) == 1
+    assert DeltaTable(str(tmp_path / "events")).transaction_version("w1") == 2  # the zero-event commits count
+    pos = StoreWriter(tmp_path, writer_id="w1").positions()["fp"]
     assert (pos.offset, pos.bytes, pos.quarantined, pos.events) == (108, 108, 1, 0)
 
 
 def test_several_writers_never_collide(tmp_path: Path) -> None:
     t = TraceEvents()
     e = [_started(t)]
-    with SegmentWriter(tmp_path, "host-a") as a, SegmentWriter(tmp_path, "host-b") as b:
-        sa = a.commit(events_from_dicts(e), sources=[SourceRange("fa", "/a", 0, 10, 1)]).segments
-        sb = b.commit(events_from_dicts(e), sources=[SourceRange("fb", "/b", 0, 20, 1)]).segments
-    assert sa != sb and all(Path(tmp_path, s).exists() for s in sa + sb)
+    with StoreWriter(tmp_path, "host-a") as a, StoreWriter(tmp_path, "host-b") as b:
+        va = a.commit(events_from_dicts(e), sources=[SourceRange("fa", "/a", 0, 10, 1)]).version
+        vb = b.commit(events_from_dicts(e), sources=[SourceRange("fb", "/b", 0, 20, 1)]).version
+    assert (va, vb) == (1, 2) and sorted(r["writer"] for r in _rows(tmp_path)) == ["host-a", "host-b"]
     assert {k: p.offset for k, p in store.positions(tmp_path).items()} == {("host-a", "fa"): 10, ("host-b", "fb"): 20}
 
 
 def test_same_writer_id_twice_is_refused(tmp_path: Path) -> None:
-    with SegmentWriter(tmp_path, "host-a"):
+    with StoreWriter(tmp_path, "host-a"):
         with pytest.raises(StoreError, match="writer id 'host-a' is already in use by another process"):
-            SegmentWriter(tmp_path, "host-a")
+            StoreWriter(tmp_path, "host-a")
 
 
 @pytest.mark.parametrize(
@@ -114,13 +120,12 @@ def test_same_writer_id_twice_is_refused(tmp_path: Path) -> None:
 )
 def test_bad_batch_is_refused_and_nothing_written(tmp_path: Path, mutate, message: str) -> None:
     table = events_from_dicts([_started(TraceEvents())])
-    with SegmentWriter(tmp_path, "w") as w:
+    with StoreWriter(tmp_path, "w") as w:
         with pytest.raises(StoreError, match="nothing written") as err:
             w.commit(mutate(table), sources=[SourceRange("fp", "/x", 0, 10, 1)])
         assert message in str(err.value)
         assert w.positions() == {} and w.last_seq == 0
-    assert _segments(tmp_path) == []
-    assert not list((tmp_path / "_commits" / "w").glob("*.json"))
+    assert _rows(tmp_path) == [] and DeltaTable(str(tmp_path / "events")).version() == 0  # no commit at all
 
 
 def test_events_table_parallel_lists_and_builder_agree(tmp_path: Path) -> None:
@@ -154,9 +159,11 @@ def test_events_split_into_one_segment_per_utc_date(tmp_path: Path) -> None:
     a = _started(t)
     b = dict(t.make("reflection", node_id="n", text="x").to_dict(), ts="2026-01-02T00:00:00.000001Z")
     a["ts"] = "2026-01-01T23:59:59.999999Z"
-    with SegmentWriter(tmp_path, "w") as w:
-        info = w.commit(events_from_dicts([a, b]))
-    assert sorted(Path(s).parent.name for s in info.segments) == ["date=2026-01-01", "date=2026-01-02"]
+    with StoreWriter(tmp_path, "w") as w:
+        w.commit(events_from_dicts([a, b]))
+    dt = DeltaTable(str(tmp_path / "events"))
+    assert dt.version() == 1  # one commit ...
+    assert sorted(Path(f).parent.name for f in dt.file_uris()) == ["date=2026-01-01", "date=2026-01-02"]  # ... one file per date
 
 
 
@@ -174,48 +181,102 @@ def test_typed_columns_stay_aligned_with_their_rows_through_the_sort(tmp_path: P
         else:
             events.append(dict(t.make("feedback", by="u", reward=(i % 10) / 10, label=f"l{i}").to_dict(),
                                ts=f"2026-01-0{1 + i // 3 % 3}T12:00:00.000000Z"))
-    with SegmentWriter(tmp_path, "w") as w:
-        info = w.commit(events_from_dicts(events, offsets=list(range(len(events)))))
-    assert len(info.segments) == len({e["ts"][:10] for e in events}) >= 3  # one segment per date
-    rows = [r for s in info.segments for r in pq.read_table(tmp_path / s).to_pylist()]
+    with StoreWriter(tmp_path, "w") as w:
+        w.commit(events_from_dicts(events, offsets=list(range(len(events)))))
+    files = DeltaTable(str(tmp_path / "events")).file_uris()
+    assert len(files) == len({e["ts"][:10] for e in events}) >= 3  # one file per date
+    rows = _rows(tmp_path)
     assert len(rows) == len(events)
     for r in rows:
         d = json.loads(r["data"])
         assert r["id"] == events[r["offset"]]["id"] and r["writer"] == "w"
         assert (r["node_id"], r["depth"], r["thought"], r["value"], r["reward"], r["label"]) == (
             d.get("node_id"), d.get("depth"), d.get("thought"), d.get("value"), d.get("reward"), d.get("label"))
-    for s in info.segments:  # sorted by (type, trace_id, seq) within each segment
-        tb = pq.read_table(tmp_path / s)
+    import pyarrow.parquet as pq
+
+    for f in files:  # sorted by (type, trace_id, seq) within each file
+        tb = pq.read_table(f)
         keys = list(zip(tb.column("type").to_pylist(), tb.column("trace_id").to_pylist(), tb.column("seq").to_pylist()))
         assert keys == sorted(keys)
 
 
 _CRASH = """
-import os, sys, store
-from store import SegmentWriter, SourceRange, events_from_dicts
+import os, sys
+from store import QuarantineRecord, SourceRange, StoreWriter, events_from_dicts
 from kaelum.events import TraceEvents
-w = SegmentWriter(sys.argv[1], "crashy")
+w = StoreWriter(sys.argv[1], "crashy")
 t = TraceEvents()
-e = [t.make("reflection", node_id="n", text="x").to_dict()]
-w.commit(events_from_dicts(e), sources=[SourceRange("fp", "/l", 0, 50, 1)])
-import store.layout
-def die(*a, **k):
-    os._exit(3)  # the process dies after the segments are in place, before the commit record
-store.writer.write_durable = die
-w.commit(events_from_dicts([t.make("reflection", node_id="n", text="y").to_dict()]), sources=[SourceRange("fp", "/l", 50, 99, 1)])
+w.commit(events_from_dicts([t.make("reflection", node_id="n", text="x").to_dict()]), sources=[SourceRange("fp", "/l", 0, 50, 1)])
+real = w._append
+def die_before_the_events_commit(table, rows, seq, meta, what):
+    if table is w._events:
+        os._exit(3)  # the quarantine of batch 2 is committed, its events and positions are not
+    return real(table, rows, seq, meta, what)
+w._append = die_before_the_events_commit
+w.commit(events_from_dicts([t.make("reflection", node_id="n", text="y").to_dict()]),
+         quarantine=[QuarantineRecord("/l", "fp", 60, b"garbage", "not JSON")], sources=[SourceRange("fp", "/l", 50, 99, 1, 1)])
 """
 
 
-def test_crash_before_commit_record_leaves_old_positions_and_orphans_are_removed(tmp_path: Path) -> None:
+def test_crash_between_quarantine_and_events_commit_resumes_from_the_events_table(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", _CRASH, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3, proc.stderr
-    assert len(_segments(tmp_path / "events")) == 2  # the second commit's segment was renamed in
-    with SegmentWriter(tmp_path, "crashy") as w:
+    assert len(_rows(tmp_path)) == 1 and len(_rows(tmp_path, "quarantine")) == 1  # the orphan quarantine row
+    with StoreWriter(tmp_path, "crashy") as w:
         assert w.positions()["fp"].offset == 50 and w.last_seq == 1
-        segs = _segments(tmp_path / "events")
-        assert len(segs) == 1 and "-000000000001-" in segs[0].name
-        # The next commit reuses seq 2 cleanly.
-        assert w.commit(sources=[SourceRange("fp", "/l", 50, 99, 1)]).seq == 2
+        assert _rows(tmp_path, "quarantine") == []  # removed on open: the re-read line is quarantined once
+        assert w.commit(quarantine=[QuarantineRecord("/l", "fp", 60, b"garbage", "not JSON")],
+                        sources=[SourceRange("fp", "/l", 50, 99, 1, 1)]).seq == 2
+    assert [r["offset"] for r in _rows(tmp_path, "quarantine")] == [60]
+
+
+def test_a_commit_that_fails_on_its_second_date_leaves_no_rows(tmp_path: Path) -> None:
+    # A real storage failure half-way through a commit: the first date's file is written, the
+    # second date's partition cannot be created (a file is in its way), the log entry never happens.
+    t = TraceEvents()
+    a = dict(_started(t), ts="2026-01-01T10:00:00.000000Z")
+    b = dict(t.make("reflection", node_id="n", text="x").to_dict(), ts="2026-01-02T10:00:00.000000Z")
+    with StoreWriter(tmp_path, "w") as w:
+        blocker = tmp_path / "events" / "date=2026-01-02"
+        blocker.write_text("not a directory")
+        with pytest.raises(StoreError, match="committing events failed"):
+            w.commit(events_from_dicts([a, b]), sources=[SourceRange("fp", "/l", 0, 99, 2)])
+        assert _rows(tmp_path) == [] and w.positions() == {} and w.last_seq == 0
+        assert store.connect(tmp_path).execute("SELECT count(*) FROM _events_all").fetchone()[0] == 0
+        blocker.unlink()
+        assert w.commit(events_from_dicts([a, b]), sources=[SourceRange("fp", "/l", 0, 99, 2)]).seq == 1
+    assert sorted(r["id"] for r in _rows(tmp_path)) == sorted([a["id"], b["id"]])  # once each
+
+
+def test_a_full_disk_is_named_as_such(tmp_path: Path, monkeypatch) -> None:
+    import deltalake
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with StoreWriter(tmp_path, "w") as w:
+        monkeypatch.setattr(deltalake, "write_deltalake", full_disk)
+        with pytest.raises(StoreError, match="the disk is full .nothing was committed"):
+            w.commit(events_from_dicts([_started(TraceEvents())]), sources=[SourceRange("fp", "/l", 0, 99, 1)])
+
+
+def test_store_files_are_not_world_readable(tmp_path: Path) -> None:
+    with StoreWriter(tmp_path / "st", "w") as w:
+        w.commit(events_from_dicts([_started(TraceEvents())]))
+    assert (tmp_path / "st").stat().st_mode & 0o007 == 0  # "others" cannot even enter the folder
+
+
+def test_two_processes_under_one_writer_id_cannot_both_commit(tmp_path: Path) -> None:
+    # On object storage there is no flock: Delta's app-transaction conflict check is the guard.
+    with StoreWriter(tmp_path, "w") as a:
+        a.commit(events_from_dicts([_started(TraceEvents())]), sources=[SourceRange("fp", "/l", 0, 10, 1)])
+        b_events = DeltaTable(str(tmp_path / "events"))  # a second process's view of the table, as of seq 1
+        a.commit(events_from_dicts([_started(TraceEvents())]), sources=[SourceRange("fp", "/l", 10, 20, 1)])
+        a._events = b_events  # commit seq 2 again from the stale state, as the other process would
+        a._seq = 1
+        with pytest.raises(StoreError, match="another process committed under writer id 'w'"):
+            a.commit(events_from_dicts([_started(TraceEvents())]), sources=[SourceRange("fp", "/l", 10, 20, 1)])
+    assert len(_rows(tmp_path)) == 2
 
 
 def test_open_store_errors(tmp_path: Path) -> None:
@@ -230,9 +291,9 @@ def test_open_store_errors(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="is a file, not a store folder"):
         open_store(tmp_path / "f")
     info = open_store(tmp_path / "new", create=True)
-    assert open_store(info.path).layout_version == 1
+    assert open_store(info.path).layout_version == 2
     with pytest.raises(StoreError, match="invalid writer id"):
-        SegmentWriter(tmp_path / "new", writer_id="bad/id")
+        StoreWriter(tmp_path / "new", writer_id="bad/id")
 
 
 def test_a_store_is_never_laid_out_in_a_folder_holding_other_files(tmp_path: Path) -> None:
@@ -244,15 +305,15 @@ def test_a_store_is_never_laid_out_in_a_folder_holding_other_files(tmp_path: Pat
     with pytest.raises(StoreError, match=r"is not empty and not a Kaelum store \(it holds __init__.py, views.py\)"):
         open_store(pkg, create=True)
     with pytest.raises(StoreError, match="is not empty and not a Kaelum store"):
-        SegmentWriter(pkg, writer_id="w")
+        StoreWriter(pkg, writer_id="w")
     assert sorted(p.name for p in pkg.iterdir()) == ["__init__.py", "views.py"]  # nothing written
     # An empty folder, or one another process is laying out right now, is fine.
     (tmp_path / "empty").mkdir()
-    assert open_store(tmp_path / "empty", create=True).layout_version == 1
+    assert open_store(tmp_path / "empty", create=True).layout_version == 2
     half = tmp_path / "half"
     (half / "events").mkdir(parents=True)
-    (half / "_commits").mkdir()
-    assert open_store(half, create=True).layout_version == 1
+    (half / "quarantine").mkdir()
+    assert open_store(half, create=True).layout_version == 2
 
 
 def test_commit_of_100k_events_is_fast(tmp_path: Path) -> None:
@@ -262,7 +323,7 @@ def test_commit_of_100k_events_is_fast(tmp_path: Path) -> None:
         terminal=False, answer=None, llm={"model": "m", "prompt_tokens": 100, "completion_tokens": 40, "latency_ms": 10.0},
     ).to_dict()
     table = events_from_dicts([dict(base, id=f"id-{i}", seq=i) for i in range(100_000)], "fp", "/l", list(range(100_000)))
-    with SegmentWriter(tmp_path, "w") as w:
+    with StoreWriter(tmp_path, "w") as w:
         w.commit(events_from_dicts([base]))  # warm up DuckDB's JSON extension
         t0 = time.perf_counter()
         w.commit(table, sources=[SourceRange("fp", "/l", 0, 10_000_000, 100_000)])

@@ -103,7 +103,8 @@ def test_manifest_lists_exactly_the_trace_ids_the_filter_selected(trained, world
     assert m["base_model"] == world["model"] and m["kind"] == "adapter"
     assert m["filters"]["where"] == "reward >= 0.9" and m["domain"] == "math" and m["filters"]["min_reward"] == 0.7
     assert [s["examples"] for s in m["filters"]["stages"]] == [33, 30, 27, 24]  # view, --domain, --min-reward, --where
-    assert m["store"]["event_count"] > 0 and m["store"]["segments"] and all(s.startswith("events/") for s in m["store"]["segments"])
+    assert m["store"]["event_count"] > 0 and m["store"]["files"] and all(s.startswith("events/") for s in m["store"]["files"])
+    assert m["store"]["versions"]["events"] >= 1
     assert m["hyperparameters"]["lr"] == 5e-3 and m["hyperparameters"]["lora"]["r"] == 16
     assert m["metrics"]["eval_loss"] > 0
 

@@ -12,9 +12,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
-from .config import DataArgs, LoraArgs, TrainArgs
+from .config import ConfigError, DataArgs, LoraArgs, TrainArgs
 from .data import DataError, Selection, Trace, check_counts, select_examples
 from .trainer import DryRun, TrainResult, build_rows, dry_run, load_tokenizer, run_training
 from .where import check_where
@@ -87,6 +87,12 @@ def finetune_worker(
     selecting from the store. Further `TrainArgs` fields (grad_accum, adapter, method, packing,
     resume, seed, ...) and `LoraArgs` fields as `lora_r`, `lora_alpha` pass through `options`.
     """
+    if options.get("dry_run"):
+        # Refused before anything is ingested or loaded: this function's result is a trained model.
+        raise ConfigError([
+            "dry_run: finetune_worker always trains; for a dry run call train.train(TrainArgs(..., dry_run=True)) "
+            "or run `kaelum-train --dry-run`"
+        ])
     lora = LoraArgs(**{k[5:]: options.pop(k) for k in list(options) if k.startswith("lora_")})
     data = DataArgs(
         store=store,
@@ -103,9 +109,7 @@ def finetune_worker(
         sel = Selection(examples=chosen, stages=[("traces passed in", len(traces)), (f"domain {domain}", len(chosen))])
         check_counts(sel)
         return run_training(args, sel)
-    result = train(args)
-    assert isinstance(result, TrainResult)
-    return result
+    return cast(TrainResult, train(args))  # a TrainResult: dry_run was refused above
 
 
 def train(args: TrainArgs) -> TrainResult | DryRun:
@@ -122,6 +126,7 @@ def train(args: TrainArgs) -> TrainResult | DryRun:
         min_reward=args.data.min_reward,
         where=args.data.where,
         include_unchecked=args.data.include_unchecked,
+        as_of=args.data.as_of,
     )
     if args.dry_run:
         return dry_run(args, sel)

@@ -60,6 +60,8 @@ def _print_summary(r: Any) -> None:
 @click.option("--lr", default=2e-5, show_default=True, type=float, help="Learning rate.")
 @click.option("--min-reward", default=0.7, show_default=True, type=float, help="Minimum (effective) reward of a training example.")
 @click.option("--store", default="./store", show_default=True, help="The trace store to read training_examples from.")
+@click.option("--as-of", default=None, help="Train on the store as it was: an events table version, events=N,quarantine=M "
+              "(what kaelum_manifest.json records), or an RFC 3339 timestamp.")
 @click.option("--where", default=None, help="SQL predicate over training_examples (preference_pairs with --method dpo), e.g. \"reward > 0.9\".")
 @click.option("--include-unchecked", is_flag=True, help="Also train on traces verified only by agreement, a judge or a clean run "
               "(verified_by consistency/judge/runs); by default only checked answers (reference, computed, tests, formal, constraints).")
@@ -116,6 +118,7 @@ def main(**kw: Any) -> None:
             max_seq_len=kw["max_seq_len"],
             eval_split=kw["eval_split"],
             packing=kw["packing"],
+            as_of=kw["as_of"],
         ),
         lora=LoraArgs(r=kw["lora_r"], alpha=kw["lora_alpha"], dropout=kw["lora_dropout"], targets=kw["lora_targets"]),
         adapter=kw["adapter"],

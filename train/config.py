@@ -66,6 +66,7 @@ class DataArgs:
     max_seq_len: int = 1024  # --max-seq-len
     eval_split: float = 0.1  # --eval-split: fraction of examples held out for eval_loss
     packing: bool = False  # --packing
+    as_of: str | None = None  # --as-of: read the store as it was (a version, events=N,quarantine=M, or an RFC 3339 time)
 
     def problems(self) -> list[str]:
         out = []

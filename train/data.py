@@ -125,14 +125,22 @@ class PreferencePair:
 
 @dataclass
 class StoreSnapshot:
-    """What the store held when the examples were read: enough to trace a model back to its events."""
+    """What the store held when the examples were read: enough to trace a model back to its events
+    and to read exactly the same rows again (``--as-of events=N,quarantine=M``)."""
 
     path: str
-    segments: list[str]
+    versions: dict[str, int]  # Delta table versions read: {"events": N, "quarantine": M}
+    files: list[str]  # the events table's data files of that version, relative to the store
     event_count: int
+    as_of: str | None = None  # what the user asked for, if anything
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "segments": self.segments, "segment_count": len(self.segments), "event_count": self.event_count}
+        return {"path": self.path, "versions": self.versions, "as_of": self.as_of, "files": self.files,
+                "file_count": len(self.files), "event_count": self.event_count}
+
+    def as_of_arg(self) -> str:
+        """The ``--as-of`` that reads this snapshot again."""
+        return f"events={self.versions['events']},quarantine={self.versions['quarantine']}"
 
 
 @dataclass
@@ -160,36 +168,50 @@ def trace_ids_hash(trace_ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(trace_ids)).encode()).hexdigest()
 
 
-def open_store(store_path: str) -> duckdb.DuckDBPyConnection:
-    """The store's read-only DuckDB connection with its views, or a DataError naming the fix."""
-    if not os.path.isdir(store_path):
+def open_store(store_path: str, as_of: Any = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the store's views over one snapshot, or a DataError naming the fix.
+
+    The snapshot is `as_of` (a version, an RFC 3339 timestamp, or exact table versions), else the
+    newest one now; either way every query of the connection reads the same versions, so counts,
+    rows and the manifest agree even while an ingester commits.
+    """
+    import store
+    from store.layout import is_url
+    from store.snapshot import parse_as_of
+
+    if not is_url(store_path) and not os.path.isdir(store_path):
         raise DataError(
             f"no store at {store_path} — run `kaelum-ingest --once --log-dir ./logs --store {store_path}` first, "
             "or pass --log-dir to ingest the logs before training"
         )
-    import store
-
     try:
-        return store.connect(store_path)
+        parsed = parse_as_of(as_of) if isinstance(as_of, str) else as_of
+        if parsed is None:  # pin the newest snapshot, so that every later query reads the same one
+            probe = store.connect(store_path)
+            try:
+                parsed = store.snapshot_of(probe).versions
+            finally:
+                probe.close()
+        return store.connect(store_path, as_of=parsed)
     except Exception as exc:
         raise DataError(f"cannot open the store at {store_path}: {exc}") from exc
 
 
-def snapshot(store_path: str, con: duckdb.DuckDBPyConnection) -> StoreSnapshot:
+def snapshot(store_path: str, con: duckdb.DuckDBPyConnection, as_of: Any = None) -> StoreSnapshot:
+    """The snapshot `con` (from ``open_store``) reads: its table versions, files and event count."""
     import store
-    from store.snapshot import resolve
+    from store.layout import is_url
 
-    root = os.path.abspath(store_path)
-    # The segments a reader sees now: committed writer segments and the current compaction
-    # generation, never uncommitted files or inputs waiting for deletion. (`store.open_store`, the
-    # store's layout; this module's own `open_store` is its DuckDB connection.)
-    snap = resolve(store.open_store(store_path))
-    segments = sorted(os.path.relpath(str(p), root) for p in (*snap.compacted, *snap.fresh))
+    snap = store.snapshot_of(con)
+    root = store_path if is_url(store_path) else os.path.abspath(store_path)
+    prefix = root.rstrip("/") + "/"
+    files = sorted(f[len(prefix):] if f.startswith(prefix) else f for f in snap.events_files)
     try:
         count = int(con.execute("select count(*) from events").fetchall()[0][0])
     except duckdb.Error:
         count = -1
-    return StoreSnapshot(path=root, segments=segments, event_count=count)
+    return StoreSnapshot(path=root, versions=snap.versions, files=files, event_count=count,
+                         as_of=None if as_of is None else str(as_of))
 
 
 def select_rows(
@@ -262,6 +284,7 @@ def select_examples(
     min_reward: float | None = 0.7,
     where: str | None = None,
     include_unchecked: bool = False,
+    as_of: Any = None,
 ) -> Selection:
     """Read the store's view for `method` and apply the filters. Raises DataError when nothing is left.
 
@@ -269,14 +292,15 @@ def select_examples(
     computed, tests, formal, constraints). `include_unchecked`, or a `where` that names
     `verified_by` (e.g. "verified_by = 'consistency'"), reads `training_examples_all` instead, so
     that traces only agreed on, judged or run are included knowingly, never by default.
+    Everything is read from one snapshot of the store: `as_of` (see ``open_store``) or the newest.
     """
     if where:
         check_where(where)  # before the store is touched
     view = "preference_pairs" if method == "dpo" else "training_examples"
     source = examples_source(where, include_unchecked) if view == "training_examples" else view
-    con = open_store(store_path)
+    con = open_store(store_path, as_of)
     try:
-        snap = snapshot(store_path, con)
+        snap = snapshot(store_path, con, as_of)
         try:
             table = con.sql(f"select * from {source}").to_arrow_table()
         except duckdb.Error as exc:

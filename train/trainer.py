@@ -308,6 +308,16 @@ def latest_checkpoint(output_dir: str) -> str | None:
     return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
 
 
+def warmup_steps(steps_per_epoch: int, epochs: float, warmup_ratio: float) -> int:
+    """--warmup-ratio as a whole number of optimizer steps, counted as the Trainer counts them.
+
+    An integer `TrainingArguments.warmup_steps` means steps in transformers 4.46+ and 5 alike; a
+    float below 1 is a ratio only in 5 (4.x would take it as a fraction of one step), and 4.x's
+    separate `warmup_ratio` is gone in 5.
+    """
+    return math.ceil(math.ceil(steps_per_epoch * epochs) * warmup_ratio)
+
+
 def run_training(args: TrainArgs, selection: Selection, tokenizer: Any | None = None) -> TrainResult:
     """Train on `selection` and write the output directory. `args` must be validated."""
     from transformers import TrainingArguments, set_seed
@@ -349,7 +359,7 @@ def run_training(args: TrainArgs, selection: Selection, tokenizer: Any | None = 
         gradient_accumulation_steps=args.grad_accum,
         learning_rate=args.lr,
         weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_ratio,
+        warmup_steps=warmup_steps(steps_per_epoch, args.epochs, args.warmup_ratio),
         lr_scheduler_type=args.lr_scheduler,
         logging_steps=min(args.logging_steps, steps_per_epoch),
         logging_first_step=True,

@@ -7,7 +7,9 @@
     reward = domain.reward(verdict, value, ctx)
 
 Each domain's reward components, and what each verdict method (`verdict.method`, one of METHODS;
-CHECKED_METHODS check the answer) guarantees, are documented in docs/domains.md.
+CHECKED_METHODS check the answer) guarantees, are documented in docs/domains.md. The domains
+themselves (name, prompt, answer shape, worker setting, class) are declared once, in
+`kaelum.domains.registry`.
 """
 
 from __future__ import annotations
@@ -15,21 +17,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .base import CHECKED_METHODS, METHODS, Domain, Judge, Reward, Verdict, VerifyContext, method_of_verifier
-
-DOMAIN_NAMES = ("math", "code", "logic", "factual", "creative", "analysis")
-
-
-def _classes() -> dict[str, type]:
-    # Imported here so that `import kaelum.domains` stays cheap (sympy loads only with math).
-    from .analysis import AnalysisDomain
-    from .code import CodeDomain
-    from .creative import CreativeDomain
-    from .factual import FactualDomain
-    from .logic import LogicDomain
-    from .math import MathDomain
-
-    return {"math": MathDomain, "code": CodeDomain, "logic": LogicDomain, "factual": FactualDomain,
-            "creative": CreativeDomain, "analysis": AnalysisDomain}
+from .registry import DOMAIN_NAMES, DOMAIN_SPECS, DomainSpec, domain_spec
 
 
 def get_domain(name: str, options: Mapping[str, Any] | None = None) -> Domain:
@@ -37,12 +25,13 @@ def get_domain(name: str, options: Mapping[str, Any] | None = None) -> Domain:
 
     Raises ValueError naming the valid domains for an unknown name, or every problem with the options.
     """
-    if not isinstance(name, str) or name.strip().lower() not in DOMAIN_NAMES:
+    key = name.strip().lower() if isinstance(name, str) else None
+    if key not in DOMAIN_NAMES:
         raise ValueError(f"unknown domain {name!r}; expected one of {', '.join(DOMAIN_NAMES)}")
     if options is not None and not isinstance(options, Mapping):
         raise ValueError(f"domain options must be a mapping, got {type(options).__name__}")
-    return _classes()[name.strip().lower()](options)
+    return domain_spec(key).domain_class()(options)
 
 
-__all__ = ["get_domain", "DOMAIN_NAMES", "Domain", "Judge", "Reward", "Verdict", "VerifyContext", "METHODS", "CHECKED_METHODS",
-           "method_of_verifier"]
+__all__ = ["get_domain", "domain_spec", "DOMAIN_NAMES", "DOMAIN_SPECS", "DomainSpec", "Domain", "Judge", "Reward", "Verdict",
+           "VerifyContext", "METHODS", "CHECKED_METHODS", "method_of_verifier"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import re
+import threading
 from abc import ABC, abstractmethod
+from dataclasses import replace
 from typing import Callable, Iterable, Mapping, Sequence
 
 from ..prompts import ANSWER_PREFIX
@@ -166,6 +169,87 @@ __all__ = ["DomainBase", "ANSWER_PREFIX", "answer_text", "norm_text", "agreement
            "compose", "bounded", "failed", "words", "content_words", "stem", "first_line", "unique", "STOPWORDS"]
 
 
+# Bounds of every verifier: (largest answer in characters, seconds for one verification). Checked
+# by DomainBase.verify before and around the domain's own check; options `max_answer_chars` and
+# `verify_timeout_s` override them. Code has no time backstop here: its sandbox enforces its own
+# wall clock (`timeout_s`) from outside the code, and interrupting it would skip its cleanup.
+VERIFY_BOUNDS: Mapping[str, tuple[int, float | None]] = {
+    "math": (1_000, 10.0), "logic": (2_000, 10.0), "factual": (2_000, 60.0),
+    "creative": (20_000, 120.0), "analysis": (20_000, 120.0), "code": (200_000, None),
+}
+DEFAULT_BOUNDS: tuple[int, float | None] = (20_000, 60.0)
+
+
+def verify_bounds(domain: str, options: Mapping[str, object]) -> tuple[int, float | None]:
+    """(max answer characters, time bound in seconds or None) for a domain, options applied."""
+    max_chars, timeout_s = VERIFY_BOUNDS.get(domain, DEFAULT_BOUNDS)
+    if "max_answer_chars" in options:
+        max_chars = options["max_answer_chars"]  # type: ignore[assignment]
+        if not isinstance(max_chars, int) or isinstance(max_chars, bool) or max_chars < 1:
+            raise ValueError(f"option max_answer_chars must be a positive integer, got {max_chars!r}")
+    if "verify_timeout_s" in options:
+        timeout_s = options["verify_timeout_s"]  # type: ignore[assignment]
+        if timeout_s is not None and (not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool)
+                                      or timeout_s <= 0):
+            raise ValueError(f"option verify_timeout_s must be a positive number or null, got {timeout_s!r}")
+    return max_chars, timeout_s
+
+
+class VerifierTimeout(BaseException):
+    """Raised into a verification that ran past its time bound. A BaseException, so that the
+    `except Exception` a verifier uses for "cannot decide" does not swallow it."""
+
+
+_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+_set_async_exc.argtypes = [ctypes.c_ulong, ctypes.py_object]
+_set_async_exc.restype = ctypes.c_int
+
+
+class Deadline:
+    """Interrupt the current thread's Python code after `seconds` (None: never), with VerifierTimeout.
+
+    A timer thread raises the exception asynchronously in the verifying thread (it surfaces at the
+    next bytecode boundary, so a pure-Python loop stops; one long C call finishes first, which is
+    why the parsers also bound their input). The exception is caught here, not left pending for
+    the caller: `expired` says it fired.
+    """
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._lock = threading.Lock()
+        self._done = False
+        self._timer: threading.Timer | None = None
+
+    def __enter__(self) -> "Deadline":
+        if self.seconds is not None:
+            self._timer = threading.Timer(self.seconds, self._fire, (threading.get_ident(),))
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def _fire(self, thread_id: int) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            _set_async_exc(thread_id, VerifierTimeout)
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
+        with self._lock:
+            self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.expired and exc_type is not VerifierTimeout:
+            # Fired, but not delivered yet: let it surface here (a loop checks for it) and drop it.
+            try:
+                for _ in range(10_000_000):
+                    pass
+            except VerifierTimeout:
+                pass
+        return exc_type is VerifierTimeout
+
+
 class DomainBase(ABC):
     """What every domain shares: options, a verify that never raises, a reward from the verdict's signals.
 
@@ -185,8 +269,27 @@ class DomainBase(ABC):
         return {**self.options, **dict(ctx.options or {})}
 
     def verify(self, answer: str | None, ctx: VerifyContext) -> Verdict:
+        """`_verify` within the domain's bounds: an answer over the size bound fails before any parsing,
+        and one whose check runs past the time bound fails with the reason (see `VERIFY_BOUNDS`)."""
         try:
-            return self._verify(answer, ctx)
+            max_chars, timeout_s = verify_bounds(self.name, self.opts(ctx))
+        except ValueError as e:
+            return failed(f"{self.name}.error", str(e))
+        if answer is not None and len(answer) > max_chars:
+            return failed(f"{self.name}.bounds", f"the answer is {len(answer)} characters long, more than the "
+                          f"{self.name} verifier's bound of {max_chars} (option max_answer_chars)")
+        if any(s is not None and len(s) > max_chars for s in ctx.sibling_answers):
+            # Other branches' answers are parsed for agreement too; one that big fails its own check.
+            ctx = replace(ctx, sibling_answers=tuple(s for s in ctx.sibling_answers if s is None or len(s) <= max_chars))
+        try:
+            with Deadline(timeout_s) as deadline:
+                verdict = self._verify(answer, ctx)
+            if deadline.expired:
+                raise VerifierTimeout()
+            return verdict
+        except VerifierTimeout:
+            return failed(f"{self.name}.bounds", f"the {self.name} verifier ran past its time bound of {timeout_s} s "
+                          f"(option verify_timeout_s)")
         except Exception as e:  # noqa: BLE001 - a verifier never raises (see domains.base)
             log.exception("%s verifier failed", self.name)
             return failed(f"{self.name}.error", f"internal error: {type(e).__name__}: {e}")

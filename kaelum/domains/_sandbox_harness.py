@@ -1,14 +1,17 @@
-"""Runs inside the sandbox: loads the solution, runs each test unit, records one JSON line per outcome.
+"""Runs inside the solution's sandbox: loads the solution, then answers the grader's calls into it.
 
-Copied into the sandbox's work directory and run with `python -I -B _sandbox_harness.py`. It reads
-`plan.json` (written by `kaelum.domains.sandbox`) and appends to `results.jsonl`, flushing after each
-line so that the outcomes recorded before a kill (timeout, memory) survive it.
+Copied into the sandbox's work directory with `_sandbox_wire.py` and `_sandbox_guard.py` and run
+by the launcher as `python -I -B -c <boot>` (plus `strict` when the kernel layer is missing). It
+reads `plan.json` (written by `kaelum.domains.sandbox`), installs the audit hook before any
+untrusted code runs, executes the solution as module `solution`, and sends one `load` message on
+its output pipe. In test mode it then serves requests from the grader (call a function of the
+solution, read an attribute, list, len, item, contains, bool of a value the solution returned)
+until the grader closes the pipe.
 
-Before any untrusted code runs it installs an audit hook (PEP 578) that refuses internet sockets,
-writes outside the work directory, opening another process's /proc entries, and reading or
-listing the caller's home directory outside the interpreter's own trees. Hooks cannot be removed
-from Python code; they are the second layer behind the kernel's (namespaces, read-only mounts,
-unprivileged uid) and the only one where the kernel refuses namespaces.
+Nothing this process says is trusted: the grader, in another sandbox, runs the tests and decides
+each outcome from plain data (see `_sandbox_wire`). The solution may rewrite this harness, the
+builtins or the wire codec; all that buys it is answering calls with values of its choosing,
+which is what any function does.
 """
 
 from __future__ import annotations
@@ -17,166 +20,133 @@ import json
 import os
 import signal
 import sys
-import traceback
 import types
 
-_WORKDIR = os.path.realpath(os.getcwd())
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-_INET_FAMILIES = (-1, 2, 10)  # unspecified (defaults to AF_INET), AF_INET, AF_INET6
-_PATH_EVENTS = {"os.rename": 2, "os.remove": 1, "os.rmdir": 1, "os.mkdir": 1, "os.symlink": 2, "os.link": 2,
-                "os.chmod": 1, "os.chown": 1, "os.truncate": 1, "shutil.rmtree": 1, "os.utime": 1}
+
+def _load_helper(name: str) -> types.ModuleType:
+    """A helper copied next to this file, as a module (not via importlib.util: its import costs a start)."""
+    module = types.ModuleType(name)
+    with open(name + ".py") as f:
+        exec(compile(f.read(), name + ".py", "exec"), module.__dict__)  # noqa: S102 - our own helper
+    return module
 
 
-_PRIVATE: list[str] = []  # the caller's home: no reads
-_ALLOWED: list[str] = []  # the interpreter's trees, readable even inside a private directory
-
-
-def _resolved(path: object) -> str | None:
-    """The real absolute path `path` names (relative to the work directory); None for a non-path."""
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if not isinstance(path, str):
-        return None
-    return os.path.realpath(os.path.join(_WORKDIR, path))
-
-
-def _within(path: str, dirs: list[str]) -> bool:
-    return any(path == d or path.startswith(d.rstrip(os.sep) + os.sep) for d in dirs)
-
-
-def _inside(path: object) -> bool:
-    if isinstance(path, int):
-        return True  # an already-open descriptor was checked when it was opened
-    full = _resolved(path)
-    return full is not None and (_within(full, [_WORKDIR]) or full.startswith("/dev/null"))
-
-
-def _private(path: object) -> bool:
-    """Whether `path` lies in the caller's home (and not in the interpreter's trees or the work dir)."""
-    full = _resolved(path) if _PRIVATE else None
-    return full is not None and _within(full, _PRIVATE) and not _within(full, _ALLOWED + [_WORKDIR])
-
-
-def _other_process(path: object) -> bool:
-    """Whether `path` is in another process's /proc directory (its environment, memory, files)."""
-    full = _resolved(path)
-    if full is None:
-        return False
-    parts = full.split(os.sep)
-    return len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() and int(parts[2]) != os.getpid()
-
-
-def _audit(event: str, args: tuple) -> None:
-    if event == "socket.__new__" and args[1] in _INET_FAMILIES:
-        raise PermissionError("network access is disabled in the sandbox")
-    if event in ("socket.connect", "socket.bind", "socket.sendto", "socket.getaddrinfo", "socket.gethostbyname"):
-        raise PermissionError("network access is disabled in the sandbox")
-    if event == "open":
-        path, mode, flags = args
-        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-            isinstance(flags, int) and flags & _WRITE_FLAGS
-        )
-        if writing and not _inside(path):
-            raise PermissionError(f"writing outside the sandbox directory is not allowed: {path!r}")
-        if _private(path):
-            raise PermissionError(f"reading the caller's home directory is not allowed in the sandbox: {path!r}")
-        if _other_process(path):
-            # Without a PID namespace and a uid of its own, the code shares the caller's uid and
-            # could read the caller's environment (API keys) from /proc.
-            raise PermissionError(f"reading another process is not allowed in the sandbox: {path!r}")
-    elif event in ("os.listdir", "os.scandir") and args and _private(args[0]):
-        raise PermissionError(f"listing the caller's home directory is not allowed in the sandbox: {args[0]!r}")
-    elif event in _PATH_EVENTS:
-        for p in args[: _PATH_EVENTS[event]]:
-            if not _inside(p):
-                raise PermissionError(f"{event} outside the sandbox directory is not allowed: {p!r}")
-
-
-class _TestTimeout(BaseException):
-    """BaseException so that a bare `except Exception` in the code under test cannot swallow it."""
+class _CallTimeout(BaseException):
+    """BaseException so that a bare `except Exception` in the solution cannot swallow it."""
 
 
 def _alarm(_signum: int, _frame: object) -> None:
-    raise _TestTimeout()
+    raise _CallTimeout()
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, _TestTimeout):
+    if isinstance(exc, _CallTimeout):
         return "timeout"
-    if isinstance(exc, AssertionError):
-        msg = str(exc)
-        return "AssertionError" + (f": {msg}" if msg else "")
-    lines = traceback.format_exception_only(type(exc), exc)
-    return "".join(lines).strip()[-500:]
+    import traceback  # only when something failed: its import costs every start otherwise
+
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[-500:]
 
 
-def _run(code: str, ns: dict, filename: str, timeout_s: float) -> str | None:
-    """Execute `code` in `ns` under a wall-clock alarm; the error text, or None on success."""
-    signal.setitimer(signal.ITIMER_REAL, timeout_s)
-    try:
-        exec(compile(code, filename, "exec"), ns)  # noqa: S102 - this is the sandbox
-        return None
-    except BaseException as exc:  # noqa: BLE001 - SystemExit, MemoryError etc. are test failures too
-        return _describe(exc)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+def _raised(exc: BaseException) -> dict:
+    names = [c.__name__ for c in type(exc).__mro__ if c.__module__ == "builtins"]
+    return {"raised": "timeout" if isinstance(exc, _CallTimeout) else type(exc).__name__,
+            "bases": names[:20], "message": _describe(exc)}
 
 
 def main() -> None:
     with open("plan.json") as f:
         plan = json.load(f)
-    out = open("results.jsonl", "a", buffering=1)
+    wire = _load_helper("_sandbox_wire")
+    guard = _load_helper("_sandbox_guard")
+    strict = "strict" in sys.argv[1:]
+    out_fd = int(plan["fd_out"])
+    if plan.get("audit", True) or strict:
+        guard.install(os.path.realpath(os.getcwd()), [os.path.realpath(d) for d in plan.get("private_dirs", [])],
+                      [os.path.realpath(d) for d in plan.get("allowed_dirs", [])], strict,
+                      int(plan.get("max_write_opens", 16)))
+    signal.signal(signal.SIGALRM, _alarm)
+    refs: list = []
+
+    def register(value: object) -> dict:
+        if len(refs) >= 100_000:
+            raise wire.NotPlainData("too many values held for the grader")
+        refs.append(value)
+        return {"$ref": len(refs) - 1, "type": type(value).__name__}
+
+    def send(message: dict) -> None:
+        wire.write_all(out_fd, wire.dumps(message))
 
     main_pid = os.getpid()
-
-    def record(**row: object) -> None:
-        # Processes the code forks run this harness on too; the parent keeps only this pid's rows.
-        out.write(json.dumps({**row, "pid": os.getpid()}) + "\n")
-        out.flush()
-
-    record(kind="start", main=main_pid)
-
-    if plan.get("audit", True):
-        _PRIVATE.extend(os.path.realpath(d) for d in plan.get("private_dirs", []))
-        _ALLOWED.extend(os.path.realpath(d) for d in plan.get("allowed_dirs", []))
-        sys.addaudithook(_audit)
-    signal.signal(signal.SIGALRM, _alarm)
-    timeout = float(plan["per_test_timeout_s"])
-
-    # The solution is importable as module `solution` (tests may `from solution import f`).
     module = types.ModuleType("solution")
     module.__dict__["__name__"] = "__main__" if plan["mode"] == "script" else "solution"
     sys.modules["solution"] = module
-    error = _run(plan["solution"], module.__dict__, "solution.py", timeout)
-    record(kind="load", ok=error is None, error=error)
-    if error is not None:
+    signal.setitimer(signal.ITIMER_REAL, float(plan["per_test_timeout_s"]))
+    try:
+        exec(compile(plan["solution"], "solution.py", "exec"), module.__dict__)  # noqa: S102 - this is the sandbox
+        error = None
+    except BaseException as exc:  # noqa: BLE001 - SystemExit, MemoryError etc. are failures too
+        error = _describe(exc)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    if os.getpid() != main_pid:
+        os._exit(0)  # a process the solution forked while loading: only the original answers
+    names = []
+    if error is None and plan["mode"] == "tests":
+        for name, value in list(module.__dict__.items()):
+            if name.startswith("__"):
+                continue
+            if isinstance(value, types.ModuleType):
+                names.append([name, "module", value.__name__])
+                continue
+            try:
+                names.append([name, "value", wire.encode(value, register)])
+            except wire.NotPlainData:
+                continue
+    send({"kind": "load", "ok": error is None, "error": error, "names": names})
+    if error is not None or plan["mode"] != "tests":
         return
-    for s_index, units in enumerate(plan["snippets"]):
-        ns = dict(module.__dict__)
-        ns["__name__"] = "__test__"
-        setup_error = None
-        deferred = []
-        for u_index, unit in enumerate(units):
-            if unit["kind"] == "testfn":
-                deferred.append((u_index, unit))
-                continue
-            if setup_error is not None:
-                if unit["kind"] == "assert":
-                    record(kind="test", snippet=s_index, unit=u_index, ok=False, error=f"setup failed: {setup_error}")
-                continue
-            error = _run(unit["source"], ns, f"test_{s_index}.py", timeout)
-            if unit["kind"] == "assert":
-                record(kind="test", snippet=s_index, unit=u_index, ok=error is None, error=error)
-            else:
-                setup_error = error
-        for u_index, unit in deferred:
-            if setup_error is not None:
-                record(kind="test", snippet=s_index, unit=u_index, ok=False, error=f"setup failed: {setup_error}")
-                continue
-            # The function was defined by the snippet's statements; the unit's source calls it.
-            error = _run(unit["source"], ns, f"test_{s_index}.py", timeout)
-            record(kind="test", snippet=s_index, unit=u_index, ok=error is None, error=error)
-    record(kind="done")
+    reader = wire.LineReader(int(plan["fd_in"]), int(plan["max_message_bytes"]))
+    resolve = lambda i, _t: refs[i]  # noqa: E731 - the decoder's hook for references
+    while True:
+        try:
+            request = reader.read(None)
+        except (wire.ChannelClosed, wire.ChannelError):
+            return
+        send({"seq": request.get("seq"), **_serve(request, refs, resolve, register, wire)})
+
+
+def _serve(request: dict, refs: list, resolve, register, wire) -> dict:  # noqa: ANN001 - local helpers
+    """One request of the grader, answered as plain data (or the exception it raised)."""
+    try:
+        target = refs[int(request["ref"])]
+        op = request["op"]
+        args = [wire.decode(a, resolve) for a in request.get("args", [])]
+        kwargs = {str(k): wire.decode(v, resolve) for k, v in request.get("kwargs", [])}
+    except (KeyError, IndexError, ValueError, TypeError) as e:
+        return {"raised": "ValueError", "bases": ["ValueError"], "message": f"bad request: {e}"}
+    signal.setitimer(signal.ITIMER_REAL, max(0.001, float(request.get("deadline_s", 5.0))))
+    try:
+        if op == "call":
+            result = target(*args, **kwargs)
+        elif op == "getattr":
+            result = getattr(target, str(request["name"]))
+        elif op == "list":
+            result = list(target)
+        elif op == "len":
+            result = len(target)
+        elif op == "getitem":
+            result = target[args[0]]
+        elif op == "contains":
+            result = args[0] in target
+        elif op == "bool":
+            result = bool(target)
+        else:
+            raise ValueError(f"unknown operation {op!r}")
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        return {"ok": wire.encode(result, register)}
+    except BaseException as exc:  # noqa: BLE001 - reported to the grader, which decides
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        return _raised(exc)
 
 
 if __name__ == "__main__":

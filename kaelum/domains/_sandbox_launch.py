@@ -1,7 +1,8 @@
 """Sandbox launcher: isolates itself, then becomes the sandboxed interpreter.
 
-Run by `kaelum.domains.sandbox` as `python -I -S -B _sandbox_launch.py '<json config>'`, with the
-parent's privileges. It is a standalone script (stdlib only, no kaelum import) because it runs
+Run by `kaelum.domains.sandbox` as `python -I -S -B _sandbox_launch.py <config>`, with the
+parent's privileges (the config is `marshal` data in hex, written by the parent: unlike `json`,
+reading it imports nothing, and this runs twice for every verification). It is a standalone script (stdlib only, no kaelum import) because it runs
 between fork and the untrusted code, where nothing heavy should be loaded.
 
 Steps, each recorded in a small JSON report written to the file named by `report` so the parent
@@ -28,11 +29,12 @@ knows which protections really applied (a container or an AppArmor policy may re
 from __future__ import annotations
 
 import ctypes
-import json
+import marshal
 import os
 import resource
-import signal
 import stat
+
+import _signal as signal  # the C module: `signal` imports enum, a cost on every sandbox start
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -147,6 +149,56 @@ def _remount_readonly(keep_writable: str, report: dict) -> None:
         report["readonly_failures"] = failed[:5]
 
 
+def _decide_uid_drop(cfg: dict, report: dict, is_root: bool) -> None:
+    """As root: run as the per-run uid when it can reach the interpreter (once hidden ancestors were bound back)."""
+    report["uid_drop_decided"] = True
+    if is_root and cfg.get("uid") is not None:
+        reachable = all(_traversable_by_others(p) for p in cfg["needed_paths"] + [cfg["argv"][0]])
+        report["uid_drop"] = reachable
+        if not reachable:
+            report["uid_drop_error"] = "the interpreter is not readable by an unprivileged uid"
+
+
+def _real_dirs(paths: list[str]) -> list[str]:
+    """Existing directories among `paths`, links resolved (/var/run is usually a link to /run), deduplicated."""
+    return list(dict.fromkeys(os.path.realpath(p) for p in paths if os.path.isdir(p)))
+
+
+def _sized_workdir(cfg: dict, report: dict) -> None:
+    """Replace the work directory by a tmpfs of bounded size and inode count holding the same files.
+
+    RLIMIT_FSIZE caps each file, not their total; the tmpfs caps the total. Where the kernel
+    refuses the mount, the host directory stays (reported as `work_dir_limit: none`).
+    """
+    workdir, size = cfg["workdir"], cfg.get("work_dir_bytes")
+    if not size:
+        return
+    files = {}
+    for name in os.listdir(workdir):
+        path = os.path.join(workdir, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            with open(path, "rb") as f:
+                files[name] = f.read()
+    owner = ""
+    if report.get("uid_drop"):
+        owner = f",uid={cfg['uid']},gid={cfg['gid']}"
+    try:
+        _mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV,
+               f"size={int(size)},nr_inodes={int(cfg.get('work_dir_inodes', 4096))},mode=0700{owner}")
+    except OSError as e:
+        report["work_dir_limit"] = f"none ({e})"
+        return
+    for name, data in files.items():
+        fd = os.open(os.path.join(workdir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, data)
+            if report.get("uid_drop"):
+                os.fchown(fd, cfg["uid"], cfg["gid"])
+        finally:
+            os.close(fd)
+    report["work_dir_limit"] = f"tmpfs {int(size) // 2**20} MiB"
+
+
 def _set_limits(cfg: dict) -> None:
     def lim(res: int, soft: int, hard: int | None = None) -> None:
         resource.setrlimit(res, (soft, soft if hard is None else hard))
@@ -186,9 +238,22 @@ def _exit_like(status: int) -> None:
     os._exit(os.WEXITSTATUS(status))
 
 
+def _to_json(value: object) -> str:
+    """JSON for the report's plain values (bool, int, str, None, lists, dicts), without importing json."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_to_json(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(_to_json(str(k)) + ":" + _to_json(v) for k, v in value.items()) + "}"
+    return '"' + "".join(c if c >= " " and c not in '"\\' else "\\u%04x" % ord(c) for c in str(value)) + '"'
+
+
 def _write_report(report_file, report: dict) -> None:
     with report_file:
-        json.dump(report, report_file)
+        report_file.write(_to_json(report))
 
 
 def _mount_proc(report: dict) -> str:
@@ -247,7 +312,7 @@ def _enter_user_namespace(flags: int, report: dict) -> bool:
 
 
 def main() -> None:
-    cfg = json.loads(sys.argv[1])
+    cfg = marshal.loads(bytes.fromhex(sys.argv[1]))
     os.umask(0o022)
     report: dict = {"netns": False, "pidns": False, "mountns": False, "readonly_fs": False, "uid_drop": False,
                     "userns": False}
@@ -267,24 +332,40 @@ def main() -> None:
             _mount(None, "/", None, MS_REC | MS_PRIVATE)
             _mount(cfg["workdir"], cfg["workdir"], None, MS_BIND)
             _expose(cfg["needed_paths"], report)
+            _decide_uid_drop(cfg, report, is_root)
+            keep = cfg["needed_paths"] + [cfg["workdir"]]
+            # Shared scratch places hold other programs' unix sockets (a network namespace does not
+            # cover filesystem sockets), files and, here, the grader's directory: covered, with only
+            # the work directory (and an interpreter living there) bound back.
+            scratch = [d for d in _real_dirs(cfg.get("hide_always", [])) if d != "/"]
+            _hide(scratch, keep, report)
             if not is_root:
                 # The code runs as the caller's own uid here, so file permissions do not keep it
                 # out of the caller's home directory; hiding it does. (A home that holds the
                 # interpreter's tree itself, e.g. / as home, cannot be hidden.)
-                homes = [h for h in cfg.get("hide_dirs", []) if os.path.isdir(h) and h != "/"
+                homes = [h for h in _real_dirs(cfg.get("hide_dirs", [])) if h != "/"
                          and not any(_is_within(h, p) for p in cfg["needed_paths"])]
-                _hide(homes, cfg["needed_paths"] + [cfg["workdir"]], report)
+                _hide(homes, keep, report)
+            _sized_workdir(cfg, report)
             _remount_readonly(cfg["workdir"], report)
         except OSError as e:
             report["mount_error"] = str(e)
-    if is_root and cfg.get("uid") is not None:
-        reachable = all(_traversable_by_others(p) for p in cfg["needed_paths"] + [cfg["argv"][0]])
-        report["uid_drop"] = reachable
-        if not reachable:
-            report["uid_drop_error"] = "the interpreter is not readable by an unprivileged uid"
+    if "uid_drop_decided" not in report:
+        _decide_uid_drop(cfg, report, is_root)
+    report.pop("uid_drop_decided", None)
     if report["userns"]:
         # The namespace's count of our processes starts near zero, so the budget alone applies.
         cfg["nproc"] = cfg.get("nproc_in_userns", cfg["nproc"])
+    report["kernel_layer"] = all(report.get(k) for k in ("netns", "pidns", "mountns", "readonly_fs"))
+    if not report["kernel_layer"]:
+        if not cfg.get("allow_audit_only"):
+            report["refused"] = ("the kernel refused the sandbox's namespaces (" + str(
+                report.get("namespace_error") or report.get("mount_error") or "namespaces off")
+                + "): untrusted code would run as this user with only an in-process audit hook, which native "
+                "code can get around; set the sandbox option allow_audit_only=true to run it anyway")
+            _write_report(report_file, report)
+            os._exit(126)
+        cfg["argv"] = cfg["argv"] + ["strict"]  # the hook also refuses exec, ctypes and unix sockets
     if not report["pidns"]:
         _write_report(report_file, report)
         _exec_child(cfg, report)

@@ -72,6 +72,7 @@ class VerifyContext:
     steps: Sequence[str] = ()  # thoughts on the path to the terminal node (root excluded)
     sibling_answers: Sequence[str] = ()  # answers of other terminal nodes in the same tree (self-consistency)
     tests: Sequence[str] = ()  # code domain: test snippets given with the query
+    entry_point: str | None = None  # code domain: the function HumanEval-style `check(candidate)` tests are given
     reference: str | None = None  # the caller's reference answer (a label), for every domain that can use one
     judge: Judge | None = None  # LLM judgement, None when unavailable (e.g. unit tests)
     options: Mapping[str, Any] = field(default_factory=dict)  # domain settings (sandbox limits, ...)

@@ -1,7 +1,9 @@
 """Code: the extracted Python runs in the sandbox against the query's tests; reward is the share passed.
 
-Tests come from the query (`VerifyContext.tests`: assert lines or pytest-style `test_*` functions).
-Only when none are given, the tests the model wrote itself (top-level asserts, `test_*` functions,
+Tests come from the query (`VerifyContext.tests`: assert lines, pytest-style `test_*` functions, or
+HumanEval's `def check(candidate)` with `VerifyContext.entry_point` naming the function it is
+given). The tests run in a grader process of their own (see `sandbox`), never in the solution's,
+and must execute at least one `assert`. Only when none are given, the tests the model wrote itself (top-level asserts, `test_*` functions,
 asserts under `if __name__ == "__main__":`, or a later code block of asserts) are used, and the
 reward trusts them less (`test_confidence`). With no tests at all, the code is only run: clean
 execution is not verification.
@@ -22,12 +24,13 @@ from typing import Any, Mapping
 
 from ._common import DomainBase, answer_text, bounded, compose, failed
 from .base import Reward, Verdict, VerifyContext
-from .sandbox import SandboxLimits, SandboxResult, run_python, run_tests
+from .sandbox import SandboxLimits, SandboxRefused, SandboxResult, run_python, run_tests
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PY_LANGS = {"", "python", "py", "python3", "py3"}
 MODEL_TEST_CONFIDENCE = 0.8
 NO_TEST_CONFIDENCE = 0.5
+NO_ASSERTION = "the tests ran no assertion: is check() defined but never called?"
 
 
 def _code_blocks(text: str) -> list[str]:
@@ -141,7 +144,10 @@ class CodeDomain(DomainBase):
                 ref_tests = reference_tests(ctx.reference)
             except ReferenceError as e:
                 return failed("code.reference", str(e), signals={"tests_passed": 0.0})
-            result = run_tests(solution, [*ctx.tests, *ref_tests], limits)
+            try:
+                result = run_tests(solution, [*ctx.tests, *ref_tests], limits, entry_point=ctx.entry_point if ctx.tests else None)
+            except SandboxRefused as e:
+                return failed("code.reference", str(e), sandbox_refused=True)
             return self._tests_verdict(result, "given+reference" if ctx.tests else "reference", 1.0, "code.reference")
         if ctx.tests:
             source, tests, confidence = "given", list(ctx.tests), 1.0
@@ -149,10 +155,14 @@ class CodeDomain(DomainBase):
             source, tests, confidence = "model", model_tests, MODEL_TEST_CONFIDENCE
         else:
             source, tests, confidence = "none", [], NO_TEST_CONFIDENCE
-        if tests:
-            result = run_tests(solution, tests, limits)
-            return self._tests_verdict(result, source, confidence)
-        result = run_python(solution, limits)
+        try:
+            if tests:
+                entry = ctx.entry_point if source == "given" else None
+                result = run_tests(solution, tests, limits, entry_point=entry)
+                return self._tests_verdict(result, source, confidence)
+            result = run_python(solution, limits)
+        except SandboxRefused as e:
+            return failed("code.sandbox", str(e), sandbox_refused=True)
         details: dict[str, Any] = {"tests_source": "none", "sandbox": result.summary(),
                                    "signals": {"runs": 1.0 if result.loaded else 0.0}, "test_confidence": confidence,
                                    "error": None if result.loaded else result.load_error}
@@ -169,9 +179,17 @@ class CodeDomain(DomainBase):
             "limit_hit": result.limit_hit, "sandbox": result.summary(), "signals": {"tests_passed": frac},
             "test_confidence": confidence,
         }
+        all_passed = bool(result.tests) and result.passed_count == len(result.tests)
         if not result.loaded:
             details["error"] = f"the solution failed to run: {result.load_error}"
-        passed = result.loaded and bool(result.tests) and result.passed_count == len(result.tests)
+        elif result.grader_error:
+            details["error"] = f"the tests could not be graded: {result.grader_error}"
+        elif result.assertions == 0:
+            # Tests that check nothing verify nothing (HumanEval's `test` defines check() and never calls it).
+            details["error"] = NO_ASSERTION
+            details["signals"] = {"tests_passed": 0.0}
+            frac = 0.0
+        passed = (result.loaded and all_passed and result.assertions > 0 and not result.grader_error)
         return Verdict(passed=passed, score=frac, verifier=verifier, details=details)
 
     def reward(self, verdict: Verdict, value: float | None, ctx: VerifyContext) -> Reward:

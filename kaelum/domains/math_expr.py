@@ -4,7 +4,8 @@ Nothing here calls `eval` on text (sympy's `parse_expr` does, so it is not used 
 normalised, parsed by Python's `ast` (which only builds a tree), and the tree is translated node by
 node into sympy with a whitelist of node types, names and functions. Size limits stop expression
 bombs before sympy computes them: `9**9**9` fails on the exponent check, `factorial(10**6)` on the
-argument check, and anything longer than `MAX_CHARS` or with more than `MAX_NODES` nodes is refused.
+argument check, and anything longer than `MAX_CHARS` or with more than `MAX_NODES` nodes is refused
+(text longer than `MAX_INPUT_CHARS` before it is even normalised).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import sympy
 
 MAX_CHARS = 300
+MAX_INPUT_CHARS = 1_000  # before normalisation (LaTeX and spacing shrink it to at most MAX_CHARS)
 MAX_NODES = 120
 MAX_EXPONENT = 4096
 MAX_RESULT_DIGITS = 5000
@@ -26,7 +28,6 @@ class MathParseError(ValueError):
     """The text is not an expression this parser accepts (or would be too expensive)."""
 
 
-_X = sympy.Symbol("x")
 _SYMBOLS = {name: sympy.Symbol(name) for name in ("x", "y", "z", "n", "a", "b", "t")}
 _CONSTANTS = {"pi": sympy.pi, "e": sympy.E, "π": sympy.pi}
 
@@ -145,6 +146,9 @@ def normalise_expr(text: str) -> str:
 
 def parse_expr(text: str) -> Any:
     """A sympy expression for `text`, or MathParseError. Safe on any input."""
+    if len(text) > MAX_INPUT_CHARS:
+        # Checked before normalising: its regexes take quadratic time on a long run of digits.
+        raise MathParseError(f"text longer than {MAX_INPUT_CHARS} characters")
     s = normalise_expr(text)
     if not s:
         raise MathParseError("empty expression")
@@ -380,7 +384,6 @@ def compute_expected(question: str) -> tuple[Any, str] | None:
 # --- equations written in the steps -----------------------------------------------------------
 
 _EQ_SIDE = r"[\d\s.+\-*/^()×÷%,$√]*\d[\d\s.+\-*/^()×÷%,$√]*"
-_EQ_RE = re.compile(rf"(?<![\w.])({_EQ_SIDE})=\s*({_EQ_SIDE})")
 
 
 def step_equations(steps: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
