@@ -193,15 +193,15 @@ def test_preference_pairs_use_only_checked_outcomes(tmp_path):
     assert pairs == [(checked[0]["trace_id"], "12", "13")]
 
 
-def test_compaction_keeps_verified_by_in_the_derived_summary(old_and_new):
-    """Last in this module: compacts the shared store. The per-trace summary carries verified_by."""
+def test_compaction_keeps_verified_by(old_and_new):
+    """Last in this module: compacts the shared store; the views read the same methods after it."""
     from store.compact import compact
 
     path, ids, _summary, _old = old_and_new
     con = store.connect(path)
     before = sorted(con.execute("SELECT trace_id, verified_by FROM traces").fetchall(), key=str)
     examples = sorted(con.execute("SELECT trace_id FROM training_examples").fetchall())
-    compact(path, grace_s=0.0)
+    compact(path)
     con = store.connect(path)
     assert sorted(con.execute("SELECT trace_id, verified_by FROM traces").fetchall(), key=str) == before
     assert sorted(con.execute("SELECT trace_id FROM training_examples").fetchall()) == examples
