@@ -18,6 +18,9 @@ from .parse import DEFAULT_MAX_LINE_BYTES
 from .status import collect_status
 
 
+EXIT_SKIPPED = 3  # --once stored what it could read, but some files could not be read
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper()),
@@ -48,6 +51,10 @@ def main(ctx: click.Context, log_dir, store_path, writer_id, once, batch_events,
     by file-system events with a periodic rescan. Bad lines go to the store's quarantine.
     SIGTERM or Ctrl-C flushes and exits 0; a second signal exits at once (nothing is lost:
     positions only advance after durable commits).
+
+    Files that cannot be read are reported, skipped and tried again on every scan; with --once
+    everything readable is stored, the skipped files are named on stderr and the exit status is 3.
+    Symbolic links that point outside the log directory are not followed.
 
     Example:
 
@@ -94,6 +101,11 @@ def main(ctx: click.Context, log_dir, store_path, writer_id, once, batch_events,
         raise click.ClickException(f"{exc} (check --store)") from exc
     if once:
         click.echo(json.dumps({k: v for k, v in asdict(summary).items() if k != "per_file"}))
+        if summary.skipped:
+            for path, why in sorted(summary.skipped.items()):
+                click.echo(f"skipped {path}: {why}", err=True)
+            click.echo(f"{len(summary.skipped)} file(s) skipped; everything readable is stored. Fix them and run again.", err=True)
+            sys.exit(EXIT_SKIPPED)
 
 
 @main.command()

@@ -70,13 +70,21 @@ class Compactor:
         while not self._stop.wait(self.every_s):
             self.run_once()
 
-    def run_once(self) -> bool:
-        """Compact now if enough small files accumulated; True when a compaction ran."""
-        from store.compact import compact, small_files
+    def run_once(self, summary_anyway: bool = False) -> bool:
+        """Compact now if enough small files accumulated; True when a compaction ran.
+
+        With `summary_anyway` (the end of ``--once``) a run that does not compact still brings the
+        per-trace summary up to date: it reads the typed columns only, far less than the ingest
+        that produced them, and leaves fast views behind a bulk catch-up."""
+        from store.compact import build_summary, compact, small_files
 
         try:
             n = small_files(self.store)
             if n < self.min_segments:
+                if summary_anyway and self.store.local is not None:
+                    t0 = time.monotonic()
+                    version = build_summary(self.store)
+                    self.hub.emit("summary_built", events_version=version, seconds=round(time.monotonic() - t0, 2))
                 self.hub.emit("compaction_skipped", small_files=n, min_segments=self.min_segments)
                 return False
             t0 = time.monotonic()

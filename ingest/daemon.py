@@ -30,7 +30,7 @@ from .compactor import Compactor
 from .emit import Batch, Committer
 from .observe import Hub, LogObserver
 from .parse import DEFAULT_MAX_LINE_BYTES, oversize_reason, parse_block
-from .source import Lines, Oversize
+from .source import Lines, Oversize, shown_path
 from .status import StatusModel, state_dir, write_status
 from .tailer import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Source, Tailer
 
@@ -109,6 +109,8 @@ class IngestSummary:
     commits: int = 0
     seconds: float = 0.0
     per_file: dict[str, dict[str, int]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> why it could not be read (latest scan)
+    links_not_followed: dict[str, str] = field(default_factory=dict)  # symbolic links out of the log directory
 
 
 class _DirLock:
@@ -199,7 +201,7 @@ class Daemon:
                     if following:
                         compactor.stop()
                 if compactor is not None and cfg.once and not self._stop.is_set():
-                    compactor.run_once()  # --once: one compaction after the last commit
+                    compactor.run_once(summary_anyway=True)  # --once: one compaction (or the summary) after the last commit
             finally:
                 writer.close()
         finally:
@@ -222,6 +224,8 @@ class Daemon:
         t = committer.totals
         summary = IngestSummary(self.writer_id, files=len(self.status.sources), events=t.events, quarantined=t.quarantined, bytes=t.bytes, commits=t.commits)
         summary.per_file = {s.path: {"events": s.events, "quarantined": s.quarantined, "bytes": s.bytes} for s in self.status.sources.values()}
+        summary.skipped = {shown_path(p): why for p, why in tailer.skipped.items()}
+        summary.links_not_followed = {shown_path(p): why for p, why in tailer.not_followed.items()}
         return summary
 
     def _follow(self, tailer: Tailer, committer: Committer, store: StoreInfo) -> None:
@@ -329,7 +333,7 @@ class Daemon:
         if n:
             t = parsed.events
             t = t.append_column("source", pa.array([src.fingerprint] * n, pa.string()))
-            t = t.append_column("source_path", pa.array([src.path] * n, pa.string()))
+            t = t.append_column("source_path", pa.array([src.shown_path] * n, pa.string()))
             batch.tables.append(t)
             batch.events += n
             r.events += n
@@ -337,8 +341,8 @@ class Daemon:
         return got.end - got.start
 
     def _quarantine(self, batch: Batch, src: Source, offset: int, raw: bytes, reason: str) -> None:
-        batch.bad.append(QuarantineRecord(src.path, src.fingerprint, offset, bytes(raw), reason))
-        self.hub.emit("quarantined", path=src.path, fingerprint=src.fingerprint, offset=offset, reason=reason, raw=bytes(raw[:200]))
+        batch.bad.append(QuarantineRecord(src.shown_path, src.fingerprint, offset, bytes(raw), reason))
+        self.hub.emit("quarantined", path=src.shown_path, fingerprint=src.fingerprint, offset=offset, reason=reason, raw=bytes(raw[:200]))
 
     def _write_status(self, store: StoreInfo, tailer: Tailer, force: bool = False) -> None:
         now = time.monotonic()

@@ -5,7 +5,7 @@ logs, the status model and tests hang off the same calls by adding an observer.
 
 Kinds: started, file_added, renamed, switched (same content found under another file, e.g. the
 copy of copy-truncate), truncated, file_removed, quarantined, flushed, commit_failed,
-caught_up, stopping, stopped, error; compacted, compaction_skipped, compaction_failed (the
+caught_up, stopping, stopped, error; compacted, compaction_skipped, compaction_failed, summary_built (the
 daemon's automatic compaction, ``ingest/compactor.py``).
 """
 

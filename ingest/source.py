@@ -1,17 +1,21 @@
 """File identity and reading complete lines: the two things the tailer needs from one file.
 
-Identity is by content, not by path or inode: the fingerprint of a file is a hash of its first
-line, or of its first ``FINGERPRINT_BYTES`` bytes when the first line is longer. Log files are
-append-only, so that prefix never changes once it is there: a file keeps its fingerprint through
-renames (rotation), while a new file in a reused inode, or a file truncated and rewritten, gets a
-new one. A file whose first line is shorter than that and not yet complete has no fingerprint
-yet; it also has nothing to read yet.
+The *head fingerprint* of a file is a hash of its first line, or of its first
+``FINGERPRINT_BYTES`` bytes when the first line is longer. Log files are append-only, so that
+prefix never changes once it is there: a file keeps it through renames (rotation), while a new
+file in a reused inode, or a file truncated and rewritten, gets a new one. A file whose first line
+is shorter than that and not yet complete has no fingerprint yet; it also has nothing to read yet.
 
-Known limit (shared with Vector's checksum fingerprint): two different files whose first lines
-are byte-identical are taken for one file. Every Kaelum event line carries a unique id, so
-files written by ``TraceLogger`` cannot collide.
+Two different files can share a first line (both start with a blank line, or with the same
+header). The tailer then tells them apart as Vector and Filebeat do, by device and inode together
+with a longer fingerprint: the first file keeps the head fingerprint as its *source key*; a file
+on another inode whose first ``IDENTITY_BYTES`` differ from it gets an *extended key*
+(``extended_key``): the head fingerprint, the length ``n`` of its prefix up to and including the
+first byte where the two differ, and a hash of those ``n`` bytes. That key is recomputable from
+the file's content alone (``key_matches``), so it survives renames, copies and restarts. A file
+whose content so far is the same as another's is taken for a copy of it (copy-truncate rotation)
+until the two differ.
 """
-
 from __future__ import annotations
 
 import hashlib
@@ -19,6 +23,7 @@ import os
 from dataclasses import dataclass
 
 FINGERPRINT_BYTES = 256
+IDENTITY_BYTES = 4096  # how far two files with the same first line are compared to tell them apart
 
 
 def fingerprint_of(head: bytes) -> str | None:
@@ -35,6 +40,57 @@ def fingerprint_of(head: bytes) -> str | None:
 
 def read_fingerprint(fd: int) -> str | None:
     return fingerprint_of(os.pread(fd, FINGERPRINT_BYTES, 0))
+
+
+def extended_key(head_fp: str, prefix: bytes) -> str:
+    """The source key of a file whose head fingerprint is taken and whose content starts with `prefix`."""
+    return f"{head_fp}+{len(prefix)}-{hashlib.blake2b(prefix, digest_size=12).hexdigest()}"
+
+
+def head_of(key: str) -> str:
+    """The head fingerprint of a source key (the key itself, or the part before '+')."""
+    return key.split("+", 1)[0]
+
+
+def key_length(key: str) -> int:
+    """How many leading bytes an extended key covers (0 for a head fingerprint)."""
+    return int(key.split("+", 1)[1].split("-", 1)[0]) if "+" in key else 0
+
+
+def key_matches(key: str, head: bytes) -> bool:
+    """Whether a file that starts with `head` (at least the key's length) has that extended key."""
+    n = key_length(key)
+    return 0 < n <= len(head) and extended_key(head_of(key), head[:n]) == key
+
+
+def first_difference(a: bytes, b: bytes) -> int | None:
+    """The first index where `a` and `b` differ within their common length, or None."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return None
+    lo, hi = 0, n  # the first difference is in [lo, hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def shown_path(path: str) -> str:
+    """`path` as text that is always valid UTF-8: what the store, status files and logs show.
+
+    Names that are valid UTF-8 are unchanged. In a name that is not, the tailer holds the
+    undecodable bytes as surrogates (``os.fsdecode``, lossless, used to open the file); here
+    each of them is written as ``\\xNN``, its byte in hex (``os.fsencode(path)`` gives the
+    exact bytes back from the tailer's path).
+    """
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)

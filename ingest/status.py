@@ -20,7 +20,8 @@ from typing import Any
 from store import StoreInfo, open_store, positions as store_positions
 from store.layout import is_url, normalise
 
-from .source import FINGERPRINT_BYTES, fingerprint_of
+from .observe import Hub
+from .source import shown_path
 
 INGEST_DIR = "_ingest"  # inside a local store: the daemons' locks and status files
 
@@ -104,8 +105,8 @@ class StatusModel:
     def snapshot(self, tailer) -> StatusSnapshot:  # noqa: ANN001 - a Tailer
         now = time.time()
         for fp, src in tailer.sources.items():
-            s = self.sources.setdefault(fp, SourceStatus(fp, src.path, writer=self.writer))
-            s.path = src.path
+            s = self.sources.setdefault(fp, SourceStatus(fp, src.shown_path, writer=self.writer))
+            s.path = src.shown_path
             s.size = src.size
             s.lag_bytes = max(0, src.size - src.committed)
             s.lag_seconds = 0.0 if s.lag_bytes == 0 else round(now - src.caught_up_at, 3)
@@ -150,19 +151,14 @@ def _read_status_files(store: StoreInfo) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _current_sizes(log_dir: str) -> dict[str, tuple[str, int, float]]:
-    """fingerprint → (path, size, mtime) of the files in `log_dir` now."""
+def _current_sizes(log_dir: str, known_keys: set[str]) -> dict[str, tuple[str, int, float]]:
+    """source key → (path, size, mtime) of the files in `log_dir` now, identified as the tailer does."""
+    from .tailer import Tailer  # the tailer's own identification: same keys, links and skips
+
     out: dict[str, tuple[str, int, float]] = {}
-    for name in sorted(os.listdir(log_dir)):
-        path = os.path.join(log_dir, name)
-        try:
-            with open(path, "rb") as fh:
-                fp = fingerprint_of(fh.read(FINGERPRINT_BYTES))
-                st = os.fstat(fh.fileno())
-        except (IsADirectoryError, FileNotFoundError, PermissionError):
-            continue
-        if fp is not None and (fp not in out or st.st_size > out[fp][1]):
-            out[fp] = (path, st.st_size, st.st_mtime)
+    for key, path, size, mtime in Tailer(log_dir, Hub(), start_positions=dict.fromkeys(known_keys, 0)).files_now():
+        if key not in out or size > out[key][1]:
+            out[key] = (shown_path(path), size, mtime)
     return out
 
 
@@ -171,7 +167,7 @@ def collect_status(store_path: str, log_dir: str | None = None) -> list[StatusSn
     info = open_store(store_path)  # raises StoreError naming the fix when it is not a store
     durable = store_positions(info)
     files = _read_status_files(info)
-    sizes = _current_sizes(log_dir) if log_dir else {}
+    sizes = _current_sizes(log_dir, {fp for _, fp in durable}) if log_dir else {}
     writers = sorted({w for w, _ in durable} | set(files))
     out = []
     for w in writers:

@@ -1,7 +1,9 @@
 """The tailer: which files are in the log directory, who they are, and where to read next.
 
-Each source is keyed by its content fingerprint (``source.fingerprint_of``). A scan lists the
-directory, identifies each file whose size or mtime changed, and reconciles:
+Each source is keyed by its content: the fingerprint of its first line, extended with device,
+inode and a longer prefix when two files share that line (``source``: head fingerprints and
+extended keys). A scan lists the directory, identifies each file whose size or mtime changed, and
+reconciles:
 
 - a new fingerprint is a new source (``file_added``), read from the position the store holds for
   it or from 0;
@@ -12,6 +14,14 @@ directory, identifies each file whose size or mtime changed, and reconciles:
   was truncated (``truncated``); the new content is a new source read from its start;
 - a source whose file is gone is drained through its open descriptor, then forgotten
   (``file_removed``).
+
+What is not read: names that do not match ``include`` or match ``exclude``; anything that is not
+a regular file; symbolic links whose target lies outside the log directory (a link to
+``/etc/shadow`` is reported as ``file_skipped`` and never opened; links to files inside the
+directory are followed; ``not_followed`` holds the others). A file that cannot be opened
+(permissions, I/O error) is reported as ``file_skipped`` with the reason, left out, and tried
+again on every scan: it is read once it becomes readable. ``skipped`` holds those of the latest scan. Names that are not valid UTF-8 are
+read like any other; events and the store show them as ``source.shown_path`` does.
 
 Positions here are in memory: ``position`` is how far the daemon has read, ``committed`` how far
 the store durably holds. Only the daemon moves ``committed``, after a durable commit.
@@ -26,7 +36,20 @@ import time
 from dataclasses import dataclass, field
 
 from .observe import Hub
-from .source import FINGERPRINT_BYTES, Lines, Oversize, fingerprint_of, read_fingerprint, read_lines
+from .source import (
+    IDENTITY_BYTES,
+    Lines,
+    Oversize,
+    extended_key,
+    fingerprint_of,
+    first_difference,
+    head_of,
+    key_length,
+    key_matches,
+    read_fingerprint,
+    read_lines,
+    shown_path,
+)
 
 DEFAULT_INCLUDE = ("*.jsonl", "*.jsonl.*", "*.log", "*.ndjson")
 DEFAULT_EXCLUDE = ("*.gz", "*.zst", "*.bz2", "*.xz", "*.zip", ".*")
@@ -47,6 +70,14 @@ class Source:
     caught_up_at: float = field(default_factory=time.time)
     last_change: float = field(default_factory=time.monotonic)
     gone: bool = False  # the file no longer exists under any name: drain, then forget
+    # The first IDENTITY_BYTES of this content as last seen while it was this content: what a
+    # file with the same first line is compared with (it may be a copy of it, or another file).
+    prefix: bytes = b""
+
+    @property
+    def shown_path(self) -> str:
+        """The path as valid UTF-8 text, for the store, status files and logs."""
+        return shown_path(self.path)
 
     @property
     def pending_bytes(self) -> int:
@@ -55,12 +86,18 @@ class Source:
 
 @dataclass
 class _Seen:
-    path: str
+    path: str  # the name in the log directory
     dev: int
     ino: int
     size: int
     mtime_ns: int
-    fingerprint: str | None
+    fingerprint: str | None  # the source key (head fingerprint or extended key)
+    target: str = ""  # what to open: the path, or where a link inside the log directory points
+    head: bytes = b""  # the first IDENTITY_BYTES when it was identified
+
+
+def _why(exc: OSError) -> str:
+    return f"cannot be read: {exc.strerror or exc}"
 
 
 class Tailer:
@@ -87,6 +124,8 @@ class Tailer:
         self.max_open = max_open
         self.sources: dict[str, Source] = {}
         self._seen: dict[str, _Seen] = {}  # by path, from the previous scan
+        self.skipped: dict[str, str] = {}  # path -> why it could not be read, in the latest scan
+        self.not_followed: dict[str, str] = {}  # path of a link out of the directory -> where it points
 
     # --- identify ---------------------------------------------------------------------------
 
@@ -94,45 +133,131 @@ class Tailer:
         return any(fnmatch.fnmatch(name, p) for p in self.include) and not any(fnmatch.fnmatch(name, p) for p in self.exclude)
 
     def _list(self) -> list[_Seen]:
-        out: list[_Seen] = []
+        found: list[tuple[str, str, os.stat_result]] = []
+        skipped: dict[str, str] = {}
+        not_followed: dict[str, str] = {}
         try:
             names = os.listdir(self.log_dir)
         except FileNotFoundError:
-            return out
+            names = []
+        root = os.path.realpath(self.log_dir)
         for name in names:
             if not self._wanted(name):
                 continue
             path = os.path.join(self.log_dir, name)
+            target = path
             try:
-                st = os.stat(path)
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode):
+                    target = os.path.realpath(path)
+                    if os.path.commonpath([root, target]) != root:
+                        not_followed[path] = f"a symbolic link to {shown_path(target)}, outside the log directory: not followed"
+                        continue
+                    st = os.stat(target)
             except FileNotFoundError:
                 continue
-            if not stat.S_ISREG(st.st_mode):
+            except OSError as exc:
+                skipped[path] = _why(exc)
                 continue
+            if stat.S_ISREG(st.st_mode):
+                found.append((path, target, st))
+        found.sort(key=lambda f: (f[2].st_mtime_ns, f[0]))  # oldest first: rotated files drain first
+        out: list[_Seen] = []
+        owners: dict[str, _Seen] = {}  # source key -> the first file of this listing with it
+        extended: dict[str, list[str]] | None = None  # head fingerprint -> known extended keys, longest first
+        for path, target, st in found:
             prev = self._seen.get(path)
-            if prev and prev.fingerprint and (prev.dev, prev.ino, prev.size, prev.mtime_ns) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
-                out.append(prev)
-                continue
-            try:
-                with open(path, "rb") as fh:
+            if prev and prev.fingerprint and prev.target == target and (prev.dev, prev.ino, prev.size, prev.mtime_ns) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
+                seen = prev
+            else:
+                try:
+                    fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:  # unreadable, or replaced by a link since the lstat
+                    skipped[path] = _why(exc)
+                    continue
+                try:
                     # Identity and size of the inode actually opened: the name may have moved on
                     # to another file between stat() and open() (rotation).
-                    st = os.fstat(fh.fileno())
-                    fp = fingerprint_of(fh.read(FINGERPRINT_BYTES))
-            except FileNotFoundError:
-                continue
-            out.append(_Seen(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, fp))
-        out.sort(key=lambda s: (s.mtime_ns, s.path))  # oldest first: rotated files drain first
+                    st = os.fstat(fd)
+                    head = os.pread(fd, IDENTITY_BYTES, 0)
+                except OSError as exc:
+                    skipped[path] = _why(exc)
+                    continue
+                finally:
+                    os.close(fd)
+                seen = _Seen(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, fingerprint_of(head), target, head)
+                if seen.fingerprint is not None:
+                    if extended is None:
+                        extended = {}
+                        for k in sorted({*self.sources, *self.start_positions}, key=key_length, reverse=True):
+                            if "+" in k:
+                                extended.setdefault(head_of(k), []).append(k)
+                    seen.fingerprint = self._identify(seen, owners, extended.get(seen.fingerprint, []))
+            if seen.fingerprint is not None:
+                owners.setdefault(seen.fingerprint, seen)
+            out.append(seen)
+        for path, why in (skipped | not_followed).items():
+            if (self.skipped.get(path) or self.not_followed.get(path)) != why:
+                self.hub.emit("file_skipped", path=shown_path(path), reason=why)
+        self.skipped, self.not_followed = skipped, not_followed
         return out
 
+    def files_now(self) -> list[tuple[str, str, int, float]]:
+        """(source key, path, size, mtime in seconds) of each readable file in the directory now."""
+        return [(s.fingerprint, s.path, s.size, s.mtime_ns / 1e9) for s in self._list() if s.fingerprint is not None]
+
+    def _identify(self, seen: _Seen, owners: dict[str, _Seen], known: list[str]) -> str:
+        """The source key of a file with a head fingerprint: see ``source``.
+
+        The longest known extended key its content matches; else the head fingerprint, unless
+        another file on another inode already holds that key and the two contents differ: then
+        a new extended key that covers the first byte where they differ.
+        """
+        head_fp = seen.fingerprint
+        assert head_fp is not None
+        key = head_fp
+        for k in known:  # longest first
+            if key_matches(k, seen.head):
+                key = k
+                break
+        while True:
+            # Who else holds this key: the live source, or an earlier file of this listing.
+            src = self.sources.get(key)
+            if src is not None and not src.gone:
+                if (src.dev, src.ino) == (seen.dev, seen.ino):
+                    return key
+                other = src.prefix
+            elif key in owners and (owners[key].dev, owners[key].ino) != (seen.dev, seen.ino):
+                other = owners[key].head
+            else:
+                return key
+            d = first_difference(seen.head, other)
+            if d is None:
+                return key  # the same content so far: a copy of it (or not told apart yet)
+            # Both match `key`, so they agree on its first key_length(key) bytes: each round the
+            # key covers more bytes, up to IDENTITY_BYTES.
+            key = extended_key(head_fp, seen.head[: d + 1])
+
     def _open(self, seen: _Seen) -> int | None:
-        """Open `seen.path` and check it still is that inode with that content."""
+        """Open `seen` and check it still is that inode with that content."""
         try:
-            fd = os.open(seen.path, os.O_RDONLY)
+            fd = os.open(seen.target or seen.path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            why = _why(exc)
+            if self.skipped.get(seen.path) != why:
+                self.skipped[seen.path] = why
+                self.hub.emit("file_skipped", path=shown_path(seen.path), reason=why)
+            return None
         st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (seen.dev, seen.ino) or fingerprint_of(os.pread(fd, FINGERPRINT_BYTES, 0)) != seen.fingerprint:
+        head = os.pread(fd, IDENTITY_BYTES, 0)
+        if (st.st_dev, st.st_ino) != (seen.dev, seen.ino) or seen.fingerprint is None or fingerprint_of(head) != head_of(seen.fingerprint):
+            os.close(fd)
+            return None
+        if "+" in seen.fingerprint and not key_matches(seen.fingerprint, head):
             os.close(fd)
             return None
         return fd
@@ -157,7 +282,7 @@ class Tailer:
                 continue
             if now.fingerprint != src.fingerprint or now.size < src.position:
                 self.hub.emit(
-                    "truncated", path=now.path, fingerprint=src.fingerprint, position=src.position,
+                    "truncated", path=shown_path(now.path), fingerprint=src.fingerprint, position=src.position,
                     new_size=now.size, new_fingerprint=now.fingerprint,
                     lost_bytes=max(0, src.size - src.position) if now.fingerprint != src.fingerprint else 0,
                 )
@@ -180,7 +305,7 @@ class Tailer:
             if same:
                 s = same[0]
                 if s.path != src.path:
-                    self.hub.emit("renamed", fingerprint=fp, old_path=src.path, path=s.path)
+                    self.hub.emit("renamed", fingerprint=fp, old_path=shown_path(src.path), path=shown_path(s.path))
                     src.path = s.path
                 self._refresh(src, s)
             elif src.fd is None or src.gone or self._inode_lost(src):
@@ -191,7 +316,7 @@ class Tailer:
                 fd = self._open(s)
                 if fd is None:
                     continue
-                self.hub.emit("switched", fingerprint=fp, old_path=src.path, path=s.path, position=src.position)
+                self.hub.emit("switched", fingerprint=fp, old_path=shown_path(src.path), path=shown_path(s.path), position=src.position)
                 src.path, src.dev, src.ino, src.fd, src.gone = s.path, s.dev, s.ino, fd, False
                 self._refresh(src, s)
             # else: a copy of a file we still read from its original inode; ignore the copy.
@@ -229,16 +354,18 @@ class Tailer:
         if start > s.size:
             # The store read further into this content than the file now has: it was cut and
             # rewritten with the same first line while we were stopped.
-            self.hub.emit("truncated", path=s.path, fingerprint=fp, position=start, new_size=s.size, new_fingerprint=fp, lost_bytes=0)
+            self.hub.emit("truncated", path=shown_path(s.path), fingerprint=fp, position=start, new_size=s.size, new_fingerprint=fp, lost_bytes=0)
             start = 0
-        src = Source(fp, s.path, s.dev, s.ino, fd, position=start, committed=start)
+        src = Source(fp, s.path, s.dev, s.ino, fd, position=start, committed=start, prefix=s.head)
         self.sources[fp] = src
         self._refresh(src, s)
-        self.hub.emit("file_added", path=s.path, fingerprint=fp, size=s.size, position=start)
+        self.hub.emit("file_added", path=shown_path(s.path), fingerprint=fp, size=s.size, position=start)
 
     def _refresh(self, src: Source, s: _Seen) -> None:
         if (s.size, s.mtime_ns) != (src.size, src.mtime_ns):
             src.last_change = time.monotonic()
+        if len(s.head) > len(src.prefix) and s.head.startswith(src.prefix):
+            src.prefix = s.head  # grew (append-only): compare later files with more of it
         src.size, src.mtime_ns = s.size, s.mtime_ns
         if src.fd is None and src.position < src.size:
             src.fd = self._open(s)
@@ -267,7 +394,7 @@ class Tailer:
             if size != src.size:
                 src.size, src.last_change = size, time.monotonic()
         got = read_lines(src.fd, src.position, src.size, self.block_bytes, self.max_line_bytes, src.scanned_to)
-        if got is not None and read_fingerprint(src.fd) != src.fingerprint:
+        if got is not None and read_fingerprint(src.fd) != head_of(src.fingerprint):
             # The file was truncated and rewritten since it was identified, maybe before this
             # read: what was read may be the new content. Drop it; the next scan sees the
             # truncation, and the new content is read as the new source it is (and the old
@@ -294,7 +421,7 @@ class Tailer:
                 # Remember where it ended: if the same content shows up again (moved back, or
                 # seen again after a race with a rename) it continues there, never from 0.
                 self.start_positions[fp] = src.position
-                self.hub.emit("file_removed", path=src.path, fingerprint=fp, position=src.position)
+                self.hub.emit("file_removed", path=shown_path(src.path), fingerprint=fp, position=src.position)
             elif src.fd is not None and src.committed >= src.size and now - src.last_change > self.idle_close_s:
                 self._close(src)  # reopened by path (and re-identified) when it changes
         # Many rotated files: keep at most max_open descriptors, closing caught-up ones first

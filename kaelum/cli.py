@@ -17,6 +17,7 @@ import click
 from pydantic import ValidationError
 
 from .config import Settings
+from .quiet import quiet_third_party
 from .events import DOMAINS
 
 log = logging.getLogger("kaelum.cli")
@@ -24,6 +25,7 @@ log = logging.getLogger("kaelum.cli")
 # Sub-command groups that live in other modules, imported when used so that `kaelum --help`
 # stays fast and a missing optional part does not break the other commands.
 LAZY_COMMANDS = {"models": ("kaelum.models_cli", "models")}
+LAZY_COMMANDS["ui"] = ("ui.cli", "ui")  # the local trace explorer (needs the ui extra)
 
 
 def _lazy(name: str) -> click.Command | None:
@@ -56,6 +58,7 @@ def main(verbose: int) -> None:
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_third_party()
 
 
 def search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -167,16 +170,20 @@ def render_tree(result: Any) -> Any:
 @main.command()
 @click.argument("question")
 @click.option("--domain", type=click.Choice(DOMAINS), default=None, help="Skip routing and use this domain.")
-@click.option("--log-dir", type=click.Path(file_okay=False), default=None, help="Write the trace as JSONL events here.")
+@click.option("--log-dir", type=click.Path(file_okay=False), default=None, help="Where the trace goes (default: Settings LOG_DIR, ./logs).")
+@click.option("--no-log", is_flag=True, help="Keep no trace (its id can then not be looked up later).")
 @click.option("--test", "tests", multiple=True, help="A test snippet for code questions (repeatable).")
 @click.option("--reference", default=None, help="The known right answer (e.g. 85, $1,250.00, yes; code: a JSON list of "
               '{"input", "output"} cases); the answer is checked against it.')
 @click.option("--no-tree", is_flag=True, help="Do not print the search tree.")
 @search_options
 @click.pass_context
-def ask(ctx: click.Context, question: str, domain: str | None, log_dir: str | None, tests: tuple[str, ...], reference: str | None,
-        no_tree: bool, settings_overrides: dict[str, Any]) -> None:
+def ask(ctx: click.Context, question: str, domain: str | None, log_dir: str | None, no_log: bool, tests: tuple[str, ...],
+        reference: str | None, no_tree: bool, settings_overrides: dict[str, Any]) -> None:
     """Answer one QUESTION with LATS; print the answer, whether it verified and how, the reward and the tree.
+
+    The trace is logged to Settings LOG_DIR (./logs) unless --log-dir names another place or
+    --no-log is given, so the trace id it prints can be looked up once ingested.
 
     Example: kaelum ask "Sade has 47 shells and finds 38 more. How many shells does Sade have now?" --reference 85
     """
@@ -184,6 +191,9 @@ def ask(ctx: click.Context, question: str, domain: str | None, log_dir: str | No
 
     console = Console()
     settings = _settings(settings_overrides)
+    if no_log and log_dir is not None:
+        raise click.UsageError("--no-log and --log-dir contradict each other; give one")
+    log_dir = None if no_log else (log_dir or str(settings.LOG_DIR))
     orch = _orchestrator(ctx, settings, log_dir)
     try:
         result = orch.run(question, domain=domain, tests=list(tests) or None, reference=_reference_option(reference))
@@ -240,6 +250,10 @@ def run(ctx: click.Context, queries_path: str, log_dir: str | None, domain: str 
     rows = []
     t0 = time.monotonic()
     try:
+        # Load the workers first: a first pull or conversion draws its own progress bars, which
+        # Rich's live display below would garble (~40 lines of "[A").
+        for d in dict.fromkeys([q.get("domain") or domain or "math" for q in queries]):
+            orch.llm_for(d)
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
             task = progress.add_task("queries", total=len(queries))
             for i, q in enumerate(queries):

@@ -14,7 +14,7 @@ the embedded SmolLM2-135M-Instruct. An unset domain model falls back to `DEFAULT
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +27,9 @@ from .lats import LatsParams
 DOMAIN_MODEL_FIELDS = {spec.name: spec.worker_field for spec in DOMAIN_SPECS}
 
 EMBEDDED_MODEL = "default"
+# The one model the server at OPENAI_BASE_URL serves (asked with GET /models): what a base URL
+# alone, with no worker model set, means.
+SERVED_MODEL = "openai:*"
 
 _SEARCH_DEFAULTS = LatsParams()
 
@@ -67,6 +70,15 @@ class Settings(BaseSettings):
     OPENAI_API_KEY: SecretStr | None = Field(None, description="API key for the server; never logged")
     LLM_TIMEOUT_S: float = Field(60.0, gt=0, description="per-request timeout")
     LLM_MAX_RETRIES: int = Field(3, ge=0, le=20, description="retries with backoff on transient server errors")
+    LLM_PREFIX_MODE: Literal["auto", "completions", "continue", "user"] = Field(
+        "auto",
+        description="how a server continues a partial answer: completions (chat template rendered locally with LLM_TOKENIZER, "
+        "sent to /v1/completions), continue (a final assistant message), user (in the user turn); auto = completions when "
+        "LLM_TOKENIZER is set, else continue if a one-time probe shows the server continues, else user",
+    )
+    LLM_TOKENIZER: str | None = Field(
+        None, description="the served model's tokenizer as a model spec ('default' for the embedded model, a directory): enables completions"
+    )
 
     # --- LATS (defaults: kaelum.lats.LatsParams, which says how they were sized) -------------
     LATS_SIMULATIONS: int = _search_field("simulations", ge=1, le=10_000, description="select-expand-evaluate-simulate-backpropagate iterations")
@@ -125,7 +137,11 @@ class Settings(BaseSettings):
         if domain not in DOMAIN_MODEL_FIELDS:
             raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAIN_MODEL_FIELDS)}")
         spec = getattr(self, DOMAIN_MODEL_FIELDS[domain])
-        return spec if spec not in (None, "") else self.DEFAULT_WORKER_MODEL
+        if spec not in (None, ""):
+            return spec
+        if self.OPENAI_BASE_URL and not (self.model_fields_set & {"DEFAULT_WORKER_MODEL", *DOMAIN_MODEL_FIELDS.values()}):
+            return SERVED_MODEL  # a base URL alone: use that server, not silently the embedded model
+        return self.DEFAULT_WORKER_MODEL
 
     def api_key(self) -> str | None:
         return self.OPENAI_API_KEY.get_secret_value() if self.OPENAI_API_KEY is not None else None

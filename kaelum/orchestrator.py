@@ -174,6 +174,8 @@ class Orchestrator:
                     api_key=self.settings.api_key(),
                     timeout_s=self.settings.LLM_TIMEOUT_S,
                     max_retries=self.settings.LLM_MAX_RETRIES,
+                    prefix_mode=self.settings.LLM_PREFIX_MODE,
+                    tokenizer=self.settings.LLM_TOKENIZER,
                 )
             return self._llms[spec]
 

@@ -66,6 +66,17 @@ def format_completion(steps: Sequence[str], answer: str) -> str:
     return format_partial(steps) + f"{ANSWER_PREFIX} {answer.strip()}"
 
 
+def format_continuation(prompt_steps: Sequence[str], steps: Sequence[str], answer: str) -> str:
+    """The assistant text that follows `format_partial(prompt_steps)` on a branch that ends in `answer`.
+
+    The full text is rendered once, so step numbers continue after the prefix; `steps` given as the
+    whole path (prefix included) and as the continuation alone both work.
+    """
+    prompt_steps, steps = tuple(prompt_steps), tuple(steps)
+    full = steps if steps[: len(prompt_steps)] == prompt_steps else prompt_steps + steps
+    return format_completion(full, answer or "")[len(format_partial(prompt_steps)) :]
+
+
 def strip_step_label(line: str) -> str:
     """'Step 3: add 2' -> 'add 2'."""
     return _STEP_RE.sub("", line.strip(), count=1)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import click
 import duckdb
 
+from .export import EXPORT_FORMATS
 from .layout import StoreError
 from .snapshot import AsOf, parse_as_of
 from .views import MACROS, PUBLIC_VIEWS, connect, default_store_path, describe_views
@@ -164,6 +165,8 @@ def _cell(value: Any) -> str:
     if value is None:
         return "NULL"
     v = _plain(value)
+    if isinstance(v, float):
+        v = float(f"{v:.12g}")  # the table is for reading: 0.5688430000000001 shows as 0.568843 (csv/json stay exact)
     s = json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else str(v)
     s = s.replace("\n", "\\n")
     return s if len(s) <= MAX_CELL else s[: MAX_CELL - 1] + "…"
@@ -288,6 +291,34 @@ def migrate_cmd(ctx: click.Context, store_path: str | None, keep_old: bool) -> N
         raise click.ClickException(str(exc)) from exc
     click.echo(f"migrated {path}: {res.events} event rows, {res.quarantined} quarantined lines, "
                f"positions of {len(res.writers)} writer(s) ({', '.join(f'{w} at {s}' for w, s in sorted(res.writers.items()))})")
+
+
+@main.command("export")
+@store_option
+@click.option("--format", "export_fmt", type=click.Choice(EXPORT_FORMATS), required=True, help="trl-sft: prompt/completion messages; trl-dpo: prompt/chosen/rejected; openai-chat: messages.")
+@click.option("--domain", default=None, help="Only this domain (as kaelum-train --domain).")
+@click.option("--min-reward", type=float, default=0.7, show_default=True, help="SFT formats: the minimum reward (as kaelum-train --min-reward).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None, help="JSONL file to write (default: stdout).")
+@click.pass_context
+def export_cmd(ctx: click.Context, store_path: Path | None, export_fmt: str, domain: str | None, min_reward: float, output: Path | None) -> None:
+    """Export training data for TRL, Axolotl or OpenAI fine-tuning, rendered as kaelum-train renders it.
+
+    Example: kaelum-sql export --store ./traces --format trl-sft --domain math -o sft.jsonl
+    """
+    from .export import ExportError, write_export
+
+    con = _open(store_path or (ctx.obj or {}).get("store"))
+    try:
+        if output is None:
+            n = write_export(con, export_fmt, sys.stdout, domain=domain, min_reward=min_reward)
+        else:
+            with open(output, "w", encoding="utf-8") as fh:
+                n = write_export(con, export_fmt, fh, domain=domain, min_reward=min_reward)
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        con.close()
+    click.echo(f"exported {n} {export_fmt} records" + (f" to {output}" if output else ""), err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

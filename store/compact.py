@@ -11,6 +11,12 @@ snapshot when a query starts and opens the files during the query, so a retentio
 longest query (default one hour; ``kaelum-sql compact --retention-s``) means a running query never
 loses a file. Time travel (``--as-of``) reaches back as far as the retention: older versions may
 name files that VACUUM deleted, and reading them fails with a clear message.
+
+Then the per-trace summary (local stores): ``_trace_summary`` of the newest events version,
+written as a new version of the ``trace_summary`` Delta table whose commit metadata names that
+events version. Readers use it for every trace that no later events touch (store/views.py), so
+the per-trace views of a compacted store read one row per trace instead of every event. It is
+derived data: the events stay the truth, and a summary of another kaelum's columns is ignored.
 """
 
 from __future__ import annotations
@@ -21,10 +27,14 @@ from dataclasses import dataclass
 
 from .layout import StoreInfo, open_store
 from .schema import ROW_GROUP_ROWS, ZSTD_LEVEL
-from .tables import delta_call, open_table
+from .tables import META_EVENTS_VERSION, META_SUMMARY_COLUMNS, TABLE_CONFIGURATION, delta_call, open_table
 
 DEFAULT_RETENTION_S = 3600.0  # longer than the longest reader's query; also how far back --as-of reaches
 TARGET_FILE_BYTES = 128 << 20
+# A "small" file is what a following daemon's flushes write (a few thousand events, well under a
+# MiB); a bulk catch-up's commits of up to 100k events write files of ~8 MiB, which are left alone
+# by the daemon's schedule, so that --once never spends longer compacting than ingesting.
+SMALL_FILE_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,7 @@ class CompactionResult:
     files_added: int
     files_deleted: int  # deleted by VACUUM
     seconds: float
+    summary_events_version: int | None = None  # the events version the summary now covers (None: no summary)
 
     # The names the daemon's status and older callers use.
     @property
@@ -51,7 +62,7 @@ def count_files(info: StoreInfo) -> int:
     return sum(len(open_table(info, uri).file_uris()) for uri in (info.events_uri, info.quarantine_uri))
 
 
-def small_files(info: StoreInfo, small_bytes: int = TARGET_FILE_BYTES // 4) -> int:
+def small_files(info: StoreInfo, small_bytes: int = SMALL_FILE_BYTES) -> int:
     """Files in the newest version of both tables smaller than `small_bytes`: what OPTIMIZE would merge."""
     n = 0
     for uri in (info.events_uri, info.quarantine_uri):
@@ -80,9 +91,44 @@ def compact(
         metrics = delta_call(info, f"compacting {uri}", lambda: table.optimize.compact(target_size=target_bytes, writer_properties=props))
         removed += int(metrics.get("numFilesRemoved", 0))
         added += int(metrics.get("numFilesAdded", 0))
-        if vacuum:
+    # After OPTIMIZE: the summary covers the files of the version readers will see from now on.
+    summary_version = build_summary(info, props) if info.local is not None else None
+    if vacuum:
+        tables = [info.events_uri, info.quarantine_uri] + ([info.summary_uri] if summary_version is not None else [])
+        for uri in tables:
+            table = open_table(info, uri)
             deleted += len(delta_call(info, f"vacuuming {uri}", lambda: _vacuum(table, retention_s)))
-    return CompactionResult(before, count_files(info), removed, added, deleted, time.perf_counter() - t0)
+    return CompactionResult(before, count_files(info), removed, added, deleted, time.perf_counter() - t0, summary_version)
+
+
+def build_summary(info: StoreInfo, props=None) -> int | None:  # noqa: ANN001 - deltalake.WriterProperties
+    """Write the per-trace summary of the newest events version (unless it is current already);
+    returns the events version it covers."""
+    from deltalake import CommitProperties, DeltaTable, write_deltalake
+
+    from .views import connect, summary_schema_file
+
+    events = open_table(info, info.events_uri)
+    version = events.version()
+    uri = info.summary_uri
+    con = connect(info, as_of={"events": version, "quarantine": open_table(info, info.quarantine_uri).version()})
+    try:
+        columns = summary_schema_file(con)[1]
+        if (info.local / "trace_summary" / "_delta_log").is_dir():
+            last = next((c for c in DeltaTable(uri).history() if c.get(META_EVENTS_VERSION) is not None), None)
+            # Current when built with these columns over the same files (VACUUM adds versions, not rows).
+            if last is not None and last.get(META_SUMMARY_COLUMNS) == columns:
+                built_on = int(last[META_EVENTS_VERSION])
+                if built_on == version or set(DeltaTable(info.events_uri, version=built_on).file_uris()) == set(events.file_uris()):
+                    return built_on
+        rows = con.sql("SELECT * FROM _trace_summary ORDER BY trace_id").to_arrow_table()
+    finally:
+        con.close()
+    meta = {META_EVENTS_VERSION: str(version), META_SUMMARY_COLUMNS: columns}
+    delta_call(info, "writing the trace summary", lambda: write_deltalake(
+        uri, rows, mode="overwrite", schema_mode="overwrite", writer_properties=props, configuration=TABLE_CONFIGURATION,
+        commit_properties=CommitProperties(custom_metadata=meta)))
+    return version
 
 
 def _vacuum(table, retention_s: float) -> list[str]:  # noqa: ANN001 - a deltalake.DeltaTable

@@ -3,6 +3,7 @@
     <store>/                       a folder, or s3://bucket/prefix (gs://, az://, abfss:// likewise)
       events/                      Delta table: one row per event, partitioned by `date` (UTC date of `ts`)
       quarantine/                  Delta table: refused lines, partitioned by `date` (commit date)
+      trace_summary/               Delta table: per-trace summary derived by compaction (may be absent)
       kaelum-store.json            local folders only: {"format": "kaelum-store", "layout_version": 2}
 
 A location is a store when ``events/`` is a Delta table. Everything else a store needs — commits,
@@ -119,6 +120,10 @@ class StoreInfo:
     def quarantine_uri(self) -> str:
         return self.table_uri(QUARANTINE_TABLE)
 
+    @property
+    def summary_uri(self) -> str:
+        return self.table_uri("trace_summary")
+
     def __str__(self) -> str:
         return self.uri
 
@@ -203,7 +208,7 @@ def open_store(location: str | os.PathLike[str] | StoreInfo, create: bool = Fals
     return info
 
 
-_LAYOUT_ENTRIES = frozenset({EVENTS_TABLE, QUARANTINE_TABLE, MARKER, f".{MARKER}.partial"})
+_LAYOUT_ENTRIES = frozenset({EVENTS_TABLE, QUARANTINE_TABLE, "trace_summary", MARKER, f".{MARKER}.partial"})
 
 
 def _marker_version(marker: Path) -> int:

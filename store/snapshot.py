@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .layout import StoreError, StoreInfo
-from .tables import EVENTS_TABLE_SCHEMA, PARTITION, QUARANTINE_TABLE_SCHEMA, delta_call, open_table
+from .tables import EVENTS_TABLE_SCHEMA, META_EVENTS_VERSION, META_SUMMARY_COLUMNS, PARTITION, QUARANTINE_TABLE_SCHEMA, delta_call, open_table
 
 # A version of the events table, an RFC 3339 timestamp, or exact versions of both tables
 # ({"events": 12, "quarantine": 3}: what a training manifest records).
@@ -39,11 +39,30 @@ EMPTY_PARTITION = "date=1970-01-01"  # the zero-row schema files' partition; vie
 
 
 @dataclass(frozen=True)
+class Summary:
+    """One version of the per-trace summary table: built from `events_version` of the events."""
+
+    version: int
+    events_version: int
+    columns: str  # the columns it was built with (``,``-joined)
+    files: tuple[str, ...]
+    base_files: frozenset[str]  # the events files of `events_version`: rows the summary covers
+
+
+@dataclass(frozen=True)
 class Snapshot:
     events_version: int
     quarantine_version: int
     events_files: tuple[str, ...]
     quarantine_files: tuple[str, ...]
+    summary: Summary | None = None
+
+    @property
+    def fresh_files(self) -> tuple[str, ...]:
+        """Events files the summary does not cover (all of them without a summary)."""
+        if self.summary is None:
+            return self.events_files
+        return tuple(f for f in self.events_files if f not in self.summary.base_files)
 
     @property
     def versions(self) -> dict[str, int]:
@@ -89,9 +108,39 @@ class Snapshots:
         self._events = open_table(info, info.events_uri)
         self._quarantine = open_table(info, info.quarantine_uri)
         self._lock = threading.Lock()
+        self._summary_table: Any = None
+        self._summaries: dict[int, Summary] = {}
         self.fixed: Snapshot | None = None
         if as_of is not None:
             self._pin(as_of)
+
+    # -- the per-trace summary ------------------------------------------------------------------
+
+    def _summary_at(self, events_version: int, newest: bool) -> Summary | None:
+        """The newest summary built from an events version at most `events_version` (local stores;
+        None when there is none: the views then compute every trace from the events)."""
+        from deltalake import DeltaTable
+
+        if self.info.local is None or not (self.info.local / "trace_summary" / "_delta_log").is_dir():
+            return None
+        if self._summary_table is None:
+            self._summary_table = DeltaTable(self.info.summary_uri)
+        table = self._summary_table
+        if newest:
+            table.update_incremental()
+        for commit in table.history():
+            ev = commit.get(META_EVENTS_VERSION)
+            if ev is None or int(ev) > events_version:
+                continue
+            v = commit["version"]
+            cached = self._summaries.get(v)
+            if cached is None:
+                at = DeltaTable(self.info.summary_uri, version=v)
+                base = frozenset(DeltaTable(self.info.events_uri, version=int(ev)).file_uris())
+                cached = Summary(v, int(ev), commit.get(META_SUMMARY_COLUMNS, ""), tuple(at.file_uris()), base)
+                self._summaries = {v: cached}  # one kept: a reader moves forward
+            return cached
+        return None
 
     def _pin(self, as_of: AsOf) -> None:
         ev, q = self._events, self._quarantine
@@ -122,16 +171,17 @@ class Snapshots:
                     f"VACUUM's retention: {len(gone)} of its files were deleted (kaelum-sql compact --retention-s keeps more)"
                 )
 
-    def _snapshot(self) -> Snapshot:
-        return Snapshot(self._events.version(), self._quarantine.version(),
-                        tuple(self._events.file_uris()), tuple(self._quarantine.file_uris()))
+    def _snapshot(self, newest: bool = False) -> Snapshot:
+        ev = self._events.version()
+        return Snapshot(ev, self._quarantine.version(), tuple(self._events.file_uris()), tuple(self._quarantine.file_uris()),
+                        self._summary_at(ev, newest))
 
     def resolve(self) -> Snapshot:
         if self.fixed is not None:
             return self.fixed
         with self._lock:
             delta_call(self.info, "reading the store", lambda: (self._events.update_incremental(), self._quarantine.update_incremental()))
-            return self._snapshot()
+            return self._snapshot(newest=True)
 
     def datasets(self, snap: Snapshot) -> tuple[Any, Any]:
         """pyarrow datasets of both tables at `snap` (the reader of object-store URLs)."""
@@ -145,9 +195,12 @@ class Snapshots:
 class SnapshotFiles:
     """The ``kaelum_files(kind, txid)`` function of one local reader connection.
 
-    Kinds: ``events`` and ``quarantine``. One snapshot per transaction id (a query), so all scans of
-    one query agree. Each list ends with a zero-row file of the table's columns, so that a scan has
-    its columns even when the table is empty.
+    Kinds: ``events``, ``quarantine``, ``summary`` (the per-trace summary's files), ``events_fresh``
+    (events files the summary does not cover) and ``events_if_fresh`` (all events files when any is
+    fresh, else none: the summary then covers every trace and the live recomputation reads
+    nothing). One snapshot per transaction id (a query), so all scans of one query agree. Each list
+    ends with a zero-row file of the table's columns, so that a scan has its columns even when the
+    list is otherwise empty.
     """
 
     def __init__(self, snapshots: Snapshots) -> None:
@@ -159,6 +212,8 @@ class SnapshotFiles:
         # While the views are created DuckDB binds every scan; the empty schema files give it the
         # columns without resolving a snapshot per CREATE VIEW.
         self.binding = False
+        self.summary_schema: Path | None = None  # set by the views: the summary's zero-row file
+        self.summary_columns: str | None = None  # the columns this reader's summary has
 
     def snapshot(self, txid: int) -> Snapshot:
         with self._lock:
@@ -172,14 +227,32 @@ class SnapshotFiles:
             self.last = snap
             return snap
 
+    def usable_summary(self, snap: Snapshot) -> Summary | None:
+        s = snap.summary
+        return s if s is not None and s.columns == self.summary_columns else None
+
     def __call__(self, kind: str, txid: Any) -> list[str]:
+        if kind == "summary":
+            if self.summary_schema is None:
+                raise ValueError("kaelum_files('summary') needs the summary's schema file")
+            if self.binding:
+                return [str(self.summary_schema)]
+            s = self.usable_summary(self.snapshot(int(txid)))
+            return [*(s.files if s else ()), str(self.summary_schema)]
+        table = "quarantine" if kind == "quarantine" else "events"
         if self.binding:
-            return [str(schema_file(kind))]
+            return [str(schema_file(table))]
         snap = self.snapshot(int(txid))
         if kind == "events":
             return [*snap.events_files, str(schema_file("events"))]
         if kind == "quarantine":
             return [*snap.quarantine_files, str(schema_file("quarantine"))]
+        summary = self.usable_summary(snap)
+        fresh = snap.events_files if summary is None else tuple(f for f in snap.events_files if f not in summary.base_files)
+        if kind == "events_fresh":
+            return [*fresh, str(schema_file("events"))]
+        if kind == "events_if_fresh":
+            return [*(snap.events_files if fresh else ()), str(schema_file("events"))]
         raise ValueError(f"unknown table {kind!r}")
 
 

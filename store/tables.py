@@ -21,6 +21,11 @@ EVENTS_TABLE_SCHEMA = pa.schema(list(SEGMENT_SCHEMA) + [DATE_FIELD])
 # store/writer.py) and the partition `date` (the commit's UTC date).
 QUARANTINE_TABLE_SCHEMA = pa.schema(list(QUARANTINE_SCHEMA) + [pa.field("batch", pa.int64(), nullable=False), DATE_FIELD])
 
+# The per-trace summary (derived, rebuilt by compaction from one events version; docs/store.md).
+SUMMARY_TABLE = "trace_summary"
+META_EVENTS_VERSION = "kaelum.events_version"  # the events version a summary version was built from
+META_SUMMARY_COLUMNS = "kaelum.summary_columns"  # its columns: a summary of other columns is not read
+
 # Commit metadata (kept in the Delta log with each commit) must outlive the longest a writer may
 # stay away: its read positions live there (store/writer.py). Compaction re-records every writer's
 # positions in its own commit, so a year is a generous bound, not a requirement.

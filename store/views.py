@@ -14,6 +14,7 @@ given by the caller (the benchmark asks raw JSONL the very same questions).
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -50,17 +51,28 @@ def _verification_method(data: str = "data") -> str:
 
 @dataclass(frozen=True)
 class Scans:
-    """Where the views read stored rows from: a relation (SQL) for each table."""
+    """Where the views read stored rows from: a relation (SQL) for each table.
+
+    With `summary` (local stores), per-trace views read the summary compaction derived for every
+    trace that no newer events touch (`fresh`: the events files the summary does not cover), and
+    recompute the others from all their events (`if_fresh`: every events file when any is fresh).
+    """
 
     events: str
     quarantine: str
+    summary: str | None = None
+    fresh: str | None = None
+    if_fresh: str | None = None
 
     @staticmethod
     def snapshot_files() -> "Scans":
         """The files of the query's snapshot, from ``kaelum_files`` (local stores)."""
         opts = "hive_partitioning = true, hive_types = {'date': DATE}"
-        return Scans(f"read_parquet(kaelum_files('events', txid_current()), {opts})",
-                     f"read_parquet(kaelum_files('quarantine', txid_current()), {opts})")
+
+        def scan(kind: str, hive: bool = True) -> str:
+            return f"read_parquet(kaelum_files('{kind}', txid_current()), {opts if hive else 'hive_partitioning = false'})"
+
+        return Scans(scan("events"), scan("quarantine"), scan("summary", hive=False), scan("events_fresh"), scan("events_if_fresh"))
 
     @staticmethod
     def registered(events: str, quarantine: str) -> "Scans":
@@ -194,10 +206,31 @@ TRACE_COLUMNS = (
 )
 
 
-def traces_views() -> Views:
-    """The per-trace helpers, ``_trace_summary`` (traces plus steps and completeness) and ``traces``."""
-    return [*(_view(n, b) for n, b in _trace_views("", "events")), _view("_trace_summary", _summary_sql("")),
-            _view("traces", _trace_columns_sql(""))]
+def traces_views(scans: Scans, contract: Contract) -> Views:
+    """The per-trace helpers, ``_trace_summary`` (traces plus steps and completeness) and ``traces``.
+
+    Without a summary scan both are computed from ``events``. With one, ``_trace_live`` computes
+    them from all events of the traces that fresh events touch, and the summary's rows stand for
+    every other trace (what compaction stores as the summary is ``_trace_live`` over all events).
+    """
+    defs = [_view(n, b) for n, b in _trace_views("", "events")]
+    if scans.summary is None:
+        return defs + [_view("_trace_live", _summary_sql("")), _view("_trace_summary", "SELECT * FROM _trace_live"),
+                       _view("traces", _trace_columns_sql(""))]
+    defs += [
+        _view("_touched", f"SELECT DISTINCT trace_id FROM ({_events_up(scans.fresh, contract)})"),
+        # The filter on trace_id comes before the de-duplication, so the window sees only those traces.
+        _view("_events_live", f"SELECT * FROM ({_events_up(scans.if_fresh, contract)}) WHERE trace_id IN (SELECT trace_id FROM _touched) "
+                              f"QUALIFY row_number() OVER (PARTITION BY type, trace_id, id ORDER BY {DEDUP_ORDER}) = 1"),
+        *(_view(n, b) for n, b in _trace_views("_l", "_events_live")),
+        _view("_trace_live", _summary_sql("_l")),
+        _view("_trace_live_columns", _trace_columns_sql("_l")),
+    ]
+    kept = f"{scans.summary} d WHERE NOT EXISTS (SELECT 1 FROM _touched t WHERE t.trace_id = d.trace_id)"
+    return defs + [
+        _view("_trace_summary", f"SELECT * FROM {kept} UNION ALL SELECT * FROM _trace_live"),
+        _view("traces", f"SELECT {TRACE_COLUMNS} FROM {kept} UNION ALL SELECT {TRACE_COLUMNS} FROM _trace_live_columns"),
+    ]
 
 
 def nodes_views() -> Views:
@@ -379,7 +412,7 @@ def view_sql(scans: Scans, contract: Contract = CURRENT, events_source: str | No
     """
     return [
         *events_views(scans, contract, events_source),
-        *traces_views(),
+        *traces_views(scans if events_source is None else Scans(scans.events, scans.quarantine), contract),
         *nodes_views(),
         *trajectories_views(),
         *training_examples_views(),
@@ -406,9 +439,40 @@ MACROS = ("high_reward_trajectories_at", "training_examples_at")
 
 
 
-def install_views(con: duckdb.DuckDBPyConnection, scans: Scans, contract: Contract = CURRENT, events_source: str | None = None) -> None:
-    for _name, sql in view_sql(scans, contract, events_source):
+def install_views(con: duckdb.DuckDBPyConnection, scans: Scans, contract: Contract = CURRENT, events_source: str | None = None,
+                  files: SnapshotFiles | None = None) -> None:
+    """Create the views on `con`; with a summary scan, `files` (the connection's ``kaelum_files``)
+    learns the summary's columns before the view that reads it is created."""
+    for name, sql in view_sql(scans, contract, events_source):
+        if name == "_trace_summary" and files is not None and scans.summary is not None:
+            files.summary_schema, files.summary_columns = summary_schema_file(con)
         con.execute(sql)
+
+
+_SUMMARY_SCHEMAS: dict[str, Path] = {}
+
+
+def summary_schema_file(con: duckdb.DuckDBPyConnection) -> tuple[Path, str]:
+    """A zero-row Parquet file with the columns of ``_trace_live`` on `con`, and those columns.
+
+    It ends every list of summary files, so the summary scan has its columns in a store that was
+    never compacted; a summary table built with other columns (another kaelum) is not read.
+    It lives in a temporary folder, so that readers never write to the store.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    described = con.execute("DESCRIBE SELECT * FROM _trace_live").fetchall()
+    columns = ",".join(f"{r[0]} {r[1]}" for r in described)
+    path = _SUMMARY_SCHEMAS.get(columns)
+    if path is None or not path.exists():
+        d = Path(tempfile.mkdtemp(prefix="kaelum-summary-schema-"))
+        atexit.register(shutil.rmtree, d, True)
+        path = d / "s-summary.parquet"
+        con.execute(f"COPY (SELECT * FROM _trace_live LIMIT 0) TO {_q(str(path))} (FORMAT parquet)")
+        _SUMMARY_SCHEMAS[columns] = path
+    return path, columns
 
 
 def connect(
@@ -437,29 +501,31 @@ def connect(
         files = SnapshotFiles(snapshots)
         con.create_function("kaelum_files", files, ["VARCHAR", "UBIGINT"], "VARCHAR[]", side_effects=True)
         scans = Scans.snapshot_files()
-        _SNAPSHOT_OF[id(con)] = lambda: files.last or snapshots.resolve()
+        _SNAPSHOT_OF[con] = lambda: files.last or snapshots.resolve()
         files.binding = True
     else:
+        files = None
         snap = snapshots.resolve()
         ev, q = snapshots.datasets(snap)
         con.register("_kaelum_events_dataset", ev)
         con.register("_kaelum_quarantine_dataset", q)
         scans = Scans.registered("_kaelum_events_dataset", "_kaelum_quarantine_dataset")
-        _SNAPSHOT_OF[id(con)] = lambda: snap
-    install_views(con, scans, contract)
-    if info.local is not None:
+        _SNAPSHOT_OF[con] = lambda: snap
+    install_views(con, scans, contract, files=files)
+    if files is not None:
         files.binding = False
     return con
 
 
-_SNAPSHOT_OF: dict[int, Callable[[], Snapshot]] = {}
+# Per connection (weakly held: the entry goes with the connection), what it read last.
+_SNAPSHOT_OF: "weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, Callable[[], Snapshot]]" = weakref.WeakKeyDictionary()
 
 
 def snapshot_of(con: duckdb.DuckDBPyConnection) -> Snapshot:
     """The snapshot (table versions and files) the last query of `con` read — the one a pinned
     (``as_of``) or URL connection always reads."""
     try:
-        return _SNAPSHOT_OF[id(con)]()
+        return _SNAPSHOT_OF[con]()
     except KeyError:
         raise StoreError("this connection was not made by store.connect") from None
 

@@ -36,12 +36,24 @@ def test_ask_prints_answer_verification_reward_and_tree(tmp_path, read_events, c
     check_trace_shape(events, "What is 2 + 3?")
 
 
-def test_ask_without_log_dir_writes_nothing(tmp_path, monkeypatch):
+def test_ask_logs_to_the_default_log_dir_so_its_trace_id_can_be_looked_up(tmp_path, monkeypatch, read_events):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KAELUM_LOG_DIR", raising=False)
     res = CliRunner().invoke(main, ["ask", "What is 2 + 3?", "--no-tree"], obj={"orchestrator_factory": factory(ScriptedLLM(rollout=lambda c: "Answer: 5"))})
     assert res.exit_code == 0, res.output
     assert "domain   math (keywords" in res.output and "n0 " not in res.output
+    trace_id = res.output.split("trace ")[1].split()[0]
+    assert {e["trace_id"] for e in read_events(tmp_path / "logs")} == {trace_id}
+    assert "trace written to logs" in res.output
+
+
+def test_ask_with_no_log_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["ask", "What is 2 + 3?", "--no-tree", "--no-log"], obj={"orchestrator_factory": factory(ScriptedLLM(rollout=lambda c: "Answer: 5"))})
+    assert res.exit_code == 0, res.output
     assert list(tmp_path.iterdir()) == []
+    res = CliRunner().invoke(main, ["ask", "x", "--no-log", "--log-dir", "l"], obj={"orchestrator_factory": factory(ScriptedLLM())})
+    assert res.exit_code == 2 and "--no-log and --log-dir contradict each other" in res.output
 
 
 def test_run_writes_every_trace_and_prints_a_summary(tmp_path, read_events, check_trace_shape):

@@ -164,3 +164,44 @@ def test_duplicate_keys_are_read_first_wins_by_the_bulk_path():
 def test_block_must_end_with_a_newline():
     with pytest.raises(ValueError, match="complete lines only"):
         parse_block(b'{"a":1}', 0)
+
+
+def _nested(depth: int) -> object:
+    value: object = "leaf"
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+def _nested_line(event: dict, depth: int) -> bytes:
+    """`event` with data.extra nested `depth` levels, written as text (no JSON writer goes that deep)."""
+    text = b'"leaf"'
+    for i in range(depth):
+        text = b"[" + text + b"]" if i % 2 else b'{"k":' + text + b"}"
+    return orjson.dumps(dict(event, data={**event["data"], "extra": "@@"})).replace(b'"@@"', text)
+
+
+@pytest.mark.parametrize("payload_depth", [300, 1100])
+def test_deep_nesting_is_quarantined_by_both_paths_alike(payload_depth):
+    # The bulk path (DuckDB) stored JSON nested deeper than 1024 levels that the line path
+    # quarantined; the line path itself crashed on payloads 255-1023 deep (orjson cannot write them).
+    e = VALID[5]
+    line = _nested_line(e, payload_depth)
+    fine = dict(e, data={**e["data"], "extra": _nested(100), "many": [[1]] * 500})  # many brackets, shallow
+    ok = orjson.dumps(fine)
+    for copies in (1, 400):  # one line: the exact path; 400 lines: the bulk path
+        block = b"".join(l + b"\n" for l in [ok, line] * copies)
+        parsed = parse_block(block, 0, max_line_bytes=1 << 20)
+        assert [b.reason for b in parsed.bad] == ["JSON nested deeper than 128 levels"] * copies
+        assert parsed.bad[0].offset == len(ok) + 1 and parsed.bad[0].raw == line
+        assert parsed.events.num_rows == copies and parsed.events.column("offset").to_pylist() == [i * (len(ok) + len(line) + 2) for i in range(copies)]
+
+
+def test_nesting_at_the_limit_is_stored_by_both_paths():
+    e = VALID[5]
+    at_limit = orjson.dumps(dict(e, data={**e["data"], "extra": _nested(126)}))  # envelope 1 + data 1 + 126
+    assert _exact(at_limit, 0)[1] is None
+    assert parse_block((at_limit + b"\n") * 300, 0).events.num_rows == 300
+    over = orjson.dumps(dict(e, data={**e["data"], "extra": _nested(127)}))
+    assert _exact(over, 0)[1] == "JSON nested deeper than 128 levels"
+    assert [b.reason for b in parse_block((over + b"\n") * 300, 0).bad] == ["JSON nested deeper than 128 levels"] * 300

@@ -157,3 +157,67 @@ def test_a_read_racing_a_truncate_and_rewrite_is_dropped(tmp_path):
     assert t.read(src) is None and src.position == 0
     got = _drain(t)
     assert got == {fingerprint_of(b"new-1\n"): b"new-1\n"} and "truncated" in rec.kinds()
+
+
+# --- identity: files that share a first line -----------------------------------------------
+
+
+def test_files_with_the_same_first_line_are_two_files_through_restart_rename_and_copy_truncate(tmp_path):
+    # Both start with a blank line and the same header: the first-line fingerprint alone took them
+    # for one file and the second was never read.
+    t, rec = _recorded_tailer(tmp_path)
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_bytes(b"\n# kaelum\nA1\nA2\n")
+    b.write_bytes(b"\n# kaelum\nB1\n")
+    os.utime(b, ns=(os.stat(a).st_mtime_ns + 10**6,) * 2)  # a is older: it keeps the plain key
+    got = _drain(t)
+    head = fingerprint_of(b"\n")
+    assert got[head] == b"\n# kaelum\nA1\nA2\n"
+    (key_b,) = [k for k in got if k != head]
+    assert key_b.startswith(head + "+") and got[key_b] == b"\n# kaelum\nB1\n"
+
+    # A restart from the store's positions: each file resumes where it was, nothing read twice.
+    with open(a, "ab") as fh:
+        fh.write(b"A3\n")
+    with open(b, "ab") as fh:
+        fh.write(b"B2\n")
+    positions = {fp: src.committed for fp, src in t.sources.items()}
+    t.close()
+    t2, rec2 = _recorded_tailer(tmp_path)
+    t2.start_positions = positions
+    assert _drain(t2) == {head: b"A3\n", key_b: b"B2\n"}
+
+    # Rename rotation of the second file keeps its key; its copy-truncate copy is not re-read.
+    b.rename(tmp_path / "b.1.jsonl")
+    with open(tmp_path / "b.1.jsonl", "ab") as fh:
+        fh.write(b"B3\n")
+    assert _drain(t2) == {key_b: b"B3\n"}
+    shutil.copy(tmp_path / "b.1.jsonl", tmp_path / "b.1.jsonl.copy")
+    with open(tmp_path / "b.1.jsonl", "r+b") as fh:
+        fh.truncate(0)
+    with open(tmp_path / "b.1.jsonl.copy", "ab") as fh:
+        pass
+    got = _drain(t2)
+    assert key_b not in got or got[key_b] == b""  # the copy holds nothing unread
+    assert "switched" in rec2.kinds()
+    with open(tmp_path / "b.1.jsonl.copy", "ab") as fh:
+        fh.write(b"B4\n")
+    assert _drain(t2) == {key_b: b"B4\n"}
+
+
+def test_an_exact_copy_is_not_a_second_file(tmp_path):
+    t, _ = _recorded_tailer(tmp_path)
+    (tmp_path / "a.jsonl").write_bytes(b"\nx1\nx2\n")
+    shutil.copy(tmp_path / "a.jsonl", tmp_path / "a.jsonl.1")
+    assert _drain(t) == {fingerprint_of(b"\n"): b"\nx1\nx2\n"}
+    assert len(t.sources) == 1
+
+
+def test_three_files_that_differ_from_the_first_at_the_same_byte_are_three_files(tmp_path):
+    t, _ = _recorded_tailer(tmp_path)
+    files = {"a.jsonl": b"\nA-1\n", "b.jsonl": b"\nB-1\nb\n", "c.jsonl": b"\nB-2\nc\n"}  # b and c leave a at byte 1
+    for i, (name, data) in enumerate(files.items()):
+        (tmp_path / name).write_bytes(data)
+        os.utime(tmp_path / name, ns=(10**18 + i * 10**6,) * 2)
+    got = _drain(t)
+    assert sorted(got.values()) == sorted(files.values()) and len(t.sources) == 3

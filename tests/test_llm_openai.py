@@ -1,8 +1,9 @@
 """The OpenAI-compatible backend against a real HTTP server on loopback.
 
-The server is a small threaded `http.server` implementing POST /v1/chat/completions; each test
-scripts how it misbehaves (fail the first k requests, delay, ignore or reject `n`, reject vLLM's
-continue_final_message, omit usage) and the requests it received are inspected afterwards.
+The server is a small threaded `http.server` implementing POST /v1/chat/completions, POST
+/v1/completions and GET /v1/models; each test scripts how it misbehaves (fail the first k
+requests, delay, ignore or reject `n`, reject vLLM's continue_final_message, accept it and open a
+new turn anyway, omit usage) and the requests it received are inspected afterwards.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from kaelum.llm import LLMError, SamplingParams, load_llm
-from kaelum.llm.openai_compat import CONTINUE_INSTRUCTION, OpenAICompatLLM, chat_completions_url
+from kaelum.llm.openai_compat import CONTINUE_INSTRUCTION, PROBE_PREFIX, OpenAICompatLLM, chat_completions_url
 
 MESSAGES = [{"role": "system", "content": "Solve."}, {"role": "user", "content": "What is 2+3?"}]
 
@@ -33,6 +34,8 @@ class Script:
     reject_n: bool = False
     reject_continue: bool = False
     omit_usage: bool = False
+    continues: bool = True  # with continue_final_message: continue the message, or open a new turn
+    models: tuple[str, ...] = ("served-model",)  # what GET /v1/models lists
     status: int = 200
     reply: str | None = None  # fixed reply text; default depends on the request
     requests: list[dict] = field(default_factory=list)
@@ -40,10 +43,15 @@ class Script:
     times: list[float] = field(default_factory=list)
 
 
-def _reply_text(body: dict, index: int) -> str:
+def _reply_text(body: dict, index: int, script: Script) -> str:
+    if "prompt" in body:  # /v1/completions: the raw prompt ends where the model goes on
+        return " 5, 6, 7" if body["prompt"].endswith(PROBE_PREFIX) else f" 2 + 3 = 5 (choice {index})\nAnswer: 5"
     msgs = body["messages"]
     if body.get("continue_final_message"):
-        return f"Step 2: 2 + 3 = 5 (choice {index})\nAnswer: 5"
+        probe = msgs[-1]["content"] == PROBE_PREFIX
+        if not script.continues:  # a new assistant turn, as llama-cpp-python's server did
+            return "1, 2, 3, 4, 5, 6" if probe else f"Step 1: 2 + 3 is a sum. (choice {index})\nStep 2: so 5\nAnswer: 5"
+        return " 5, 6, 7, 8" if probe else f"Step 2: 2 + 3 = 5 (choice {index})\nAnswer: 5"
     return f"Step 1: add (choice {index}, seed {body.get('seed')})\nAnswer: 5"
 
 
@@ -62,13 +70,18 @@ def _make_handler(script: Script):
             self.end_headers()
             self.wfile.write(raw)
 
+        def do_GET(self):
+            if self.path != "/v1/models":
+                return self._send(404, {"error": f"no route {self.path}"})
+            self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in script.models]})
+
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             index = len(script.requests)
             script.requests.append(body)
             script.headers.append(dict(self.headers))
             script.times.append(time.monotonic())
-            if self.path != "/v1/chat/completions":
+            if self.path not in ("/v1/chat/completions", "/v1/completions"):
                 return self._send(404, {"error": f"no route {self.path}"})
             if index < script.delay_first:
                 time.sleep(script.delay_s)
@@ -84,13 +97,15 @@ def _make_handler(script: Script):
                 return self._send(400, {"error": {"message": "n > 1 is not supported"}})
             if script.ignore_n:
                 n = 1
-            texts = [script.reply if script.reply is not None else _reply_text(body, i) for i in range(n)]
+            texts = [script.reply if script.reply is not None else _reply_text(body, i, script) for i in range(n)]
+            raw = self.path == "/v1/completions"
             payload = {
                 "id": f"cmpl-{index}",
-                "object": "chat.completion",
+                "object": "text_completion" if raw else "chat.completion",
                 "model": body["model"],
                 "choices": [
-                    {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                    {"index": i, "text": t, "finish_reason": "stop"} if raw
+                    else {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
                     for i, t in enumerate(texts)
                 ],
             }
@@ -135,7 +150,7 @@ def test_n_choices_in_one_request_with_usage_split(server):
     body = script.requests[0]
     assert body["n"] == 3 and body["model"] == "test-model" and body["seed"] == 7
     assert body["max_tokens"] == 50 and body["temperature"] == 0.8 and body["messages"] == MESSAGES
-    assert [c.text for c in out] == [_reply_text(body, i) for i in range(3)]
+    assert [c.text for c in out] == [_reply_text(body, i, script) for i in range(3)]
     assert sum(c.completion_tokens for c in out) == 21 and all(c.prompt_tokens == 17 for c in out)
     assert all(c.latency_ms > 0 and c.finish_reason == "stop" for c in out)
 
@@ -228,8 +243,11 @@ def test_api_key_sent_as_bearer(server):
 def test_prefix_continues_final_assistant_message(server):
     url, script = server
     prefix = "Step 1: 2 + 3 is a sum.\n"
-    out = _llm(url).generate(MESSAGES, n=2, prefix=prefix)
-    body = script.requests[0]
+    llm = _llm(url)
+    out = llm.generate(MESSAGES, n=2, prefix=prefix)
+    probe, body = script.requests
+    assert probe["messages"][-1] == {"role": "assistant", "content": PROBE_PREFIX} and probe["temperature"] == 0.0
+    assert llm.continues_prefix is True
     assert body["messages"][-1] == {"role": "assistant", "content": prefix}
     assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
     assert out[0].text.startswith("Step 2:")
@@ -282,3 +300,88 @@ def test_load_llm_serves_names_from_the_server(server):
     plain = load_llm("llama3.2:1b", base_url=url)  # any other name goes to the server when a URL is set
     plain.generate(MESSAGES)
     assert [r["model"] for r in script.requests] == ["served-model", "llama3.2:1b"]
+
+
+# --- servers that do not continue, /completions, fan-out usage, base URL alone ---------------
+
+
+def test_a_server_that_opens_a_new_turn_is_detected_and_gets_the_prefix_in_the_user_turn(server, caplog):
+    url, script = server
+    script.continues = False  # accepts continue_final_message, then starts over
+    llm = _llm(url)
+    prefix = "Step 1: 2 + 3 is a sum.\n"
+    with caplog.at_level("WARNING"):
+        llm.generate(MESSAGES, prefix=prefix)
+    assert llm.continues_prefix is False
+    probe, asked = script.requests
+    assert probe.get("continue_final_message") is True and "continue_final_message" not in asked
+    assert asked["messages"][-1]["content"].endswith(CONTINUE_INSTRUCTION + prefix)
+    assert "does not continue a final assistant message" in caplog.text and "KAELUM_LLM_TOKENIZER" in caplog.text
+    llm.generate(MESSAGES, prefix=prefix)  # probed once per backend
+    assert len(script.requests) == 3
+
+
+def test_completions_mode_renders_the_chat_template_locally(server, tmp_path):
+    from tests.tiny_model import make_tiny_llama
+
+    url, script = server
+    tok_dir = make_tiny_llama(tmp_path / "tok")
+    prefix = "Step 1: 2 + 3 is a sum.\n"
+    llm = _llm(url, tokenizer=tok_dir)  # auto + a tokenizer: completions, no probe
+    out = llm.generate(MESSAGES, n=2, prefix=prefix)
+    (body,) = script.requests
+    assert "messages" not in body and body["n"] == 2
+    assert body["prompt"] == (
+        "<|im_start|>system\nSolve.<|im_end|>\n<|im_start|>user\nWhat is 2+3?<|im_end|>\n"
+        "<|im_start|>assistant\nStep 1: 2 + 3 is a sum.\n"
+    )
+    assert out[0].text == " 2 + 3 = 5 (choice 0)\nAnswer: 5"
+    llm.generate(MESSAGES)  # no prefix: the template's generation prompt
+    assert script.requests[1]["prompt"].endswith("<|im_start|>assistant\n")
+    with pytest.raises(ValueError, match=r"prefix_mode 'completions' .* needs the served model's tokenizer \(KAELUM_LLM_TOKENIZER\)"):
+        OpenAICompatLLM("m", url, prefix_mode="completions")
+
+
+def test_prompt_tokens_are_counted_for_every_fan_out_request(server):
+    # Kaelum recorded 541 prompt tokens where the server processed 3,026.
+    from kaelum.llm.base import UsageCounter
+
+    url, script = server
+    script.ignore_n = True
+    out = _llm(url).generate(MESSAGES, n=3)
+    assert len(script.requests) == 3
+    usage = UsageCounter()
+    usage.add(out)
+    assert usage.prompt_tokens == 3 * 17 and usage.completion_tokens == 3 * 7
+    script.omit_usage = True
+    est = _llm(url).generate(MESSAGES, n=2)
+    assert est[0].prompt_tokens == 2 * ((len("Solve.") + len("What is 2+3?") + 3) // 4)
+
+
+def test_the_error_names_the_real_settings(server):
+    url, script = server
+    script.fail_first = 100
+    with pytest.raises(LLMError, match=r"\(KAELUM_LLM_TIMEOUT_S, KAELUM_LLM_MAX_RETRIES\)"):
+        _llm(url, max_retries=0).generate(MESSAGES)
+    from kaelum.config import Settings
+
+    assert {"LLM_TIMEOUT_S", "LLM_MAX_RETRIES"} <= set(Settings.model_fields)
+
+
+def test_a_base_url_alone_uses_the_server(server, monkeypatch):
+    from kaelum import Orchestrator, Settings
+
+    url, script = server
+    monkeypatch.setenv("KAELUM_OPENAI_BASE_URL", url)
+    settings = Settings(_env_file=None)
+    assert settings.worker_model("math") == "openai:*"
+    llm = Orchestrator(settings).llm_for("math")
+    assert llm.model_name == "served-model"
+    llm.generate(MESSAGES)
+    assert [r["model"] for r in script.requests] == ["served-model"]
+    # An explicit worker model wins; the embedded one stays reachable by naming it.
+    assert Settings(_env_file=None, DEFAULT_WORKER_MODEL="default").worker_model("math") == "default"
+    # A server with several models: the error says exactly what to set.
+    script.models = ("a", "b")
+    with pytest.raises(LLMError, match=r"lists 2 models \(a, b\); set KAELUM_DEFAULT_WORKER_MODEL .* or unset KAELUM_OPENAI_BASE_URL"):
+        Orchestrator(Settings(_env_file=None)).llm_for("math")

@@ -89,7 +89,10 @@ def test_split_tests_units():
                          "for i in range(3):\n    assert i < 3\ny = 1", "def check(candidate):\n    assert candidate(1)\n"],
                         entry_point="f")
     kinds = [[u["kind"] for u in s] for s in units]
-    assert kinds == [["stmt", "assert", "stmt", "testfn"], ["assert"], ["call"], ["check", "stmt"], ["stmt", "entry"]]
+    assert kinds == [["stmt", "assert", "stmt", "testfn"], ["assert"], ["stmt"], ["check", "stmt"], ["stmt", "entry"]]
+    # A call of a function the tests define is a test; a call into the solution is setup.
+    called = split_tests(["def check(c):\n    assert c(1)\ncheck(f)\ns = f(0)\nf(2)\n"])[0]
+    assert [u["kind"] for u in called] == ["stmt", "call", "stmt", "stmt"]
     assert units[4][1]["source"] == "check(f)"
     # Without an entry point, a check() nobody calls is only a definition (the grader then counts no assertion).
     assert [u["kind"] for u in split_tests(["def check(candidate):\n    assert candidate(1)\n"])[0]] == ["stmt"]
@@ -254,6 +257,8 @@ def test_invalid_limits_are_named_together():
         SandboxLimits(timeout_s=0, memory_mb=8, cpu_s=-1)
     msg = str(e.value)
     assert "timeout_s" in msg and "memory_mb" in msg and "cpu_s" in msg
+    with pytest.raises(ValueError, match="allow_audit_only must be true or false"):
+        SandboxLimits(allow_audit_only="yes")
     with pytest.raises(ValueError, match="unknown sandbox option"):
         SandboxLimits.from_options({"sandbox": {"timeout": 3}})
     assert SandboxLimits.from_options({"sandbox": {"timeout_s": 3}, "cpu_s": 2}) == SandboxLimits(timeout_s=3, cpu_s=2)
@@ -372,3 +377,11 @@ def test_a_forked_survivor_does_not_stretch_the_run():
     assert [x.passed for x in t.tests] == [True] and not t.timed_out
     assert time.monotonic() - start < 6
     _assert_host_unharmed(r, t)
+
+
+def test_the_grader_imports_only_standard_modules_for_the_solution():
+    # Tests may use a module the solution imported (`math`); the grader imports it itself, but only from
+    # the standard library, since importing runs the module's code in the grader's process.
+    r = run_tests("import math, this\ndef f(x):\n    return math.sqrt(x)\n",
+                  ["assert math.isclose(f(4), 2)", "assert 'this' not in globals()"], SandboxLimits(**FAST))
+    assert [t.passed for t in r.tests] == [True, True]

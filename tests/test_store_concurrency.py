@@ -98,7 +98,7 @@ def _snapshot(root: Path) -> dict[str, list]:
 def test_compaction_changes_no_view_and_fails_no_concurrent_query(tmp_path: Path):
     root, stop = tmp_path / "st", tmp_path / "stop"
     # A store of many small commits from two writers, with a re-sent duplicate and quarantine rows.
-    from test_store_views import _ingest, _traces  # the e2e traces: every view has rows (tests/ is on sys.path)
+    from store_traces import _ingest, _traces  # the e2e traces: every view has rows (tests/ is on sys.path)
     from kaelum.tracelog import TraceLogger
 
     traces = _traces()

@@ -12,7 +12,7 @@ from deltalake import DeltaTable
 import store
 from store import StoreWriter, events_from_dicts
 from store.compact import compact
-from test_store_views import _traces  # the e2e traces (tests/ is on sys.path)
+from store_traces import _traces  # the e2e traces (tests/ is on sys.path)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 
 import store
 from kaelum.tracelog import TraceLogger
-from test_store_views import _simple  # complete, verified traces (tests/ is on sys.path)
+from store_traces import _simple  # complete, verified traces (tests/ is on sys.path)
 from train.data import select_examples
 from train.manifest import build_manifest
 

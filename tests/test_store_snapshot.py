@@ -15,7 +15,7 @@ import store
 from store import SourceRange, StoreError, StoreWriter, events_from_dicts
 from store.compact import compact, count_files
 from store.views import PUBLIC_VIEWS, snapshot_of
-from test_store_views import _simple, _traces  # the e2e traces (tests/ is on sys.path)
+from store_traces import _simple, _traces  # the e2e traces (tests/ is on sys.path)
 from kaelum.events import TraceEvents
 
 
@@ -114,4 +114,10 @@ def test_summary_is_exact_for_traces_that_fresh_events_touch(tmp_path: Path):
         assert con.execute("SELECT reward, feedback_count FROM traces").fetchall() == [(0.97, 1)]
         compact(root, retention_s=0)
         assert con.execute("SELECT reward, feedback_label FROM training_examples").fetchall() == [(0.97, "great")]
+        # The summary table covers the compacted version: no event is fresh, no trace recomputed.
+        snap = snapshot_of(con)
+        assert snap.summary is not None and snap.fresh_files == ()  # (VACUUM's own commits add no files)
+        assert con.execute("SELECT count(*) FROM _touched").fetchone()[0] == 0
+        assert DeltaTable(str(root / "trace_summary")).to_pyarrow_table(columns=["trace_id", "reward"]).to_pylist() == [
+            {"trace_id": tid, "reward": 0.97}]
         assert len(DeltaTable(str(root / "events")).file_uris()) == 1

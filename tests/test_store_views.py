@@ -1,4 +1,4 @@
-"""End to end: TraceLogger → JSONL → SegmentWriter → store.connect views, checked row by row.
+"""End to end: TraceLogger → JSONL → StoreWriter → store.connect views, checked row by row.
 
 Traces (hand-computed expectations below):
   T1 complete, verified, reward 0.9          — re-sent in full in a second log file
@@ -18,87 +18,11 @@ from pathlib import Path
 import pytest
 
 import store
-from kaelum.events import TraceEvents, validate_event
+from kaelum.events import TraceEvents
 from kaelum.tracelog import TraceLogger
-from store import BatchBuilder, QuarantineRecord, SegmentWriter, SourceRange
+from store import QuarantineRecord, StoreWriter
 from store.views import PUBLIC_VIEWS
-
-PARAMS = {"simulations": 4, "max_depth": 4, "branching": 2, "exploration": 1.0, "temperature": 0.7, "seed": 7}
-LLM = {"model": "tiny", "prompt_tokens": 10, "completion_tokens": 5, "latency_ms": 1.5}
-
-
-def _start(t: TraceEvents, query: str, domain: str = "math"):
-    return t.make("trace_started", query=query, domain=domain, router={"domain": domain, "confidence": 0.9, "method": "keywords"},
-                  worker_model="tiny-worker", params=PARAMS, tags=["e2e"])
-
-
-def _node(t, nid, parent, depth, thought, terminal=False, answer=None):
-    return t.make("node_expanded", node_id=nid, parent_id=parent, depth=depth, thought=thought, terminal=terminal,
-                  answer=answer, llm=None if parent is None else LLM)
-
-
-def _value(t, nid, value):
-    return t.make("node_evaluated", node_id=nid, value=value, signals={"llm": value})
-
-
-def _verify(t, nid, answer, passed):
-    return t.make("verification", node_id=nid, answer=answer, passed=passed, score=1.0 if passed else 0.0, verifier="math.sympy", details={})
-
-
-def _done(t, best_path, answer, verified, reward, status="ok"):
-    return t.make("trace_completed", status=status, final_answer=answer, best_path=best_path, verified=verified, reward=reward,
-                  reward_components={"verifier": reward}, node_stats=[], usage={"llm_calls": 3, "prompt_tokens": 30, "completion_tokens": 15},
-                  duration_ms=12.0, error=None if status == "ok" else "no answer")
-
-
-def _simple(query: str, verified: bool, reward: float, answer: str = "5"):
-    t = TraceEvents()
-    evs = [_start(t, query), _node(t, "n0", None, 0, query), _value(t, "n0", 0.5), _node(t, "n1", "n0", 1, "Add the numbers."),
-           _value(t, "n1", 0.7), _node(t, "n2", "n1", 2, "So the result is " + answer + ".", True, answer), _value(t, "n2", 0.9),
-           _verify(t, "n2", answer, verified), _done(t, ["n0", "n1", "n2"], answer, verified, reward)]
-    return t.trace_id, evs
-
-
-def _traces():
-    out = {}
-    out["T1"] = _simple("What is 2+3?", True, 0.9)
-    t = TraceEvents()
-    out["T2"] = (t.trace_id, [_start(t, "What is 1+1?"), _node(t, "n0", None, 0, "What is 1+1?"), _node(t, "n1", "n0", 1, "One plus one."),
-                              _done(t, ["n0", "n1", "n9"], "2", True, 0.8)])
-    out["T3"] = _simple("What is 3+3?", False, 0.75, "7")
-    out["T4"] = _simple("What is 4+4?", True, 0.3, "8")
-    tid5, ev5 = _simple("What is 5+5?", True, 0.4, "10")
-    t5 = TraceEvents(tid5)
-    t5._seq = len(ev5)
-    ev5 += [t5.make("feedback", reward=0.1, label="wrong", by="alice"), t5.make("feedback", reward=0.95, label="correct", by="bob", rating=5)]
-    out["T5"] = (tid5, ev5)
-    t = TraceEvents()
-    out["T6"] = (t.trace_id, [
-        _start(t, "What is 2*3?"), _node(t, "n0", None, 0, "What is 2*3?"),
-        _node(t, "n1", "n0", 1, "Add 2 and 2.", True, "4"), _value(t, "n1", 0.2), _verify(t, "n1", "4", False),
-        _node(t, "n2", "n0", 1, "Multiply 2 by 3."), _value(t, "n2", 0.6),
-        _node(t, "n3", "n2", 2, "Two times three is six.", True, "6"), _value(t, "n3", 0.9), _verify(t, "n3", "6", True),
-        _node(t, "n4", "n2", 2, "Two times three is seven.", True, "7"), _value(t, "n4", 0.1), _verify(t, "n4", "7", False),
-        _done(t, ["n0", "n2", "n3"], "6", True, 0.85)])
-    t = TraceEvents()
-    out["T7"] = (t.trace_id, [_start(t, "Prove P=NP"), _node(t, "n0", None, 0, "Prove P=NP"), _done(t, [], None, False, 0.0, status="failed")])
-    return out
-
-
-def _ingest(writer: SegmentWriter, path: Path, fingerprint: str) -> None:
-    """What the ingester does: split lines, validate, build one batch, commit with the positions."""
-    raw = path.read_bytes()
-    b = BatchBuilder(source=fingerprint, source_path=str(path))
-    bad, off = [], 0
-    for line in raw.splitlines(keepends=True):
-        try:
-            obj = json.loads(line)
-            validate_event(obj)
-            b.add(obj, off)
-        except Exception as exc:  # noqa: BLE001 - every refusal is quarantined with its reason
-            bad.append(QuarantineRecord(str(path), fingerprint, off, line.rstrip(b"\n"), str(exc)))
-        off += len(line)
-    writer.commit(b.table(), quarantine=bad, sources=[SourceRange(fingerprint, str(path), 0, off, len(b), len(bad))])
+from store_traces import _ingest, _traces
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +36,7 @@ def built(tmp_path_factory):
         lg.write_line(b'{"v": 1, "broken json\n')
     with TraceLogger(logs2, fsync="never") as lg:
         lg.log_many(traces["T1"][1])  # re-sent: same events, same ids
-    with SegmentWriter(root / "store", writer_id="e2e") as w:
+    with StoreWriter(root / "store", writer_id="e2e") as w:
         _ingest(w, next(logs1.glob("*.jsonl")), "fp-1")
         _ingest(w, next(logs2.glob("*.jsonl")), "fp-2")
         # the garbage line quarantined twice (a replay after a crash) shows once
@@ -215,7 +139,7 @@ def test_quarantine(built):
 
 
 def test_empty_store_has_every_view_with_columns(tmp_path: Path):
-    SegmentWriter(tmp_path / "s", "w").close()
+    StoreWriter(tmp_path / "s", "w").close()
     con = store.connect(tmp_path / "s")
     full = store.connect  # same definitions, so the column lists must equal the e2e store's
     for v in PUBLIC_VIEWS:
@@ -237,9 +161,9 @@ def test_a_conflicting_event_id_is_listed_in_quarantine_with_its_reason(tmp_path
     first = t.make("reflection", node_id="n1", text="the real one").to_dict()
     other = TraceEvents().make("reflection", node_id="n1", text="same id, another trace").to_dict()
     other["id"] = first["id"]
-    with SegmentWriter(tmp_path / "s", writer_id="a") as w:
+    with StoreWriter(tmp_path / "s", writer_id="a") as w:
         w.commit(store.events_from_dicts([first], source="fp-a", source_path="/a.jsonl", offsets=[0]))
-    with SegmentWriter(tmp_path / "s", writer_id="b") as w:
+    with StoreWriter(tmp_path / "s", writer_id="b") as w:
         w.commit(store.events_from_dicts([other], source="fp-b", source_path="/b.jsonl", offsets=[40]))
     con = store.connect(tmp_path / "s")
     (q,) = _rows(con, "SELECT * FROM quarantine")

@@ -191,13 +191,15 @@ def test_kaelum_eval_compares_models_side_by_side(trained, world, tmp_path):
     res = CliRunner().invoke(
         eval_main,
         ["--model", world["model"], "--model", str(out), "--queries", str(queries), "--simulations", "1", "--seed", "1",
-         "--csv", str(tmp_path / "eval.csv"), "--plot", str(tmp_path / "eval.png"), "--no-progress"],
+         "--csv", str(tmp_path / "eval.csv"), "--plot", str(tmp_path / "eval.png"), "--show", "--no-progress"],
         catch_exceptions=False,
     )
     assert res.exit_code == 0, res.output
-    assert "verified accuracy" in res.output and "tokens / query" in res.output
+    assert "verified accuracy" in res.output and "tokens / query" in res.output and "load seconds (once)" in res.output
+    assert "What is 101 + 7?" in res.output and "What is 230 + 5?" in res.output  # --show: per query
     rows = list(csv.DictReader(open(tmp_path / "eval.csv")))
-    assert [r["model"] for r in rows] == [world["model"], str(out)] and all(r["queries"] == "2" for r in rows)
+    assert [(r["query"], r["model"]) for r in rows] == [(f"What is {q}?", m) for q in ("101 + 7", "230 + 5") for m in (world["model"], str(out))]
+    assert all(r["verified"] in ("True", "False") and "answer" in r for r in rows)
     assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

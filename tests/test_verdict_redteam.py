@@ -218,6 +218,8 @@ def test_tests_that_run_no_assertion_are_refused(layer):
     assert verify("def square(x):\n    return x * x\n", [check], layer, entry_point="square").passed
     assert not verify(WRONG, [check], layer, entry_point="square").passed
     assert verify("def square(x):\n    return x * x\n", [check + "check(square)\n"], layer).passed
+    bad = verify("def square(x):\n    return x * x\n", [check], layer, entry_point="square; import os")
+    assert not bad.passed and "entry point must be a Python identifier" in bad.details["error"]
 
 
 def _humaneval() -> list[dict]:

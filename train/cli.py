@@ -105,6 +105,9 @@ def main(**kw: Any) -> None:
         kaelum-train --model HuggingFaceTB/SmolLM2-135M-Instruct --domain math --log-dir ./logs --output-dir ./finetuned_math --min-reward 0.8 --where "reward > 0.9"
     """
     logging.basicConfig(level=logging.DEBUG if kw.pop("verbose") else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from kaelum.quiet import quiet_third_party
+
+    quiet_third_party()
     args = TrainArgs(
         model=kw["model"],
         output_dir=kw["output_dir"],

@@ -17,9 +17,9 @@ from typing import Any, Sequence
 import duckdb
 import pyarrow as pa
 
-from kaelum.prompts import format_completion, format_partial, worker_messages
+from kaelum.prompts import format_completion, format_continuation, format_partial, worker_messages
 
-from .where import check_where, lock_down
+from .where import WhereError, check_where, filter_rows, lock_down
 
 log = logging.getLogger("kaelum.train.data")
 
@@ -93,18 +93,11 @@ class PreferencePair:
     def prefix(self) -> str:
         return format_partial(self.prompt_steps)
 
-    def _continuation(self, steps: tuple[str, ...], answer: str) -> str:
-        # The full assistant text is rendered once, so step numbers continue after the prefix;
-        # steps given as the whole path (prefix included) and as the continuation alone both work.
-        full = steps if steps[: len(self.prompt_steps)] == self.prompt_steps else self.prompt_steps + steps
-        text = format_completion(full, answer or "")
-        return text[len(self.prefix()) :]
-
     def chosen(self) -> str:
-        return self._continuation(self.chosen_steps, self.chosen_answer)
+        return format_continuation(self.prompt_steps, self.chosen_steps, self.chosen_answer)
 
     def rejected(self) -> str:
-        return self._continuation(self.rejected_steps, self.rejected_answer)
+        return format_continuation(self.prompt_steps, self.rejected_steps, self.rejected_answer)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "PreferencePair":
@@ -224,8 +217,9 @@ def select_rows(
 ) -> tuple[list[dict[str, Any]], list[tuple[str, int]]]:
     """Apply the filters in order to `table` (the rows of `view`); return the rows and the stage counts.
 
-    The user's predicate runs on a fresh in-memory connection that holds nothing but these rows,
-    with external access switched off and the configuration locked.
+    The user's predicate runs last, over the rows the other filters kept, in `where.filter_rows`: a
+    child process holding nothing but those rows, with external access switched off, the
+    configuration locked, and a time and memory limit.
     """
     pred = check_where(where) if where else None
     con = duckdb.connect(":memory:")
@@ -239,28 +233,28 @@ def select_rows(
             filters.append((f"--domain {domain}", "domain = ?", [domain]))
         if min_reward is not None and view == "training_examples":
             filters.append((f"--min-reward {min_reward}", "reward >= ?", [min_reward]))
-        if pred is not None:
-            filters.append((f"--where {pred!r}", f"({pred})", []))
         # Count after each cumulative filter so that an empty result can name the first culprit.
         counted: list[tuple[str, int]] = [(first, table.num_rows)]
         for i in range(1, len(filters) + 1):
             sql = f"select count(*) from {view} where " + " and ".join(f[1] for f in filters[:i])
-            params = [p for f in filters[:i] for p in f[2]]
-            try:
-                n = con.execute(sql, params).fetchall()[0][0]
-            except duckdb.Error as exc:
-                raise DataError(f"--where failed on {view}: {str(exc).splitlines()[0]}") from None
+            n = con.execute(sql, [p for f in filters[:i] for p in f[2]]).fetchall()[0][0]
             counted.append((filters[i - 1][0], int(n)))
         sql = f"select * from {view}"
         if filters:
             sql += " where " + " and ".join(f[1] for f in filters)
         sql += " order by trace_id" + (", branch_node_id" if view == "preference_pairs" else "")
-        params = [p for f in filters for p in f[2]]
-        cur = con.execute(sql, params)
-        cols = [d[0] for d in cur.description]
-        rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+        kept = con.sql(sql, params=[p for f in filters for p in f[2]]).to_arrow_table()
     finally:
         con.close()
+    if pred is not None:
+        # Never in the WHERE clause above: the predicate filters the rows the other filters kept,
+        # in an outer query of its own (and a process of its own, with time and memory limits).
+        try:
+            kept = filter_rows(kept, pred, view=view)
+        except WhereError as exc:
+            raise DataError(str(exc)) from None
+        counted.append((f"--where {pred!r}", kept.num_rows))
+    rows = kept.to_pylist()
     return rows, counted
 
 

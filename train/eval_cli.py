@@ -7,8 +7,10 @@ from typing import Any
 
 import click
 
+from kaelum.quiet import quiet_third_party
+
 from .data import DataError
-from .evaluate import EvalError, evaluate, format_table, load_eval_queries, queries_from_store, trained_trace_ids, write_csv, write_plot
+from .evaluate import EvalError, evaluate, format_answers, format_table, load_eval_queries, queries_from_store, trained_trace_ids, write_csv, write_plot
 from .where import WhereError, check_where
 
 
@@ -22,21 +24,24 @@ from .where import WhereError, check_where
 @click.option("--temperature", default=None, type=float, help="TEMPERATURE for every model (default: Settings).")
 @click.option("--seed", default=None, type=int, help="SEED for every model, for reproducible searches.")
 @click.option("--log-dir", default=None, type=click.Path(file_okay=False), help="Also log the evaluation traces (tagged 'eval') here.")
-@click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False), help="Write the table as CSV.")
+@click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False), help="Write each query's answer, verdict and reward per model as CSV.")
+@click.option("--show", is_flag=True, help="Also print each query's answer per model, ✓ verified / ✗ not.")
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a bar chart PNG.")
 @click.option("--progress/--no-progress", default=True)
 def main(models: tuple[str, ...], queries: str | None, where: str | None, store: str, limit: int | None, simulations: int | None,
-         temperature: float | None, seed: int | None, log_dir: str | None, csv_path: str | None, plot: str | None, progress: bool) -> None:
+         temperature: float | None, seed: int | None, log_dir: str | None, csv_path: str | None, show: bool, plot: str | None, progress: bool) -> None:
     """Run each model through the runtime on held-out queries; print verified and checked accuracy
     (checked: by a reference, a computed value, tests, ... not by agreement), mean reward and tokens
-    per query side by side.
+    per query side by side (--show: each query's answers; --csv: each query's answer, verdict and
+    reward per model). Loading a model once is timed apart from answering.
 
     Example:
 
     \b
-        kaelum-eval --model default --model ./finetuned_math --queries held_out.jsonl --csv eval.csv --plot eval.png
+        kaelum-eval --model default --model ./finetuned_math --queries examples/held_out.jsonl --show --csv eval.csv --plot eval.png
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_third_party()
     if (queries is None) == (where is None):
         raise click.ClickException("give exactly one of --queries FILE or --where PREDICATE")
     if limit is not None and limit < 1:
@@ -58,6 +63,8 @@ def main(models: tuple[str, ...], queries: str | None, where: str | None, store:
         if seed is not None:
             overrides["SEED"] = seed
         scores = evaluate(list(models), qs, overrides, log_dir=log_dir, progress=progress)
+        if show:
+            click.echo(format_answers(scores) + "\n")
         click.echo(format_table(scores))
         if csv_path:
             write_csv(scores, csv_path)

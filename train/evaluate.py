@@ -2,10 +2,13 @@
 
 Each model answers every query through `kaelum.Orchestrator` (route → LATS → verify → reward)
 with the model as the worker of every domain, so the numbers are what the runtime would deliver
-in production: verified accuracy, mean reward and LLM tokens per query. "Verified" counts every
-verdict; "checked" only those reached by a method that checks the answer (a reference, a
+in production: verified accuracy, mean reward and LLM tokens per query, and each query's answer
+and verdict per model (`per_query_rows`, the CSV; `format_answers`, `--show`). "Verified" counts
+every verdict; "checked" only those reached by a method that checks the answer (a reference, a
 computed value, tests, a formal model, constraints), not by agreement or a judge's opinion; with
 references in the queries file, "checked" on those queries is accuracy against the references.
+A model is loaded (pulled, converted, merged: once) before its clock starts: `seconds` is
+answering time only, `load_seconds` the one-time rest.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class ModelScore:
     reward_sum: float = 0.0
     tokens: int = 0
     errors: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # answering the queries, the model already loaded
+    load_seconds: float = 0.0  # loading it once (pull, GGUF conversion, adapter merge), not in `seconds`
     answers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -65,6 +69,7 @@ class ModelScore:
             "tokens_per_query": round(self.tokens_per_query, 1),
             "errors": self.errors,
             "seconds": round(self.seconds, 1),
+            "load_seconds": round(self.load_seconds, 1),
         }
 
 
@@ -143,6 +148,13 @@ def evaluate_model(
     )
     score = ModelScore(model=model)
     orch = make(settings)
+    # Load the worker before the clock starts: a one-time conversion is not answering time.
+    load = getattr(orch, "llm_for", None)
+    if load is not None:
+        t_load = time.perf_counter()
+        # Every domain has this model (settings_for): one load serves them all.
+        load(next((q["domain"] for q in queries if q.get("domain")), "math"))
+        score.load_seconds = time.perf_counter() - t_load
     t0 = time.perf_counter()
     try:
         iterator: Any = queries
@@ -158,9 +170,11 @@ def evaluate_model(
             score.reward_sum += float(res.reward)
             score.tokens += int(res.usage.get("prompt_tokens", 0)) + int(res.usage.get("completion_tokens", 0))
             score.errors += int(res.status == "error")
-            score.answers.append({"query": q["query"], "answer": res.answer, "verified": res.verified,
-                                  "verified_by": getattr(res, "verified_by", None), "reward": res.reward,
-                                  "reference": q.get("reference")})
+            score.answers.append({
+                "query_id": q.get("id", ""), "domain": getattr(res, "domain", q.get("domain")) or "", "query": q["query"],
+                "answer": res.answer, "verified": bool(res.verified), "verified_by": getattr(res, "verified_by", None),
+                "reward": round(float(res.reward), 4), "status": res.status, "reference": q.get("reference"),
+            })
     finally:
         score.seconds = time.perf_counter() - t0
         close = getattr(orch, "close", None)
@@ -194,6 +208,7 @@ def format_table(scores: Sequence[ModelScore]) -> str:
         ("tokens / query", lambda s: f"{s.tokens_per_query:.1f}"),
         ("errors", lambda s: str(s.errors)),
         ("seconds", lambda s: f"{s.seconds:.1f}"),
+        ("load seconds (once)", lambda s: f"{s.load_seconds:.1f}"),
     ]
     w0 = max(len(m[0]) for m in metrics)
     widths = [max(len(n), 10) for n in names]
@@ -206,12 +221,53 @@ def format_table(scores: Sequence[ModelScore]) -> str:
     return "\n".join(lines)
 
 
+PER_QUERY_COLUMNS = ("query_id", "domain", "query", "model", "answer", "verified", "verified_by", "reward", "status")
+
+
+def per_query_rows(scores: Sequence[ModelScore]) -> list[dict[str, Any]]:
+    """One row per query and model, queries in order, models in the order given: what changed."""
+    rows = []
+    for i in range(max((len(s.answers) for s in scores), default=0)):
+        for s in scores:
+            if i < len(s.answers):
+                a = s.answers[i]
+                rows.append({"query_id": a.get("query_id", ""), "domain": a.get("domain", ""), "query": a["query"], "model": s.model,
+                             "answer": a["answer"], "verified": a["verified"], "verified_by": a.get("verified_by"),
+                             "reward": a["reward"], "status": a.get("status", "")})
+    return rows
+
+
 def write_csv(scores: Sequence[ModelScore], path: str) -> None:
-    rows = [s.row() for s in scores]
+    """Each query's answer and verdict per model (`PER_QUERY_COLUMNS`); the totals are the printed table."""
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w = csv.DictWriter(fh, fieldnames=list(PER_QUERY_COLUMNS))
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(per_query_rows(scores))
+
+
+def format_answers(scores: Sequence[ModelScore], width: int = 28) -> str:
+    """Per query, each model's answer with ✓ (verified) or ✗, side by side (`kaelum-eval --show`)."""
+
+    def cut(text: str, n: int) -> str:
+        text = " ".join(str(text).split())
+        return text if len(text) <= n else text[: n - 1] + "…"
+
+    names = [os.path.basename(s.model.rstrip("/")) or s.model for s in scores]
+    n = max((len(s.answers) for s in scores), default=0)
+    queries = [next((s.answers[i]["query"] for s in scores if i < len(s.answers)), "") for i in range(n)]
+    qw = min(40, max([5] + [len(q) for q in queries]))
+    cells = []
+    for i in range(n):
+        row = []
+        for s in scores:
+            a = s.answers[i] if i < len(s.answers) else None
+            row.append("" if a is None else f"{'✓' if a['verified'] else '✗'} {cut(a['answer'] or '(none)', width - 2)}")
+        cells.append(row)
+    widths = [max([len(nm)] + [len(r[j]) for r in cells]) for j, nm in enumerate(names)]
+    lines = ["query".ljust(qw) + "  " + "  ".join(nm.ljust(w) for nm, w in zip(names, widths))]
+    for q, row in zip(queries, cells):
+        lines.append(cut(q, qw).ljust(qw) + "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def write_plot(scores: Sequence[ModelScore], path: str) -> None:

@@ -16,6 +16,7 @@ adapter directory, and what ties a model to the events it learned from.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 from datetime import datetime, timezone
@@ -27,6 +28,8 @@ from kaelum import prompts
 from .config import TrainArgs
 from .data import Selection, trace_ids_hash
 from .dataset import Pipeline
+
+log = logging.getLogger("kaelum.train.manifest")
 
 MANIFEST = "kaelum_manifest.json"
 CONFIG = "train_config.json"
@@ -156,9 +159,34 @@ def save_outputs(
     _write_json(os.path.join(out, CONFIG), args.to_dict())
     _write_json(os.path.join(out, PROMPT_TEMPLATE), prompt_template(args))
     manifest = build_manifest(args, selection, train_ex, eval_ex, metrics, pipe, kind, resumed_from)
+    if kind == "adapter":
+        manifest["base_model_ref"] = portable_base(out, args.model)
     # Written last: a directory with a manifest is a finished model the runtime may serve.
     _write_json(os.path.join(out, MANIFEST), manifest)
     return manifest
+
+
+def portable_base(out: str, spec: str) -> dict[str, str] | None:
+    """Point the adapter in `out` at a portable name of its base, not this machine's cache path.
+
+    peft writes `base_model_name_or_path` as the directory the base was loaded from (an absolute
+    path into ~/.cache/kaelum here). It becomes the base's portable name (`kaelum.llm.loader.
+    portable_reference`); the returned {"name", "sha256"} goes into the manifest, and the runtime
+    resolves the name, or finds the same content in its cache by the hash.
+    """
+    from kaelum.llm.loader import portable_reference
+
+    try:
+        ref = portable_reference(spec, progress=False)
+    except Exception as exc:  # a base the runtime cannot resolve (e.g. a hub id only transformers knows)
+        log.warning("no portable reference for base model %r: %s", spec, exc)
+        return None
+    path = os.path.join(out, "adapter_config.json")
+    with open(path, encoding="utf-8") as fh:
+        config = json.load(fh)
+    config["base_model_name_or_path"] = ref["name"]
+    _write_json(path, config)
+    return ref
 
 
 def read_manifest(path: str) -> dict[str, Any]:

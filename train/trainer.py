@@ -20,7 +20,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kaelum.quiet import quiet_third_party
+
 from .config import TrainArgs
+
+quiet_third_party()  # before transformers/peft/bitsandbytes load (they load lazily, below)
 from .data import Selection
 from .dataset import IGNORE, DPOCollator, Pipeline, SFTCollator, Specials, as_rows, dpo_pipeline, length_stats, sft_pipeline
 

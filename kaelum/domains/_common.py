@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import re
 import threading
@@ -200,11 +199,6 @@ class VerifierTimeout(BaseException):
     `except Exception` a verifier uses for "cannot decide" does not swallow it."""
 
 
-_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
-_set_async_exc.argtypes = [ctypes.c_ulong, ctypes.py_object]
-_set_async_exc.restype = ctypes.c_int
-
-
 class Deadline:
     """Interrupt the current thread's Python code after `seconds` (None: never), with VerifierTimeout.
 
@@ -233,7 +227,11 @@ class Deadline:
             if self._done:
                 return
             self.expired = True
-            _set_async_exc(thread_id, VerifierTimeout)
+            import ctypes  # here, not at import: `import kaelum.domains` stays cheap
+
+            set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+            set_async_exc.argtypes = [ctypes.c_ulong, ctypes.py_object]
+            set_async_exc(thread_id, VerifierTimeout)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
         with self._lock:

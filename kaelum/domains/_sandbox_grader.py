@@ -26,6 +26,9 @@ import time
 import types
 
 _COUNTER = "__kaelum_assertion__"
+# Standard-library modules the grader imports on the solution's behalf (not those that act on import).
+_IMPORTABLE = frozenset(sys.stdlib_module_names) - {"antigravity", "this", "idlelib", "turtle", "turtledemo",
+                                                    "tkinter", "webbrowser", "pydoc", "__main__"}
 
 
 def _load_helper(name: str) -> types.ModuleType:
@@ -227,6 +230,10 @@ def main() -> None:
     try:
         for name, kind, payload in load.get("names") or []:
             if kind == "module":
+                # The same module, imported here, so tests may use the solution's `math` or `np`:
+                # only standard-library ones, since an import runs that module's code in the grader.
+                if str(payload).split(".")[0] not in _IMPORTABLE:
+                    continue
                 try:
                     module.__dict__[str(name)] = importlib.import_module(str(payload))
                 except Exception:  # noqa: BLE001 - a module the grader's interpreter lacks is left out

@@ -139,6 +139,8 @@ class CodeDomain(DomainBase):
             return failed("code.sandbox", f"the code does not parse: {e.msg} (line {e.lineno})",
                           signals={"tests_passed": 0.0} if ctx.tests else {"runs": 0.0})
         limits = self.limits(ctx)
+        if ctx.entry_point is not None and not (isinstance(ctx.entry_point, str) and ctx.entry_point.isidentifier()):
+            return failed("code.sandbox", f"the entry point must be a Python identifier, got {ctx.entry_point!r}")
         if ctx.reference is not None and ctx.reference != "":
             try:
                 ref_tests = reference_tests(ctx.reference)

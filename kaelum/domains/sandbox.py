@@ -113,6 +113,9 @@ class SandboxLimits:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 problems.append(f"{name} must be a positive number, got {value!r}")
+        for name in ("namespaces", "audit_hook", "allow_audit_only"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.memory_mb, (int, float)) and 0 < self.memory_mb < 32:
             problems.append(f"memory_mb must be at least 32 (the interpreter itself needs it), got {self.memory_mb}")
         if problems:
@@ -178,7 +181,7 @@ def split_tests(snippets: Sequence[str], entry_point: str | None = None) -> list
     """Turn test snippets into ordered units the grader runs; every statement counts.
 
     A top-level `assert`, a top-level statement with an assert anywhere inside it (a loop of
-    asserts), and a top-level call (`check(f)`) are each one test. Each top-level argument-less
+    asserts), and a top-level call of a function the snippet defines (`check(f)`) are each one test. Each top-level argument-less
     `def test_*` is one test, called after the snippet's statements ran; with an `entry_point`, a
     top-level `def check(candidate)` that the snippet never calls is one test, `check(<entry
     point>)` (HumanEval's form). Other statements are setup: when one fails, the tests after it
@@ -195,13 +198,17 @@ def split_tests(snippets: Sequence[str], entry_point: str | None = None) -> list
         units: list[dict[str, str]] = []
         calls: list[dict[str, str]] = []
         called = _called_names(tree)
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
         for node in tree.body:
             src = ast.get_source_segment(snippet, node) or ast.unparse(node)
             name = src.strip()[:200]
             if isinstance(node, ast.Assert):
                 units.append({"kind": "assert", "source": src, "name": name})
                 continue
-            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+            if (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Name)
+                    and node.value.func.id in defined):
+                # A call of a function the tests define (`check(f)`, `run_all()`) is a test; a call
+                # of the solution's (`s.push(1)`) is setup, or partial credit would come for free.
                 units.append({"kind": "call", "source": src, "name": name})
                 continue
             is_def = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
@@ -373,6 +380,8 @@ class _Box:
             "nproc_in_userns": int(limits.max_processes) + 2,
             "hide_dirs": [] if os.geteuid() == 0 else homes,
             "hide_always": _scratch_dirs(),
+            "boot": _BOOT,  # run in the launcher's own interpreter (it execs `argv` without this)
+            "keep_fds": list(pass_fds),
         }
         self.out_f = open(self.outer / "stdout", "wb")
         self.err_f = open(self.outer / "stderr", "wb")

@@ -6,7 +6,8 @@ Resolution rules, in order (docs/models.md has the user-facing version):
    (pulled once into the cache). "HuggingFaceTB/SmolLM2-135M-Instruct" too, unless that id is in
    the local Hugging Face cache, which then wins.
 2. "openai:<model>" -> <model> on the OpenAI-compatible server at `base_url` (or api.openai.com
-   when only an api_key is given).
+   when only an api_key is given). "openai:*" -> the one model that server lists at GET /models
+   (what Settings gives when only KAELUM_OPENAI_BASE_URL is set).
 3. An existing directory -> a full model (config.json), or a LoRA adapter (adapter_config.json):
    its base (kaelum_manifest.json `base_model`, else adapter_config `base_model_name_or_path`) is
    resolved by these same rules, and the adapter is applied and merged once (cached).
@@ -76,6 +77,11 @@ def resolve_model(
                 return ModelSpec("hf", spec, path=cached)
         return ModelSpec("embedded", models.EMBEDDED_NAME, path=models.embedded_dir())
 
+    if lowered == "openai:*":
+        if not base_url:
+            raise LLMError("'openai:*' (the model the server serves) needs KAELUM_OPENAI_BASE_URL")
+        return ModelSpec("openai", "*", base_url=base_url, api_key=api_key)
+
     if lowered.startswith("openai:"):
         model = spec.split(":", 1)[1].strip()
         if not model:
@@ -131,14 +137,22 @@ def _resolve_dir(spec: str, path: Path, base_url, api_key, seen: tuple[str, ...]
     if (path / "adapter_config.json").is_file():
         if str(path) in seen:
             raise LLMError(f"adapter {path} names itself (through its base models) as its base model")
-        base_name = models.adapter_base_model(path)
+        base_name, base_sha = models.adapter_base_reference(path)
         # A relative base path is taken relative to the adapter when it does not exist from here.
         if not Path(base_name).expanduser().exists() and (path / base_name).exists():
             base_name = str(path / base_name)
         try:
             base = resolve_model(base_name, base_url=None, api_key=None, _seen=seen + (str(path),))
         except LLMError as exc:
-            raise LLMError(f"base model of adapter {path}: {exc}") from exc
+            # Trained elsewhere: the name does not resolve here, the content may still be cached.
+            found = models.find_by_hash(base_sha) if base_sha else None
+            if found is None:
+                hint = f"; no model with its content (sha256 {base_sha[:12]}…) in {models.models_dir()} either" if base_sha else ""
+                raise LLMError(f"base model of adapter {path}: {exc}{hint}") from exc
+            log.info("base model %r of adapter %s found by content hash at %s", base_name, path, found)
+            base = ModelSpec("local", str(found), path=found)
+        if base_sha and base.path is not None and models.read_meta(base.path).get("sha256") not in (None, base_sha):
+            log.warning("adapter %s was trained on %s with sha256 %s…; %s has other content", path, base_name, base_sha[:12], base.path)
         if base.kind == "adapter" or base.path is None:
             raise LLMError(f"base model {base_name!r} of adapter {path} must be a full local model")
         return ModelSpec("adapter", spec, path=path, base=base)
@@ -164,6 +178,22 @@ def model_dir(resolved: ModelSpec, *, progress: bool = True) -> Path:
     raise LLMError(f"model {resolved.name!r} is served by an OpenAI-compatible server, not a local directory")
 
 
+def portable_reference(spec: str, *, progress: bool = True) -> dict[str, str]:
+    """{"name", "sha256"} for a base model: a name other machines resolve, and its content hash.
+
+    The embedded model is named by its Hugging Face id (which this resolver and every Hugging
+    Face tool understand), a Hugging Face model by its id, anything else as given.
+    """
+    resolved = resolve_model(spec)
+    if resolved.kind == "embedded":
+        name = models.EMBEDDED_HF_ID
+    elif resolved.kind == "hf":
+        name = resolved.name
+    else:
+        name = spec
+    return {"name": name, "sha256": models.content_hash(model_dir(resolved, progress=progress))}
+
+
 def resolve_model_dir(spec: str, *, progress: bool = True) -> Path:
     """The local transformers directory for `spec` (for the trainer: the base model to fine-tune)."""
     return model_dir(resolve_model(spec), progress=progress)
@@ -185,6 +215,7 @@ def load_llm(
     device: str = "cpu",
     threads: int = 0,
     prefix_mode: str = "auto",
+    tokenizer: str | None = None,
     progress: bool = True,
     reuse: bool = True,
 ) -> LLM:
@@ -195,12 +226,16 @@ def load_llm(
     """
     resolved = resolve_model(spec, base_url=base_url, api_key=api_key)
     if resolved.kind == "openai":
-        from kaelum.llm.openai_compat import OpenAICompatLLM
+        from kaelum.llm.openai_compat import OpenAICompatLLM, served_model
 
         assert resolved.base_url is not None
+        name = resolved.name
+        if name == "*":
+            name = served_model(resolved.base_url, resolved.api_key, timeout_s=timeout_s)
         return OpenAICompatLLM(
-            resolved.name, resolved.base_url, resolved.api_key,
+            name, resolved.base_url, resolved.api_key,
             timeout_s=timeout_s, max_retries=max_retries, prefix_mode=prefix_mode,
+            tokenizer=(lambda: model_dir(resolve_model(tokenizer), progress=progress)) if tokenizer else None,
         )
     from kaelum.llm.local import LocalLLM
 

@@ -80,6 +80,9 @@ class LocalLLM:
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise LLMError(f"{model_dir} is not a model directory (no config.json)")
+        from kaelum.quiet import quiet_third_party
+
+        quiet_third_party()
         from transformers import AutoTokenizer
 
         try:

@@ -290,6 +290,35 @@ def convert_gguf(gguf_path: Path, *, progress: bool = True) -> Path:
     return final
 
 
+def find_by_hash(sha256: str) -> Path | None:
+    """The entry of this machine's model cache whose content hash is `sha256`, if any (reads only metadata)."""
+    root = models_dir()
+    if not root.is_dir():
+        return None
+    for entry in sorted(root.iterdir()):
+        if entry.is_dir() and is_complete(entry) and read_meta(entry).get("sha256") == sha256:
+            return entry
+    return None
+
+
+def adapter_base_reference(adapter_dir: Path) -> tuple[str, str | None]:
+    """(name, content sha256 or None) of the base model an adapter was trained on.
+
+    kaelum-train records `base_model_ref` = {"name", "sha256"} in `kaelum_manifest.json`: a name
+    another machine can resolve (the Hugging Face id for the embedded model) and the hash that
+    finds the same model in its cache when the name does not resolve there.
+    """
+    manifest = Path(adapter_dir) / "kaelum_manifest.json"
+    if manifest.is_file():
+        try:
+            ref = json.loads(manifest.read_text()).get("base_model_ref") or {}
+        except ValueError as exc:
+            raise LLMError(f"{manifest} is not valid JSON: {exc}") from exc
+        if ref.get("name"):
+            return str(ref["name"]), ref.get("sha256")
+    return adapter_base_model(Path(adapter_dir)), None
+
+
 def adapter_base_model(adapter_dir: Path) -> str:
     """The base model a LoRA adapter directory was trained on.
 
@@ -323,6 +352,9 @@ def merge_adapter(adapter_dir: Path, base_dir: Path) -> Path:
     (or changing the base) yields a new merged model.
     """
     import torch
+    from kaelum.quiet import quiet_third_party
+
+    quiet_third_party()
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -9,17 +9,26 @@ backoff and jitter, waiting at least what a `Retry-After` header asks; after `ma
 the call raises LLMError naming the server and what to check.
 
 The assistant prefix (the partial path LATS asks to continue), by `prefix_mode`:
+- "completions": the chat template of the served model's tokenizer (`tokenizer`: a local model
+  directory) is rendered here, ending inside the assistant turn right after the prefix, and sent
+  as a raw prompt to POST {base_url}/completions. Works on any server with that endpoint, whatever
+  it does with chat messages.
 - "continue": a final assistant message holding the prefix, with vLLM's
   `continue_final_message: true, add_generation_prompt: false`; the server continues that message.
-  llama.cpp's server continues a final assistant message the same way.
+  Some servers accept these fields and still open a new assistant turn (llama-cpp-python's did:
+  64% of replies to an `Answer:` prefix started over), so "auto" checks first.
 - "user": the prefix is appended to the last user turn with an instruction to continue from there
   without repeating it; a reply that repeats the prefix anyway has it removed.
-- "auto" (default): "continue" first; if the server rejects those fields (HTTP 400/422), "user"
-  from then on.
+- "auto" (default): "completions" when a tokenizer is given. Otherwise, at the first prefix, one
+  probe (`probe_continuation()`: "1, 2, 3, 4," must go on with "5"): "continue" when the server continues,
+  else "user", with a warning that names KAELUM_LLM_TOKENIZER; also "user" when the server rejects
+  those fields (HTTP 400/422).
 
 Token counts come from the response's `usage`; the total completion tokens of n choices are split
-across choices in proportion to their text length. A server that omits `usage` gets an estimate
-of one token per 4 characters (the usual rule of thumb for English with BPE tokenizers).
+across choices in proportion to their text length. When the server ignores `n` and the samples
+are fetched with separate requests, the prompt tokens of every request are counted (the server
+processed the prompt each time). A server that omits `usage` gets an estimate of one token per 4
+characters (the usual rule of thumb for English with BPE tokenizers), per request.
 """
 
 from __future__ import annotations
@@ -27,10 +36,13 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
+import os
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
 import httpx
@@ -40,7 +52,10 @@ from kaelum.llm.local import check_request, cut_at_stop
 
 log = logging.getLogger(__name__)
 
-PREFIX_MODES = ("auto", "continue", "user")
+PREFIX_MODES = ("auto", "completions", "continue", "user")
+# The continuation probe: a server that continues the assistant message goes on with "5".
+PROBE_MESSAGES = ({"role": "user", "content": "Count from 1 to 10, separated by commas."},)
+PROBE_PREFIX = "1, 2, 3, 4,"
 CONTINUE_INSTRUCTION = (
     "Continue the solution below from exactly where it stops. Do not repeat the steps already "
     "written; write only what comes next.\n\n"
@@ -68,6 +83,27 @@ def chat_completions_url(base_url: str) -> str:
     if not (last.startswith("v") and last[1:].isdigit()):
         url += "/v1"
     return url + "/chat/completions"
+
+
+def served_model(base_url: str, api_key: str | None = None, *, timeout_s: float = 10.0) -> str:
+    """The one model the server at `base_url` lists at GET /models; LLMError saying what to set otherwise."""
+    url = chat_completions_url(base_url).removesuffix("/chat/completions") + "/models"
+    fix = (
+        "set KAELUM_DEFAULT_WORKER_MODEL (or KAELUM_<DOMAIN>_WORKER_MODEL) to the name of a model it serves, "
+        "or unset KAELUM_OPENAI_BASE_URL to use the embedded model"
+    )
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(url, headers=headers, timeout=timeout_s)
+        response.raise_for_status()
+        names = [m["id"] for m in response.json().get("data", []) if isinstance(m, dict) and m.get("id")]
+    except (httpx.HTTPError, ValueError, AttributeError, TypeError) as exc:
+        raise LLMError(f"KAELUM_OPENAI_BASE_URL is set but no worker model is, and {url} did not list the served model ({exc}); {fix}") from None
+    if len(names) != 1:
+        listed = ", ".join(names[:10]) or "none"
+        raise LLMError(f"KAELUM_OPENAI_BASE_URL is set but no worker model is, and {url} lists {len(names)} models ({listed}); {fix}")
+    log.info("%s serves one model, %r: using it", url, names[0])
+    return names[0]
 
 
 def estimate_tokens(text: str) -> int:
@@ -103,6 +139,7 @@ class OpenAICompatLLM:
         backoff_s: float = 0.5,
         max_backoff_s: float = 20.0,
         prefix_mode: str = "auto",
+        tokenizer: str | os.PathLike[str] | Callable[[], str | os.PathLike[str]] | None = None,
         supports_n: bool | None = None,
         transport: httpx.BaseTransport | None = None,
     ):
@@ -117,10 +154,13 @@ class OpenAICompatLLM:
             problems.append("backoff_s and max_backoff_s must be >= 0")
         if prefix_mode not in PREFIX_MODES:
             problems.append(f"prefix_mode must be one of {', '.join(PREFIX_MODES)}, got {prefix_mode!r}")
+        if prefix_mode == "completions" and tokenizer is None:
+            problems.append("prefix_mode 'completions' renders the chat template locally: it needs the served model's tokenizer (KAELUM_LLM_TOKENIZER)")
         if problems:
             raise ValueError("invalid OpenAI-compatible backend settings: " + "; ".join(problems))
         self.model_name = model
         self.url = chat_completions_url(base_url)
+        self.completions_url = self.url.removesuffix("/chat/completions") + "/completions"
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.backoff_s = backoff_s
@@ -128,8 +168,12 @@ class OpenAICompatLLM:
         self.prefix_mode = prefix_mode
         # None: not known yet; learnt from the first call with n > 1.
         self.supports_n = supports_n
-        # Set when "auto" finds that the server rejects continue_final_message.
-        self._user_mode_learnt = False
+        # What "auto" settled on ("continue" or "user"), after the probe or a rejection.
+        self._learnt_mode: str | None = None
+        self.continues_prefix: bool | None = None  # the probe's verdict, once made
+        self._tokenizer_source = tokenizer
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
         headers = {"Content-Type": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
@@ -155,11 +199,36 @@ class OpenAICompatLLM:
             msgs[user_idx]["content"] = msgs[user_idx]["content"].rstrip() + "\n\n" + note
         return msgs, {}
 
+    def render(self, messages: Sequence[dict[str, str]], prefix: str) -> str:
+        """The raw prompt for /completions: the chat template, ending right after `prefix` in the assistant turn."""
+        with self._lock:
+            if self._tokenizer is None:
+                from transformers import AutoTokenizer  # only this mode needs it (kaelum[local])
+
+                source = self._tokenizer_source() if callable(self._tokenizer_source) else self._tokenizer_source
+                self._tokenizer = AutoTokenizer.from_pretrained(str(Path(source)))
+        tok = self._tokenizer
+        msgs = [dict(m) for m in messages]
+        if not prefix:
+            return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        opened = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        whole = tok.apply_chat_template(msgs + [{"role": "assistant", "content": prefix}], tokenize=False)
+        # The assistant turn as the template writes it, cut right after the prefix (so the model
+        # continues it); the template may strip the content's trailing whitespace: put it back.
+        body = prefix.rstrip()
+        at = whole.rfind(body)
+        if not whole.startswith(opened) or at < len(opened):
+            raise LLMError(f"the chat template of {self._tokenizer_source} does not write the assistant message verbatim; use KAELUM_LLM_PREFIX_MODE=continue or user")
+        return whole[: at + len(body)] + prefix[len(body):]
+
     def _body(self, messages, prefix, mode, n, params: SamplingParams, seed: int | None) -> dict[str, Any]:
-        msgs, extra = self._messages(messages, prefix, mode)
+        if mode == "completions":
+            extra: dict[str, Any] = {"prompt": self.render(messages, prefix)}
+        else:
+            msgs, extra = self._messages(messages, prefix, mode)
+            extra = {"messages": msgs, **extra}
         body: dict[str, Any] = {
             "model": self.model_name,
-            "messages": msgs,
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
@@ -175,13 +244,14 @@ class OpenAICompatLLM:
 
     # --- transport ------------------------------------------------------------------------------
 
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, body: dict[str, Any], url: str | None = None) -> dict[str, Any]:
         """POST with retries. Raises _Rejected on a non-retryable 4xx, LLMError when retries run out."""
+        url = url or self.url
         last = ""
         for attempt in range(self.max_retries + 1):
             wait = min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.5)
             try:
-                response = self._client.post(self.url, json=body)
+                response = self._client.post(url, json=body)
             except httpx.TimeoutException as exc:
                 last = f"no response within {self.timeout_s:g}s ({type(exc).__name__})"
             except httpx.TransportError as exc:
@@ -200,13 +270,45 @@ class OpenAICompatLLM:
                 else:
                     raise _Rejected(response.status_code, response.text)
             if attempt < self.max_retries:
-                log.warning("%s: %s; retry %d/%d in %.2fs", self.url, last, attempt + 1, self.max_retries, wait)
+                log.warning("%s: %s; retry %d/%d in %.2fs", url, last, attempt + 1, self.max_retries, wait)
                 time.sleep(wait)
         raise LLMError(
-            f"OpenAI-compatible server at {self.url} failed after {self.max_retries + 1} attempts: {last}. "
+            f"OpenAI-compatible server at {url} failed after {self.max_retries + 1} attempts: {last}. "
             "Check that the server is running and serves this model, or raise the timeout/retries "
-            "(KAELUM_OPENAI_TIMEOUT_S, KAELUM_OPENAI_MAX_RETRIES)."
+            "(KAELUM_LLM_TIMEOUT_S, KAELUM_LLM_MAX_RETRIES)."
         )
+
+    # --- which prefix mode ----------------------------------------------------------------------
+
+    def probe_continuation(self) -> bool:
+        """One probe: does the server continue a final assistant message ("1, 2, 3, 4," -> "5")?"""
+        body = self._body(PROBE_MESSAGES, PROBE_PREFIX, "continue", 1, SamplingParams(max_tokens=8, temperature=0.0), seed=0)
+        try:
+            data = self._post(body)
+        except _Rejected:
+            return False
+        choices = data.get("choices") or [{}]
+        text = str((choices[0].get("message") or {}).get("content") or choices[0].get("text") or "")
+        return text.lstrip().startswith("5")
+
+    def _mode(self, prefix: str) -> str:
+        if self.prefix_mode != "auto":
+            return self.prefix_mode
+        if self._tokenizer_source is not None:
+            return "completions"
+        if not prefix:
+            return self._learnt_mode or "continue"
+        with self._lock:
+            if self._learnt_mode is None:
+                self.continues_prefix = self.probe_continuation()
+                self._learnt_mode = "continue" if self.continues_prefix else "user"
+                if not self.continues_prefix:
+                    log.warning(
+                        "%s does not continue a final assistant message (a probe started over); sending the prefix in the "
+                        "user turn. Set KAELUM_LLM_TOKENIZER to the served model's tokenizer to continue it exactly via /completions",
+                        self.url,
+                    )
+        return self._learnt_mode
 
     # --- the interface --------------------------------------------------------------------------
 
@@ -219,9 +321,7 @@ class OpenAICompatLLM:
     ) -> list[Completion]:
         check_request(n, params)
         started = time.perf_counter()
-        mode = "continue" if self.prefix_mode == "auto" else self.prefix_mode
-        if self.prefix_mode == "auto" and self._user_mode_learnt:
-            mode = "user"
+        mode = self._mode(prefix)
         ask_n = n if (n > 1 and self.supports_n is not False) else 1
         while True:
             try:
@@ -230,8 +330,7 @@ class OpenAICompatLLM:
             except _Rejected as exc:
                 if prefix and mode == "continue" and self.prefix_mode == "auto":
                     log.warning("%s rejected continue_final_message (%s); sending the prefix in the user turn", self.url, exc)
-                    self._user_mode_learnt = True
-                    mode = "user"
+                    self._learnt_mode = mode = "user"
                 elif ask_n > 1:
                     log.warning("%s rejected n=%d (%s); sampling with separate requests", self.url, ask_n, exc)
                     self.supports_n = False
@@ -240,6 +339,7 @@ class OpenAICompatLLM:
                     raise LLMError(f"OpenAI-compatible server at {self.url} rejected the request: {exc}") from exc
         if n > 1 and ask_n > 1:
             self.supports_n = len(choices) >= n
+        requests = 1
         if len(choices) < n:
             # Server ignored n (or returned fewer): fetch the rest concurrently, each with its own seed.
             missing = n - len(choices)
@@ -249,12 +349,14 @@ class OpenAICompatLLM:
             for more, more_usage in results:
                 choices += more
                 usage = _add_usage(usage, more_usage)
+            requests += missing
         choices = choices[:n]
         latency_ms = (time.perf_counter() - started) * 1000
-        return self._completions(messages, prefix, mode, choices, usage, params, latency_ms)
+        return self._completions(messages, prefix, mode, choices, usage, params, latency_ms, requests)
 
     def _call(self, messages, prefix, mode, n, params, seed):
-        data = self._post(self._body(messages, prefix, mode, n, params, seed))
+        url = self.completions_url if mode == "completions" else self.url
+        data = self._post(self._body(messages, prefix, mode, n, params, seed), url)
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices:
             raise LLMError(f"OpenAI-compatible server at {self.url} returned no choices: {str(data)[:300]}")
@@ -266,7 +368,7 @@ class OpenAICompatLLM:
         except _Rejected as exc:
             raise LLMError(f"OpenAI-compatible server at {self.url} rejected the request: {exc}") from exc
 
-    def _completions(self, messages, prefix, mode, choices, usage, params, latency_ms) -> list[Completion]:
+    def _completions(self, messages, prefix, mode, choices, usage, params, latency_ms, requests=1) -> list[Completion]:
         texts, reasons = [], []
         for choice in choices:
             message = choice.get("message") or {}
@@ -284,7 +386,7 @@ class OpenAICompatLLM:
             per_choice = _split(int(usage["completion_tokens"]), texts)
         else:
             prompt_chars = sum(len(m.get("content", "")) for m in messages) + len(prefix)
-            prompt_tokens = max(1, math.ceil(prompt_chars / 4))
+            prompt_tokens = max(1, math.ceil(prompt_chars / 4)) * requests  # the server read it each time
             per_choice = [estimate_tokens(t) for t in texts]
         return [
             Completion(text=t, prompt_tokens=prompt_tokens, completion_tokens=c, finish_reason=r, latency_ms=latency_ms)
@@ -295,8 +397,9 @@ class OpenAICompatLLM:
 def _add_usage(a: dict | None, b: dict | None) -> dict | None:
     if not a or not b:
         return None  # one missing usage makes the total unknown: estimate instead
+    # Every request made the server read the prompt again: that is what it processed (and bills).
     return {
-        "prompt_tokens": int(a.get("prompt_tokens") or 0),  # the same prompt each time: count it once
+        "prompt_tokens": int(a.get("prompt_tokens") or 0) + int(b.get("prompt_tokens") or 0),
         "completion_tokens": int(a.get("completion_tokens") or 0) + int(b.get("completion_tokens") or 0),
     }
 

@@ -1,0 +1,201 @@
+"""`kaelum ui` benchmark: every page's API call on a store of 1M traces, against a plain view query.
+
+Builds (once; `--reuse` keeps it) a store of `--traces` synthetic traces written as Arrow tables
+straight through `store.StoreWriter` (no JSONL, no ingester) and compacted once (`store.compact.compact`): each trace has
+a start, a root and two terminal children (one passes its verification, one fails, so every trace
+yields a preference pair), two verifications and a completion, and every 20th trace a feedback —
+7.05 events per trace. Then it starts the real server (uvicorn on 127.0.0.1, a free port) and times
+each page's API request over HTTP, side by side with a baseline on the same views through
+`store.connect` (e.g. a plain `select count(*) from traces`).
+
+    python benchmarks/ui_bench.py --traces 1000000 --workdir /tmp/kaelum-ui-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+
+from store import StoreWriter, SourceRange
+from store.compact import compact
+from store.schema import EVENTS_SCHEMA
+
+TRACES_PER_COMMIT = 50_000
+SLOTS = 8  # 0 start, 1-3 nodes, 4-5 verifications, 6 completion, 7 feedback (every 20th trace)
+
+GEN_SQL = """
+WITH s AS (
+  SELECT t, slot, hash(t * 100 + slot) AS h,
+         ['math','code','logic','factual','creative','analysis'][1 + t % 6] AS domain,
+         TIMESTAMPTZ '2026-10-01 00:00:00+00' + to_microseconds((t * 60 * 86400000000 // $traces)::BIGINT) AS t0,
+         (hash(t) % 1000) / 1000.0 AS r, hash(t * 7 + 3) % 100 AS u
+  FROM range($t_lo, $t_hi) a(t), range($slots) b(slot)
+  WHERE slot < 7 OR t % 20 = 0
+), j AS (
+  SELECT *, 'Problem ' || t::VARCHAR || ' in ' || domain || ': what is ' || (t % 97)::VARCHAR || ' times ' || (t % 89)::VARCHAR || '?' AS query,
+         ((t % 97) * (t % 89))::VARCHAR AS good
+  FROM s
+)
+SELECT md5(t::VARCHAR || '-' || slot::VARCHAR)::UUID::VARCHAR AS id, 1::INT AS v,
+       CASE slot WHEN 0 THEN 'trace_started' WHEN 1 THEN 'node_expanded' WHEN 2 THEN 'node_expanded' WHEN 3 THEN 'node_expanded'
+                 WHEN 4 THEN 'verification' WHEN 5 THEN 'verification' WHEN 6 THEN 'trace_completed' ELSE 'feedback' END AS type,
+       md5('trace-' || t::VARCHAR)::UUID::VARCHAR AS trace_id, slot::BIGINT AS seq,
+       t0 + to_microseconds(slot * 250000) AS ts,
+       CASE slot
+         WHEN 0 THEN json_object('query', query, 'domain', domain, 'router', json_object('domain', domain, 'confidence', 0.9, 'method', 'keywords'),
+             'worker_model', CASE WHEN t % 3 = 0 THEN 'SmolLM2-360M' ELSE 'SmolLM2-135M' END,
+             'params', json_object('simulations', 4, 'max_depth', 3, 'branching', 2, 'exploration', 1.0, 'temperature', 0.7, 'seed', t),
+             'tags', ['bench', CASE WHEN t % 10 = 0 THEN 'hard' ELSE 'easy' END])
+         WHEN 1 THEN json_object('node_id', 'n0', 'parent_id', NULL, 'depth', 0, 'thought', query, 'terminal', false, 'answer', NULL, 'llm', NULL)
+         WHEN 2 THEN json_object('node_id', 'n1', 'parent_id', 'n0', 'depth', 1, 'thought', 'Multiply the two numbers: the product is ' || good || '.',
+             'terminal', true, 'answer', good, 'llm', json_object('model', 'SmolLM2-135M', 'prompt_tokens', 120 + h % 40, 'completion_tokens', 20 + h % 10, 'latency_ms', 30.5))
+         WHEN 3 THEN json_object('node_id', 'n2', 'parent_id', 'n0', 'depth', 1, 'thought', 'Add the two numbers instead, which gives ' || (t % 97 + t % 89)::VARCHAR || '.',
+             'terminal', true, 'answer', (t % 97 + t % 89)::VARCHAR, 'llm', json_object('model', 'SmolLM2-135M', 'prompt_tokens', 120 + h % 40, 'completion_tokens', 20 + h % 10, 'latency_ms', 31.5))
+         WHEN 4 THEN json_object('node_id', 'n1', 'answer', good, 'passed', true, 'score', 1.0, 'verifier', domain || '.check', 'details', json_object())
+         WHEN 5 THEN json_object('node_id', 'n2', 'answer', (t % 97 + t % 89)::VARCHAR, 'passed', false, 'score', 0.0, 'verifier', domain || '.check', 'details', json_object())
+         WHEN 6 THEN json_object('status', CASE WHEN u < 92 THEN 'ok' ELSE 'failed' END, 'final_answer', good,
+             'best_path', ['n0', 'n1'], 'verified', u < 70, 'reward', r, 'reward_components', json_object('verifier', 1.0),
+             'node_stats', [json_object('node_id', 'n0', 'visits', 3, 'value', 0.6)],
+             'usage', json_object('llm_calls', 2, 'prompt_tokens', 260, 'completion_tokens', 50), 'duration_ms', 820.0,
+             'error', CASE WHEN u >= 92 THEN 'no verified answer' END)
+         ELSE json_object('reward', 0.95, 'label', 'correct', 'by', 'reviewer')
+       END::VARCHAR AS data
+FROM j
+"""
+
+
+def build(store_dir: Path, traces: int) -> dict[str, float]:
+    shutil.rmtree(store_dir, ignore_errors=True)
+    gen = duckdb.connect(":memory:")
+    gen.execute("SET TimeZone = 'UTC'")
+    t0 = time.perf_counter()
+    events = 0
+    with StoreWriter(store_dir, writer_id="ui-bench") as w:
+        for chunk, lo in enumerate(range(0, traces, TRACES_PER_COMMIT)):
+            hi = min(traces, lo + TRACES_PER_COMMIT)
+            rel = gen.sql(GEN_SQL, params={"t_lo": lo, "t_hi": hi, "traces": traces, "slots": SLOTS})
+            table = gen.sql(
+                f"SELECT id, v, type, trace_id, seq, ts, data, 'bench-{chunk:05d}' AS source, 'bench-{chunk:05d}.jsonl' AS source_path, "
+                "(row_number() OVER () * 400)::BIGINT AS \"offset\", NULL::VARCHAR AS writer FROM rel"
+            ).to_arrow_table().cast(EVENTS_SCHEMA)
+            w.commit(table, sources=[SourceRange(f"bench-{chunk:05d}", f"bench-{chunk:05d}.jsonl", 0, table.num_rows * 400, table.num_rows)])
+            events += table.num_rows
+            print(f"  committed {hi:,} traces ({events:,} events) in {time.perf_counter() - t0:.0f} s", flush=True)
+    t_write = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    compact(store_dir)
+    t_compact = time.perf_counter() - t1
+    # A few refused lines so that the quarantine page has something to page through.
+    from store import QuarantineRecord
+
+    with StoreWriter(store_dir, writer_id="ui-bench-q") as w:
+        w.commit(quarantine=[QuarantineRecord("bad.jsonl", "bad", i * 100, b'{"v": 1, broken', "invalid JSON") for i in range(200)])
+    return {"events": events, "write_s": t_write, "compact_s": t_compact}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def timed(fn, repeat: int) -> tuple[float, float]:
+    """(first call, median of the next `repeat`) in seconds."""
+    t = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return first, statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--traces", type=int, default=1_000_000)
+    ap.add_argument("--workdir", default="/tmp/kaelum-ui-bench")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--reuse", action="store_true", help="Use the store already in --workdir.")
+    args = ap.parse_args()
+    store_dir = Path(args.workdir) / "store"
+    if not (args.reuse and store_dir.exists()):
+        print(f"building {args.traces:,} traces in {store_dir} ...", flush=True)
+        b = build(store_dir, args.traces)
+        print(f"built {b['events']:,} events: written in {b['write_s']:.1f} s, compacted in {b['compact_s']:.1f} s", flush=True)
+
+    import httpx
+    import uvicorn
+
+    import store
+    from ui.server import UIConfig, create_app
+
+    port = free_port()
+    app = create_app(UIConfig(store=str(store_dir), port=port))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    while not server.started:
+        time.sleep(0.05)
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+    con = store.connect(store_dir)
+    n_traces = con.execute("select count(*) from traces").fetchone()[0]
+    tid = con.execute("select trace_id from traces where domain = 'math' order by started_at desc limit 1 offset 1234").fetchone()[0]
+
+    refused: dict[str, str] = {}
+
+    def get(path: str, **params: str):
+        def call() -> None:
+            r = http.get(path, params=params)
+            if r.status_code == 503:  # a query past its time limit (ui.reader.time_limit)
+                refused[path] = r.json()["error"]
+                return
+            r.raise_for_status()
+
+        return call
+
+    def sql(q: str, *p: object):
+        return lambda: con.execute(q, list(p)).fetchall()
+
+    filt = "domain = 'math' and verified and reward >= 0.8"
+    cases = [
+        ("/ list, first page", get("/api/traces"), "select count(*) from traces", sql("select count(*) from traces")),
+        ("/ list, 3 filters", get("/api/traces", domain="math", verified="true", reward_min="0.8"), f"count(*) where {filt}", sql(f"select count(*) from traces where {filt}")),
+        ("/ list, text search", get("/api/traces", q="times 42"), "count(*) where query ilike", sql("select count(*) from traces where query ilike '%times 42%'")),
+        ("/ list, sort by reward, page 200", get("/api/traces", sort="reward", order="asc", offset="10000"), "select count(*) from traces", sql("select count(*) from traces")),
+        ("/ facets (filter menus)", get("/api/facets"), "count(*) group by domain", sql("select domain, count(*) from traces group by 1")),
+        ("/traces/{id}", get(f"/api/traces/{tid}"), "count(*) from nodes where trace_id", sql("select count(*) from nodes where trace_id = ?", tid)),
+        ("/traces/{id} pairs", get(f"/api/traces/{tid}/pairs"), "count(*) from nodes where trace_id", sql("select count(*) from nodes where trace_id = ?", tid)),
+        ("/charts", get("/api/charts"), "count(*) group by domain", sql("select domain, count(*) from traces group by 1")),
+        ("/quarantine", get("/api/quarantine"), "count(*) from quarantine", sql("select count(*) from quarantine")),
+        ("/datasets (math, min 0.9)", get("/api/datasets", domain="math", min_reward="0.9", examples="3"), "count(*) from training_examples", sql("select count(*) from training_examples")),
+    ]
+    load = " ".join(open("/proc/loadavg").read().split()[:3])
+    print(f"\n{n_traces:,} traces; load average {load}; DuckDB threads default; medians of {args.repeat} warm runs (first run in brackets)\n")
+    print(f"{'page API':34} {'API':>16}  {'baseline':>16}  baseline query")
+    for name, call, base_name, base in cases:
+        f1, m1 = timed(call, args.repeat)
+        f2, m2 = timed(base, args.repeat)
+        mark = "" if m1 < 0.3 else "  > 300 ms"
+        path = next((p for p in refused if name.startswith("/traces") and p.endswith("/pairs") == name.endswith("pairs")), None)
+        if path is not None:
+            mark += f"  (503: {refused.pop(path)})"
+        print(f"{name:34} {m1 * 1000:7.0f} ms ({f1 * 1000:5.0f})  {m2 * 1000:7.0f} ms ({f2 * 1000:5.0f})  {base_name}{mark}", flush=True)
+    load = " ".join(open("/proc/loadavg").read().split()[:3])
+    print(f"\nload average after: {load}")
+    server.should_exit = True
+    th.join(timeout=10)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("KAELUM_UI_USER", "bench")
+    main()
