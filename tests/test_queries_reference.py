@@ -101,14 +101,14 @@ def test_run_checks_word_problems_against_their_references(tmp_path):
 def test_ask_with_a_reference(tmp_path):
     llm = ScriptedLLM(expand=lambda c: ["Step 1: 47 + 38 = 85"] * c.n, rollout=lambda c: "Answer: $85.00")
     q = "Sade has 47 shells and finds 38 more. How many shells does Sade have now?"
-    res = CliRunner().invoke(main, ["ask", q, "--domain", "math", "--reference", "85 shells", "--no-tree", "--simulations", "1"],
+    res = CliRunner().invoke(main, ["ask", q, "--domain", "math", "--reference", "85 shells", "--no-tree", "--no-log", "--simulations", "1"],
                              obj={"orchestrator_factory": _factory(llm)})
     assert res.exit_code == 0, res.output
     assert "verified yes (by reference)" in res.output
-    res = CliRunner().invoke(main, ["ask", q, "--domain", "math", "--reference", "47 + 38 is wrong\n#### 12", "--no-tree", "--simulations", "1"],
+    res = CliRunner().invoke(main, ["ask", q, "--domain", "math", "--reference", "47 + 38 is wrong\n#### 12", "--no-tree", "--no-log", "--simulations", "1"],
                              obj={"orchestrator_factory": _factory(llm)})
     assert "verified no (by reference)" in res.output
-    res = CliRunner().invoke(main, ["ask", "Write add(a, b).", "--reference", '[{"input": "add(1,"}]'],
+    res = CliRunner().invoke(main, ["ask", "Write add(a, b).", "--no-log", "--reference", '[{"input": "add(1,"}]'],
                              obj={"orchestrator_factory": _factory(llm)})
     assert res.exit_code == 2 and "Invalid value for --reference" in res.output and "needs string fields" in res.output
 
