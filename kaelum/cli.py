@@ -26,6 +26,7 @@ log = logging.getLogger("kaelum.cli")
 # stays fast and a missing optional part does not break the other commands.
 LAZY_COMMANDS = {"models": ("kaelum.models_cli", "models")}
 LAZY_COMMANDS["ui"] = ("ui.cli", "ui")  # the local trace explorer (needs the ui extra)
+LAZY_COMMANDS["improve"] = ("train.improve_cli", "improve")  # gated rounds of collect/ingest/train/evaluate/promote (needs the train extra)
 
 
 def _lazy(name: str) -> click.Command | None:

@@ -79,10 +79,21 @@ def create_tables(info: StoreInfo) -> None:
 
         try:
             delta_call(info, "creating the store", make)
-        except StoreError as exc:
-            if "already exists" in str(exc).lower() or "version 0" in str(exc).lower():
-                continue  # another process won the race to create it
-            raise
+        except StoreError:
+            # Several writers creating one store at once race for version 0; the losers' errors vary
+            # with the storage and the moment ("already exists", "protocol changed since last
+            # commit", ...). What matters is whether the table exists now: then another process won.
+            if not _is_table(info, uri):
+                raise
+
+
+def _is_table(info: StoreInfo, uri: str) -> bool:
+    from deltalake import DeltaTable
+
+    try:
+        return bool(DeltaTable.is_deltatable(uri, storage_options=info.options))
+    except Exception:  # noqa: BLE001 - unreachable now as well: the creation error is the one to report
+        return False
 
 
 def open_table(info: StoreInfo, uri: str, version: int | None = None) -> Any:

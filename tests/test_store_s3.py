@@ -277,3 +277,44 @@ def test_kill9_at_random_moments_on_s3_then_restart_exactly_once(s3, tmp_path: P
     assert _raw_ids(s3) == collections.Counter(ids)  # 0 lost, 0 duplicated
     q = DeltaTable(f"{s3}/quarantine", storage_options=_opts()).to_pyarrow_table(columns=["source", "offset"]).to_pylist()
     assert len(q) == len({(r["source"], r["offset"]) for r in q}) == len(ids) // 50  # each garbage line once
+
+
+def test_concurrent_creation_of_one_store_all_succeed(s3):
+    """Many writers creating the same store at once race for version 0 of each table; every one of
+    them must end with both tables there (the losers' delta-rs errors vary: "already exists",
+    "protocol changed since last commit", ...), and the tables must be created exactly once."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def create() -> None:
+        try:
+            barrier.wait(timeout=30)
+            store.open_store(s3, create=True)
+        except BaseException as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    from store.tables import EVENTS_TABLE_SCHEMA, QUARANTINE_TABLE_SCHEMA
+
+    for table, schema in (("events", EVENTS_TABLE_SCHEMA), ("quarantine", QUARANTINE_TABLE_SCHEMA)):
+        dt = DeltaTable(f"{s3}/{table}", storage_options=_opts())
+        # A loser whose create delta-rs retried may commit a second, identical CREATE (version 1):
+        # harmless, as long as the table is the one the store defines.
+        assert dt.version() in (0, 1)
+        assert [f.name for f in dt.schema().fields] == schema.names
+        assert dt.metadata().partition_columns == ["date"]
+    # The store works for everyone afterwards: an append is read back.
+    assert store.append_events(s3, [_feedback_event()], writer_id="after-race") == 1
+    assert store.connect(s3).execute("select count(*) from events").fetchone()[0] == 1
+
+
+def _feedback_event() -> dict:
+    from kaelum.events import new_event_id, new_trace_id, utc_now
+
+    return {"v": 1, "id": new_event_id(), "type": "feedback", "trace_id": new_trace_id(), "seq": 0, "ts": utc_now(),
+            "data": {"reward": 0.5, "label": "checked", "by": "test"}}

@@ -75,8 +75,14 @@ def _print_summary(r: Any) -> None:
 @click.option("--lora-alpha", default=32, show_default=True, type=int, help="LoRA alpha.")
 @click.option("--lora-dropout", default=0.05, show_default=True, type=float)
 @click.option("--lora-targets", default="all-linear", show_default=True, help="Comma-separated module names, or all-linear.")
-@click.option("--method", type=click.Choice(["sft", "dpo"]), default="sft", show_default=True, help="dpo reads preference_pairs.")
+@click.option("--method", type=click.Choice(["sft", "dpo", "grpo"]), default="sft", show_default=True,
+              help="dpo reads preference_pairs; grpo samples completions for the queries of the store's traces and rewards them with the domain verifier.")
 @click.option("--dpo-beta", default=0.1, show_default=True, type=float)
+@click.option("--grpo-generations", default=4, show_default=True, type=int, help="--method grpo: completions per query (the group).")
+@click.option("--grpo-max-completion-length", default=128, show_default=True, type=int, help="--method grpo: tokens per completion.")
+@click.option("--grpo-temperature", default=1.0, show_default=True, type=float, help="--method grpo: sampling temperature.")
+@click.option("--grpo-beta", default=0.0, show_default=True, type=float, help="--method grpo: KL penalty towards the starting model.")
+@click.option("--grpo-max-steps", default=None, type=int, help="--method grpo: optimizer steps (default: --epochs over the queries).")
 @click.option("--packing", is_flag=True, help="Pack examples into --max-seq-len rows (no attention across examples).")
 @click.option("--gradient-checkpointing", is_flag=True, help="Trade compute for memory.")
 @click.option("--save-steps", default=None, type=int, help="Checkpoint (and evaluate) every N steps (default: every epoch).")
@@ -134,6 +140,11 @@ def main(**kw: Any) -> None:
         warmup_ratio=kw["warmup_ratio"],
         lr_scheduler=kw["lr_scheduler"],
         dpo_beta=kw["dpo_beta"],
+        grpo_num_generations=kw["grpo_generations"],
+        grpo_max_completion_length=kw["grpo_max_completion_length"],
+        grpo_temperature=kw["grpo_temperature"],
+        grpo_beta=kw["grpo_beta"],
+        grpo_max_steps=kw["grpo_max_steps"],
         gradient_checkpointing=kw["gradient_checkpointing"],
         save_steps=kw["save_steps"],
         save_total_limit=kw["save_total_limit"],

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from kaelum.events import DOMAINS
 
-Method = Literal["sft", "dpo"]
+Method = Literal["sft", "dpo", "grpo"]
 Adapter = Literal["lora", "qlora", "full"]
 
 
@@ -106,6 +106,11 @@ class TrainArgs:
     warmup_ratio: float = 0.0  # --warmup-ratio
     lr_scheduler: str = "linear"  # --lr-scheduler
     dpo_beta: float = 0.1  # --dpo-beta
+    grpo_num_generations: int = 4  # --grpo-generations: completions sampled per query (the group)
+    grpo_max_completion_length: int = 128  # --grpo-max-completion-length (tokens)
+    grpo_temperature: float = 1.0  # --grpo-temperature: sampling temperature of the completions
+    grpo_beta: float = 0.0  # --grpo-beta: KL penalty towards the starting model (0: none, TRL's default)
+    grpo_max_steps: int | None = None  # --grpo-max-steps (None: --epochs over the queries)
     gradient_checkpointing: bool = False  # --gradient-checkpointing
     save_steps: int | None = None  # --save-steps (None: a checkpoint at the end of every epoch)
     save_total_limit: int = 2  # --save-total-limit
@@ -125,8 +130,8 @@ class TrainArgs:
             out.append("--output-dir must not be empty")
         if self.adapter not in ("lora", "qlora", "full"):
             out.append(f"choose one of --lora, --qlora or --full, got {self.adapter!r}")
-        if self.method not in ("sft", "dpo"):
-            out.append(f"--method must be sft or dpo, got {self.method!r}")
+        if self.method not in ("sft", "dpo", "grpo"):
+            out.append(f"--method must be sft, dpo or grpo, got {self.method!r}")
         if not (self.epochs > 0 and math.isfinite(self.epochs)):
             out.append(f"--epochs must be positive, got {self.epochs}")
         if self.batch_size < 1:
@@ -149,8 +154,21 @@ class TrainArgs:
             out.append(f"--logging-steps must be at least 1, got {self.logging_steps}")
         if self.merge and self.adapter == "full":
             out.append("--merge only applies to --lora/--qlora; --full already writes a full model")
-        if self.method == "dpo" and self.data.packing:
+        if self.method in ("dpo", "grpo") and self.data.packing:
             out.append("--packing applies to --method sft only")
+        if self.method == "grpo":
+            if self.grpo_num_generations < 2:
+                out.append(f"--grpo-generations must be at least 2 (GRPO compares completions within a group), got {self.grpo_num_generations}")
+            if self.grpo_max_completion_length < 1:
+                out.append(f"--grpo-max-completion-length must be at least 1, got {self.grpo_max_completion_length}")
+            if not self.grpo_temperature > 0:
+                out.append(f"--grpo-temperature must be positive, got {self.grpo_temperature}")
+            if self.grpo_beta < 0:
+                out.append(f"--grpo-beta must be non-negative, got {self.grpo_beta}")
+            if self.grpo_max_steps is not None and self.grpo_max_steps < 1:
+                out.append(f"--grpo-max-steps must be at least 1, got {self.grpo_max_steps}")
+            if self.adapter == "qlora":
+                out.append("--method grpo runs with --lora or --full")
         out += self.data.problems()
         if self.adapter != "full":
             out += self.lora.problems()

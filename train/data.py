@@ -290,7 +290,8 @@ def select_examples(
     """
     if where:
         check_where(where)  # before the store is touched
-    view = "preference_pairs" if method == "dpo" else "training_examples"
+    # GRPO learns from its own samples: every complete trace's query is a prompt, failed ones included.
+    view = {"dpo": "preference_pairs", "grpo": "trajectories"}.get(method, "training_examples")
     source = examples_source(where, include_unchecked) if view == "training_examples" else view
     con = open_store(store_path, as_of)
     try:

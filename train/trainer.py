@@ -328,6 +328,10 @@ def run_training(args: TrainArgs, selection: Selection, tokenizer: Any | None = 
 
     from . import manifest as mf
 
+    if args.method == "grpo":  # online RL through TRL's GRPOTrainer (train.grpo)
+        from .grpo import run_grpo
+
+        return run_grpo(args, selection, tokenizer)
     out = args.output_dir
     ckpt = latest_checkpoint(out)
     if args.resume and ckpt is None:

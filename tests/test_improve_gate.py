@@ -1,0 +1,82 @@
+"""The promotion gate on literal numbers: exact McNemar p-values checked by hand, Wilson CIs, decisions."""
+
+from __future__ import annotations
+
+import pytest
+
+from train.gate import DEFAULT_ALPHA, DEFAULT_MIN_GAIN, GateError, decide, mcnemar_exact, wilson_interval
+
+
+@pytest.mark.parametrize(
+    "b, c, p",
+    [
+        (0, 0, 1.0),  # no discordant pair: no evidence
+        (0, 1, 1.0),  # 2 * (1/2) = 1
+        (0, 5, 2 / 32),  # 2 * C(5,0) / 2^5 = 0.0625
+        (0, 6, 2 / 64),  # 0.03125
+        (1, 6, 2 * (1 + 7) / 128),  # 2 * (C(7,0) + C(7,1)) / 2^7 = 0.125
+        (6, 1, 2 * (1 + 7) / 128),  # symmetric
+        (2, 10, 2 * (1 + 12 + 66) / 4096),  # 0.03857...
+        (5, 5, 1.0),  # capped at 1
+    ],
+)
+def test_mcnemar_exact_by_hand(b, c, p):
+    assert mcnemar_exact(b, c) == pytest.approx(p, rel=1e-12)
+
+
+def test_wilson_interval_literal():
+    lo, hi = wilson_interval(8, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)
+    assert wilson_interval(0, 12)[0] == 0.0 and wilson_interval(12, 12)[1] == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def outcomes(both: int, only_champion: int, only_candidate: int, neither: int) -> tuple[list[bool], list[bool]]:
+    champ = [True] * both + [True] * only_champion + [False] * only_candidate + [False] * neither
+    cand = [True] * both + [False] * only_champion + [True] * only_candidate + [False] * neither
+    return champ, cand
+
+
+def test_promotes_a_clear_gain():
+    # 40 queries: 10 both, 2 only champion, 10 only candidate -> +20 points, p = 0.03857
+    g = decide(*outcomes(10, 2, 10, 18))
+    assert g.decision == "promoted" and g.promoted
+    assert (g.champion_verified, g.candidate_verified, g.only_champion, g.only_candidate) == (12, 20, 2, 10)
+    assert g.gain_points == pytest.approx(20.0)
+    assert g.p_value == pytest.approx(158 / 4096)
+    assert g.reason == "+20.0 points, p = 0.0386 < 0.05"
+
+
+def test_rejects_a_gain_that_is_not_significant():
+    g = decide(*outcomes(10, 1, 6, 23))  # +12.5 points, p = 0.125
+    assert g.decision == "rejected"
+    assert g.reason == "p = 0.125 is not below --alpha 0.05 (6 vs 1 discordant queries)"
+
+
+def test_rejects_a_significant_gain_below_min_gain():
+    # 400 queries, 0 vs 6 discordant: p = 0.03125 but only +1.5 points
+    g = decide(*outcomes(100, 0, 6, 294))
+    assert g.p_value == pytest.approx(1 / 32)
+    assert g.decision == "rejected" and g.reason == "gain +1.5 points is below --min-gain 2"
+    assert decide(*outcomes(100, 0, 6, 294), min_gain=1.0).decision == "promoted"
+
+
+def test_rejects_a_worse_or_equal_candidate_whatever_the_p_value():
+    g = decide(*outcomes(0, 10, 0, 10), min_gain=0.0, alpha=1.0)
+    assert g.decision == "rejected" and g.reason == "the candidate is not better (-50.0 points)"
+    assert decide(*outcomes(5, 0, 0, 5), min_gain=0.0, alpha=1.0).reason == "the candidate is not better (+0.0 points)"
+
+
+def test_defaults_are_documented_values():
+    assert (DEFAULT_MIN_GAIN, DEFAULT_ALPHA) == (2.0, 0.05)
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(GateError, match="paired outcomes differ in length: champion 2, candidate 1"):
+        decide([True, False], [True])
+    with pytest.raises(GateError, match="no held-out outcomes"):
+        decide([], [])
+    with pytest.raises(GateError, match=r"--alpha must be in \(0, 1\], got 0.0"):
+        decide([True], [True], alpha=0.0)
+    with pytest.raises(GateError, match="--min-gain must be between 0 and 100 points, got -1"):
+        decide([True], [True], min_gain=-1)
