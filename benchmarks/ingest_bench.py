@@ -33,7 +33,7 @@ import time
 import duckdb
 import orjson
 
-from kaelum.events import Event, new_event_id, utc_now
+from kaelum.events import SCHEMA_VERSION, Event, new_event_id, utc_now
 from kaelum.tracelog import TraceLogger
 
 DOMAINS = ("math", "code", "logic", "factual", "creative", "analysis")
@@ -51,7 +51,7 @@ def synthetic_trace(r: random.Random) -> list[dict]:
     out: list[dict] = []
 
     def ev(t: str, data: dict) -> None:
-        out.append({"v": 1, "id": new_event_id(), "type": t, "trace_id": tid, "seq": len(out), "ts": utc_now(), "data": data})
+        out.append({"v": SCHEMA_VERSION, "id": new_event_id(), "type": t, "trace_id": tid, "seq": len(out), "ts": utc_now(), "data": data})
 
     d = r.choice(DOMAINS)
     ev("trace_started", {"query": _text(r, 25), "domain": d, "router": {"domain": d, "confidence": r.random(), "method": "keywords"},

@@ -1,4 +1,4 @@
-"""The full loop on arithmetic with the embedded SmolLM2-135M-Instruct:
+"""The full loop on arithmetic and on word problems with the embedded SmolLM2-135M-Instruct:
 
     1. collect: the runtime (Orchestrator + LATS + math verifier) answers training questions and
        logs every trace; collection uses a wide, shallow, sampled search (one batched call gives
@@ -11,9 +11,16 @@
        evaluation settings and seed for both (greedy by default: one simulation, one branch,
        temperature 0, so the comparison measures the model, not search luck).
 
+Every question carries its reference answer (`--family arithmetic`: "What is 7 + 9?"; `word`: "Ivo
+has 7 shells and finds 9 more. How many shells does Ivo have now?"; `both`, the default, half and
+half), so collection trains only on answers checked against a reference and the evaluation reports
+accuracy checked against the references, per family: a word problem is never "verified" by the
+branches agreeing.
+
 Goal: the fine-tuned worker beats the base worker by at least 10 points of verified accuracy.
 
-    python benchmarks/loop_bench.py --train-questions 130 --test-questions 80   # the recorded run (benchmarks/README.md)
+    python benchmarks/loop_bench.py --family arithmetic --train-questions 130 --test-questions 80   # the recorded run (benchmarks/README.md)
+    python benchmarks/loop_bench.py --family word --train-questions 8 --test-questions 6 --epochs 1   # a small smoke run
 """
 
 from __future__ import annotations
@@ -40,8 +47,22 @@ def pair_key(a: int, op: str, b: int) -> tuple[int, str, int]:
     return (min(a, b), op, max(a, b)) if op == "+" else (a, op, b)
 
 
-def make_questions(n_train: int, n_test: int, seed: int, max_operand: int = 30, ops: str = "+") -> tuple[list[dict], list[dict]]:
-    """Additions (and with `ops="+-"` non-negative subtractions) of operands in 2..`max_operand`.
+_NAMES = ("Ivo", "Lena", "Omar", "Tess", "Ravi", "Nell", "Kofi", "Yara", "Bram", "Suki")
+_THINGS = ("shells", "stamps", "pebbles", "buttons", "acorns", "beads", "cards", "coins")
+
+
+def word_problem(a: int, op: str, b: int, rng: random.Random) -> str:
+    """A one-step word problem stating a + b or a - b (the templates of examples/word_problems.jsonl are multi-step)."""
+    name, things = rng.choice(_NAMES), rng.choice(_THINGS)
+    if op == "+":
+        return f"{name} has {a} {things} and finds {b} more. How many {things} does {name} have now?"
+    return f"{name} has {a} {things} and gives away {b}. How many {things} does {name} have left?"
+
+
+def make_questions(n_train: int, n_test: int, seed: int, max_operand: int = 30, ops: str = "+",
+                   family: str = "arithmetic") -> tuple[list[dict], list[dict]]:
+    """Additions (and with `ops="+-"` non-negative subtractions) of operands in 2..`max_operand`,
+    asked as arithmetic, as word problems, or (`family="both"`) alternately; each with its reference.
 
     Every distinct operand pair is enumerated, shuffled with `seed` and dealt to test first, then
     train, so the two sets share no pair (a + b and b + a count as one pair). Operands stay small
@@ -61,11 +82,14 @@ def make_questions(n_train: int, n_test: int, seed: int, max_operand: int = 30, 
     keys = sorted(pairs)
     rng.shuffle(keys)
     out = []
-    for k in keys[: n_train + n_test]:
+    for i, k in enumerate(keys[: n_train + n_test]):
         a, op, b = pairs[k]
         if op == "+" and rng.random() < 0.5:
             a, b = b, a  # both orders appear, but a pair is never on both sides
-        out.append({"query": f"What is {a} {op} {b}?", "domain": "math", "id": f"{a}{op}{b}", "key": k})
+        kind = family if family != "both" else ("arithmetic", "word")[i % 2]
+        query = f"What is {a} {op} {b}?" if kind == "arithmetic" else word_problem(a, op, b, rng)
+        out.append({"query": query, "domain": "math", "id": f"{kind[0]}{a}{op}{b}", "key": k, "family": kind,
+                    "reference": str(a + b if op == "+" else a - b)})
     test, train = out[:n_test], out[n_test:]
     assert not {q["key"] for q in train} & {q["key"] for q in test}
     return train, test
@@ -156,6 +180,26 @@ def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, c - h), min(1.0, c + h)
 
 
+def checked_by_family(questions: list[dict], score: Any) -> dict[str, dict[str, int]]:
+    """Per family: questions, and answers verified against their reference (never by agreement)."""
+    out: dict[str, dict[str, int]] = {}
+    for q, a in zip(questions, score.answers):
+        row = out.setdefault(q["family"], {"questions": 0, "correct": 0})
+        row["questions"] += 1
+        row["correct"] += int(bool(a["verified"]) and a.get("verified_by") == "reference")
+    return out
+
+
+def family_accuracy(questions: list[dict], scores: list[Any]) -> list[str]:
+    """One line per model and family: accuracy checked against the references."""
+    lines = []
+    for s in scores:
+        parts = [f"{fam} {r['correct']}/{r['questions']} ({100 * r['correct'] / r['questions']:.1f}%)"
+                 for fam, r in sorted(checked_by_family(questions, s).items())]
+        lines.append(f"  {s.model}: correct against references: " + ", ".join(parts))
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="base worker (default: embedded SmolLM2-135M-Instruct)")
@@ -163,6 +207,8 @@ def main() -> None:
     p.add_argument("--test-questions", type=int, default=80)
     p.add_argument("--max-operand", type=int, default=30)
     p.add_argument("--ops", default="+", choices=["+", "-", "+-"], help="operations asked (subtraction: non-negative results)")
+    p.add_argument("--family", default="both", choices=["arithmetic", "word", "both"],
+                   help="how the questions are asked: 'What is 7 + 9?', a word problem, or half and half")
     g = p.add_argument_group("collection search (verified traces per CPU-second)")
     g.add_argument("--collect-branching", type=int, default=8, help="candidates per batched expansion call")
     g.add_argument("--collect-simulations", type=int, default=3)
@@ -202,7 +248,7 @@ def main() -> None:
 
     work = args.workdir or tempfile.mkdtemp(prefix="kaelum-loop-")
     logs, store, out = (os.path.join(work, d) for d in ("logs", "store", "finetuned_math"))
-    train_q, test_q = make_questions(args.train_questions, args.test_questions, args.seed, args.max_operand, args.ops)
+    train_q, test_q = make_questions(args.train_questions, args.test_questions, args.seed, args.max_operand, args.ops, args.family)
     collect, evals = collect_settings(args), eval_settings(args)
     timings: dict[str, float] = {}
     log.info("workdir %s; %d training, %d held-out questions", work, len(train_q), len(test_q))
@@ -213,9 +259,11 @@ def main() -> None:
         orch.llm_for("math")  # load outside the timed loop's first query
         timings["load_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        collected = [orch.run(q["query"], domain="math", tags=["loop-bench-train"]) for q in tqdm(train_q, desc="collect", unit="q")]
+        collected = [orch.run(q["query"], domain="math", tags=["loop-bench-train", q["family"]], reference=q["reference"])
+                     for q in tqdm(train_q, desc="collect", unit="q")]
         timings["collect_s"] = time.perf_counter() - t1
     n_verified = sum(r.verified for r in collected)
+    n_checked = sum(r.verified and r.verified_by == "reference" for r in collected)
     calls = sum(r.usage.get("llm_calls", 0) for r in collected) / len(collected)
     log.info("collected %d traces, %d verified (%.1f/min)", len(collected), n_verified, 60 * n_verified / timings["collect_s"])
 
@@ -254,7 +302,8 @@ def main() -> None:
     delta = 100 * (tuned.accuracy - base.accuracy)
     n = len(test_q)
     print("\n=== loop benchmark: arithmetic (operands 2..%d), held-out questions ===" % args.max_operand)
-    print(f"collection: {len(train_q)} questions, {n_verified} verified ({100 * n_verified / len(train_q):.1f}%), "
+    print(f"collection: {len(train_q)} questions, {n_verified} verified ({100 * n_verified / len(train_q):.1f}%, "
+          f"{n_checked} checked against their reference), "
           f"{calls:.1f} LLM calls/q; search {collect}")
     print(f"training: {manifest['data']['trace_count']} verified traces "
           f"({'all verified' if args.all_verified else f'with a faithful rationale, of {n_rows} verified'}), {args.epochs} epochs, lr {args.lr}; "
@@ -264,12 +313,15 @@ def main() -> None:
     for s in scores:
         lo, hi = wilson(s.accuracy, n)
         print(f"  {s.model}: {s.verified}/{n} verified, 95% CI {100 * lo:.0f}-{100 * hi:.0f}%")
+    for line in family_accuracy(test_q, scores):
+        print(line)
     print(f"fine-tuned minus base, verified accuracy: {delta:+.1f} points (goal >= +10); "
           f"paired: fine-tuned alone right on {c}, base alone on {b}, exact McNemar p = {mcnemar_p(b, c):.3g}")
     print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + f", total {sum(timings.values()):.0f}; workdir {work}")
     with open(os.path.join(work, "loop_results.json"), "w", encoding="utf-8") as fh:
         json.dump({"args": vars(args), "timings": timings, "collect_verified": n_verified, "trace_count": manifest["data"]["trace_count"],
-                   "scores": [s.row() for s in scores], "answers": {s.model: s.answers for s in scores}}, fh, indent=1)
+                   "scores": [s.row() for s in scores], "answers": {s.model: s.answers for s in scores},
+                   "by_family": {s.model: checked_by_family(test_q, s) for s in scores}}, fh, indent=1)
 
 
 if __name__ == "__main__":

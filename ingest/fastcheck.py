@@ -17,7 +17,7 @@ case undefined (RFC 8259 §4); the stored event is the first-wins reading and is
 
 from __future__ import annotations
 
-from kaelum.events import ENVELOPE_SPEC, PAYLOAD_SPECS, SCHEMA_VERSION, Field, _TS_RE
+from kaelum.events import CURRENT_SPECS_CHECK, ENVELOPE_SPEC, PAYLOAD_SPECS, Field, _TS_RE
 
 # What DuckDB's JSON reader accepts but strict JSON (orjson) does not. Trailing commas are looked
 # for in the raw line. NaN/Infinity (any case) only matter inside the payload (the envelope's numbers are checked field by field, unknown top-level keys
@@ -230,9 +230,10 @@ def build_query(table: str) -> str:
     """One SELECT over `table(line VARCHAR, off BIGINT)` giving the store's columns and `ok`.
 
     `line` is the raw line, newline included. Rows with ok = true are contract-valid events of
-    the current schema version; every other row must be decided by the exact Python path. The
-    JSON of a line is parsed once for the envelope and once for the payload of its type
-    (json_extract with a list of paths); the checks then look at the JSON text of each value.
+    a version the current payload specs check (``kaelum.events.CURRENT_SPECS_CHECK``); every other
+    row must be decided by the exact Python path. The JSON of a line is parsed once for the
+    envelope and once for the payload of its type (json_extract with a list of paths); the checks
+    then look at the JSON text of each value.
     """
     env = Paths("j")
     payload_columns, payload_cases = _payload_checks()
@@ -265,7 +266,7 @@ SELECT
     coalesce(
         data_json IS NOT NULL
         AND {env_ok}
-        AND {t['v']} = '{SCHEMA_VERSION}'
+        AND {t['v']} IN ({", ".join(f"'{v}'" for v in CURRENT_SPECS_CHECK)})
         AND regexp_full_match(ts_json, {ts_pattern})
         AND ts_value IS NOT NULL
         AND CASE type_json {payload_cases} ELSE false END,

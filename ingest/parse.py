@@ -136,9 +136,9 @@ def _exact(line: bytes, offset: int) -> tuple[dict | None, str | None]:
         if reason.startswith("type:"):
             return None, f"unknown event type: {reason}"
         return None, f"breaks the event contract: {reason}"
-    if obj["v"] != SCHEMA_VERSION:
-        # Older versions are the store's upcasters' business; version 1 is the first, so any
-        # other version that validate_event let through is below 1 and already refused there.
+    if not 1 <= obj["v"] <= SCHEMA_VERSION:
+        # Older versions (validated against their own payloads) are stored as written and upcast
+        # by the store's readers; validate_event already refused newer and non-positive ones.
         return None, f"breaks the event contract: v: unsupported schema version {obj['v']}"
     ts = obj["ts"]
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import logging
 import time
 from typing import Any, Callable
@@ -107,6 +108,35 @@ def _orchestrator(ctx: click.Context, settings: Settings, log_dir: str | None) -
     return Orchestrator(settings=settings, enable_logging=log_dir is not None, log_dir=log_dir)
 
 
+def _reference_option(value: str | None) -> Any:
+    """`--reference` as given (a GSM8K answer: its '#### ' line); a JSON list (the code domain's
+    input/output cases) as the list, checked."""
+    if value is None:
+        return None
+    if not value.strip().startswith("["):
+        from .queries import gsm8k_final_answer
+
+        return gsm8k_final_answer(value)[0]
+    from .domains.code import reference_tests
+
+    try:
+        cases = json.loads(value)
+        reference_tests(cases)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--reference") from None
+    return cases
+
+
+def _how(result: Any) -> str:
+    """' (by reference)' / ' (by consistency: unchecked)': how the final verdict was reached."""
+    from .domains.base import CHECKED_METHODS
+
+    method = getattr(result, "verified_by", None)
+    if method is None:
+        return ""
+    return f" (by {method}{'' if method in CHECKED_METHODS else ': unchecked'})"
+
+
 def render_tree(result: Any) -> Any:
     """A rich Tree of the search: value and visits per node; the chosen path in bold."""
     from rich.markup import escape
@@ -144,16 +174,19 @@ def render_tree(result: Any) -> Any:
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None, help="Where the trace goes (default: Settings LOG_DIR, ./logs).")
 @click.option("--no-log", is_flag=True, help="Keep no trace (its id can then not be looked up later).")
 @click.option("--test", "tests", multiple=True, help="A test snippet for code questions (repeatable).")
+@click.option("--reference", default=None, help="The known right answer (e.g. 85, $1,250.00, yes; code: a JSON list of "
+              '{"input", "output"} cases); the answer is checked against it.')
 @click.option("--no-tree", is_flag=True, help="Do not print the search tree.")
 @search_options
 @click.pass_context
-def ask(ctx: click.Context, question: str, domain: str | None, log_dir: str | None, no_log: bool, tests: tuple[str, ...], no_tree: bool, settings_overrides: dict[str, Any]) -> None:
-    """Answer one QUESTION with LATS; print the answer, whether it verified, the reward and the tree.
+def ask(ctx: click.Context, question: str, domain: str | None, log_dir: str | None, no_log: bool, tests: tuple[str, ...],
+        reference: str | None, no_tree: bool, settings_overrides: dict[str, Any]) -> None:
+    """Answer one QUESTION with LATS; print the answer, whether it verified and how, the reward and the tree.
 
     The trace is logged to Settings LOG_DIR (./logs) unless --log-dir names another place or
     --no-log is given, so the trace id it prints can be looked up once ingested.
 
-    Example: kaelum ask "What is 17 * 23?" --domain math
+    Example: kaelum ask "Sade has 47 shells and finds 38 more. How many shells does Sade have now?" --reference 85
     """
     from rich.console import Console
 
@@ -164,7 +197,7 @@ def ask(ctx: click.Context, question: str, domain: str | None, log_dir: str | No
     log_dir = None if no_log else (log_dir or str(settings.LOG_DIR))
     orch = _orchestrator(ctx, settings, log_dir)
     try:
-        result = orch.run(question, domain=domain, tests=list(tests) or None)
+        result = orch.run(question, domain=domain, tests=list(tests) or None, reference=_reference_option(reference))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -174,7 +207,7 @@ def ask(ctx: click.Context, question: str, domain: str | None, log_dir: str | No
     if not no_tree:
         console.print(render_tree(result))
     console.print(f"[bold]answer[/bold]   {result.answer if result.answer is not None else '(none)'}", markup=True, highlight=False)
-    console.print(f"[bold]verified[/bold] {'yes' if result.verified else 'no'}")
+    console.print(f"[bold]verified[/bold] {'yes' if result.verified else 'no'}{_how(result)}")
     comps = ", ".join(f"{k}={v:.2f}" for k, v in result.reward_components.items())
     console.print(f"[bold]reward[/bold]   {result.reward:.3f}" + (f" ({comps})" if comps else ""))
     u = result.usage
@@ -186,7 +219,9 @@ def ask(ctx: click.Context, question: str, domain: str | None, log_dir: str | No
 
 
 @main.command()
-@click.option("--queries", "queries_path", type=click.Path(exists=True, dir_okay=False), required=True, help='JSONL, one {"query", "domain"?, "tests"?, "id"?, "tags"?} per line.')
+@click.option("--queries", "queries_path", type=click.Path(exists=True, dir_okay=False), required=True,
+              help='JSONL, one {"query", "domain"?, "tests"?, "reference"?, "id"?, "tags"?} per line ("question" and '
+                   '"answer" accepted too: GSM8K files are read as they are).')
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None, help="Where traces go (default: Settings LOG_DIR, ./logs).")
 @click.option("--domain", type=click.Choice(DOMAINS), default=None, help="Domain for queries that name none (default: route each).")
 @search_options
@@ -202,7 +237,8 @@ def run(ctx: click.Context, queries_path: str, log_dir: str | None, domain: str 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from .orchestrator import load_queries
+    from .domains.base import CHECKED_METHODS
+    from .queries import load_queries
 
     console = Console()
     settings = _settings(settings_overrides)
@@ -224,22 +260,29 @@ def run(ctx: click.Context, queries_path: str, log_dir: str | None, domain: str 
             for i, q in enumerate(queries):
                 qid = str(q.get("id", i + 1))
                 progress.update(task, description=f"query {qid}")
-                result = orch.run(q["query"], domain=q.get("domain") or domain, tests=q.get("tests"), tags=q.get("tags") or ())
+                result = orch.run(q["query"], domain=q.get("domain") or domain, tests=q.get("tests"), tags=q.get("tags") or (),
+                                  reference=q.get("reference"))
                 rows.append((qid, result))
                 progress.advance(task)
     finally:
         orch.close()
 
     table = Table(title=f"{len(rows)} queries, {time.monotonic() - t0:.0f} s, traces in {log_dir}")
-    for col in ("id", "domain", "status", "verified", "reward", "answer", "calls", "tokens", "s"):
+    for col in ("id", "domain", "status", "verified", "by", "reward", "answer", "calls", "tokens", "s"):
         table.add_column(col, justify="right" if col in ("reward", "calls", "tokens", "s") else "left")
     for qid, r in rows:
         answer = "" if r.answer is None else (r.answer if len(r.answer) <= 40 else r.answer[:37] + "...")
-        table.add_row(qid, r.domain, r.status, "yes" if r.verified else "no", f"{r.reward:.2f}", answer, str(r.usage["llm_calls"]), str(r.usage["completion_tokens"]), f"{r.duration_ms / 1000:.1f}")
+        table.add_row(qid, r.domain, r.status, "yes" if r.verified else "no", r.verified_by or "-", f"{r.reward:.2f}", answer, str(r.usage["llm_calls"]), str(r.usage["completion_tokens"]), f"{r.duration_ms / 1000:.1f}")
     console.print(table)
     n_ver = sum(r.verified for _, r in rows)
+    n_checked = sum(r.verified and r.verified_by in CHECKED_METHODS for _, r in rows)
     mean_reward = sum(r.reward for _, r in rows) / len(rows)
-    console.print(f"verified {n_ver}/{len(rows)}, mean reward {mean_reward:.3f}")
+    console.print(f"verified {n_ver}/{len(rows)} (checked {n_checked}, by agreement or opinion only {n_ver - n_checked}), "
+                  f"mean reward {mean_reward:.3f}")
+    labelled = [r for q, (_, r) in zip(queries, rows) if q.get("reference") is not None]
+    if labelled:
+        right = sum(r.verified and r.verified_by == "reference" for r in labelled)
+        console.print(f"correct against references: {right}/{len(labelled)} ({100 * right / len(labelled):.1f}%)")
     errors = [(qid, r.error) for qid, r in rows if r.status == "error"]
     if errors:
         raise click.ClickException(f"{len(errors)} of {len(rows)} traces ended with an error (first: query {errors[0][0]}: {errors[0][1]})")

@@ -3,10 +3,15 @@
 One event is one JSON object on one line (see docs/events.md). The envelope is the same for
 every type; the payload (`data`) depends on `type`. The contract is declared once, in
 ``PAYLOAD_SPECS``, and everything else is derived from it: the fast validator the ingester runs
-on every line, the checked-in JSON Schema (``kaelum/schema/events.v1.json``) and the docs.
+on every line, the checked-in JSON Schemas (``kaelum/schema/events.v<N>.json``) and the docs.
 
 Events are immutable facts. Corrections are new events (``feedback``); a change to the contract
 is a new schema version with an upcaster in ``store.upcast``.
+
+Version 2 records how each verdict was reached: ``verification.method`` and
+``trace_completed.verified_by`` (the final answer's method), out of ``VERDICT_METHODS``. Version 1
+events are still valid and validated against their own payloads (``PAYLOAD_SPECS_BY_VERSION``);
+readers upcast them (``store.upcast``).
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from .domains.base import METHODS as VERDICT_METHODS
 from .domains.registry import DOMAIN_NAMES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 EVENT_TYPES = (
     "trace_started",
@@ -128,7 +134,10 @@ PAYLOAD_SPECS: dict[str, dict[str, Field]] = {
         "answer": _f("string|null", "the answer checked"),
         "passed": _f("boolean", "whether the domain verifier accepted it"),
         "score": _f("number", "verifier score in [0,1]", minimum=0, maximum=1),
-        "verifier": _f("string", "which verifier ran (e.g. math.sympy, code.sandbox)"),
+        "verifier": _f("string", "which verifier ran (e.g. math.reference, math.sympy, code.sandbox)"),
+        "method": _f("string|null", "how the verdict was reached, from the verifier's name; null when nothing could be "
+                     "checked (internal error). Absent in events that predate it: readers derive it from `verifier`",
+                     required=False, enum=VERDICT_METHODS),
         "details": _f("object", "verifier-specific details"),
     },
     "reflection": {
@@ -140,6 +149,10 @@ PAYLOAD_SPECS: dict[str, dict[str, Field]] = {
         "final_answer": _f("string|null", "the answer returned to the caller"),
         "best_path": _f("array", "node ids from the root to the chosen terminal", items=_f("string", "node id")),
         "verified": _f("boolean", "whether the final answer passed its domain verifier"),
+        "verified_by": _f("string|null", "the method of the final answer's verdict (reference, computed, tests, formal and "
+                          "constraints check the answer; consistency, judge and runs do not); null without a verdict. "
+                          "Absent in events that predate it: readers take the final node's verification method",
+                          required=False, enum=VERDICT_METHODS),
         "reward": _f("number", "reward in [0,1]", minimum=0, maximum=1),
         "reward_components": _f("object", "named components the reward was composed from"),
         "node_stats": _f(
@@ -175,6 +188,34 @@ PAYLOAD_SPECS: dict[str, dict[str, Field]] = {
         "comment": _f("string|null", "free text", required=False),
     },
 }
+
+# Fields each version added: (type, field). A version's payload specs are the newest minus what later versions added.
+_ADDED_IN: dict[int, tuple[tuple[str, str], ...]] = {
+    2: (("verification", "method"), ("trace_completed", "verified_by")),
+}
+
+
+def _specs_of(version: int) -> dict[str, dict[str, Field]]:
+    later = {tf for v, added in _ADDED_IN.items() if v > version for tf in added}
+    return {t: {n: f for n, f in spec.items() if (t, n) not in later} for t, spec in PAYLOAD_SPECS.items()}
+
+
+PAYLOAD_SPECS_BY_VERSION: dict[int, dict[str, dict[str, Field]]] = {v: _specs_of(v) for v in range(1, SCHEMA_VERSION + 1)}
+
+
+
+def _read_by_current(version: int) -> bool:
+    """Whether every line valid against the current payloads is valid against `version`'s: true when the
+    later versions only added optional fields (an older version allowed them as unknown extra fields)."""
+    return all(
+        all(PAYLOAD_SPECS[t].get(n) == f for n, f in spec.items())
+        and all(not f.required for n, f in PAYLOAD_SPECS[t].items() if n not in spec)
+        for t, spec in PAYLOAD_SPECS_BY_VERSION[version].items()
+    )
+
+
+# Versions whose lines the ingester may check with the current payload specs (its fast path).
+CURRENT_SPECS_CHECK = tuple(v for v in PAYLOAD_SPECS_BY_VERSION if _read_by_current(v))
 
 _TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|\+00:00)$")
 
@@ -231,9 +272,9 @@ def _check(obj: Mapping[str, Any], spec: Mapping[str, Field], where: str) -> Non
 def validate_event(obj: Any, max_version: int = SCHEMA_VERSION) -> None:
     """Raise EventError if `obj` (a parsed JSON line) breaks the contract of its version.
 
-    Only version ``SCHEMA_VERSION`` payloads are checked field by field; an older version is
-    the upcaster's business (``store.upcast``), and a newer one than ``max_version`` is refused
-    with a reason that says so, so it can be quarantined rather than dropped.
+    Payloads are checked field by field against the specs of their own version (an older
+    version's payload is then the upcaster's business, ``store.upcast``); a version newer than
+    ``max_version`` is refused with a reason that says so, so it can be quarantined rather than dropped.
     """
     if not isinstance(obj, dict):
         raise EventError(f"event: expected a JSON object, got {type(obj).__name__}")
@@ -243,8 +284,8 @@ def validate_event(obj: Any, max_version: int = SCHEMA_VERSION) -> None:
     _check(obj, ENVELOPE_SPEC, "")
     if not _TS_RE.match(obj["ts"]):
         raise EventError(f"ts: {obj['ts']!r} is not RFC 3339 UTC with microseconds")
-    if v == SCHEMA_VERSION:
-        _check(obj["data"], PAYLOAD_SPECS[obj["type"]], "data.")
+    if v in PAYLOAD_SPECS_BY_VERSION:
+        _check(obj["data"], PAYLOAD_SPECS_BY_VERSION[v][obj["type"]], "data.")
 
 
 # --- construction ---------------------------------------------------------------------------
@@ -353,13 +394,13 @@ def _object_schema(spec: Mapping[str, Field], closed: bool) -> dict[str, Any]:
     return out
 
 
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of a version-1 event line, derived from the specs above."""
+def json_schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of an event line of `version`, derived from the specs above."""
     envelope = _object_schema(ENVELOPE_SPEC, closed=False)
-    envelope["properties"]["v"] = {"description": ENVELOPE_SPEC["v"].doc, "const": SCHEMA_VERSION}
+    envelope["properties"]["v"] = {"description": ENVELOPE_SPEC["v"].doc, "const": version}
     envelope["properties"]["ts"]["pattern"] = _TS_RE.pattern
     variants = []
-    for type_name, spec in PAYLOAD_SPECS.items():
+    for type_name, spec in PAYLOAD_SPECS_BY_VERSION[version].items():
         variants.append(
             {
                 "if": {"properties": {"type": {"const": type_name}}},
@@ -368,23 +409,30 @@ def json_schema() -> dict[str, Any]:
         )
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://kaelum.dev/schema/events.v1.json",
-        "title": "Kaelum event (schema version 1)",
+        "$id": f"https://kaelum.dev/schema/events.v{version}.json",
+        "title": f"Kaelum event (schema version {version})",
         "type": "object",
         **envelope,
         "allOf": variants,
     }
 
 
-SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "schema", f"events.v{SCHEMA_VERSION}.json")
+def schema_path(version: int = SCHEMA_VERSION) -> str:
+    """The checked-in JSON Schema of `version` (every version's file is kept, for old events)."""
+    return os.path.join(os.path.dirname(__file__), "schema", f"events.v{version}.json")
 
 
-def write_json_schema(path: str = SCHEMA_PATH) -> None:
+SCHEMA_PATH = schema_path()
+
+
+def write_json_schema(path: str | None = None, version: int = SCHEMA_VERSION) -> str:
+    path = path or schema_path(version)
     with open(path, "w", encoding="utf-8") as fh:
-        json.dump(json_schema(), fh, indent=2, ensure_ascii=False)
+        json.dump(json_schema(version), fh, indent=2, ensure_ascii=False)
         fh.write("\n")
+    return path
 
 
-if __name__ == "__main__":  # python -m kaelum.events  regenerates the checked-in schema
-    write_json_schema()
-    print(SCHEMA_PATH)
+if __name__ == "__main__":  # python -m kaelum.events  regenerates the checked-in schemas
+    for _v in PAYLOAD_SPECS_BY_VERSION:
+        print(write_json_schema(version=_v))

@@ -12,7 +12,6 @@ trace still ends with `trace_completed` status ``error`` and the reason.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,9 +23,10 @@ from typing import Any, Callable, Mapping, Sequence
 from .config import Settings
 from .domains.base import Domain, Verdict
 from .domains.registry import DOMAIN_SPECS
-from .events import DOMAINS, Event, TraceEvents
+from .events import Event, TraceEvents
 from .lats import LATS, LatsParams, Node, SearchObserver, SearchResult
 from .llm.base import LLM
+from .queries import load_queries  # noqa: F401 - the one reader of query files lives in kaelum.queries
 from .router import Route, Router
 from .tracelog import TraceLogger
 
@@ -56,6 +56,7 @@ class Result:
     duration_ms: float
     error: str | None = None
     tree: Node | None = None  # the search tree (None when the search never started)
+    verified_by: str | None = None  # the final verdict's method (kaelum.domains.base.METHODS); None without one
     reflections: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
 
@@ -106,6 +107,7 @@ class _EventObserver(SearchObserver):
             passed=bool(verdict.passed),
             score=_unit(verdict.score),
             verifier=str(verdict.verifier),
+            method=verdict.method,
             details=_json_safe(dict(verdict.details)),
         )
 
@@ -204,7 +206,7 @@ class Orchestrator:
         domain: str | None = None,
         tests: Sequence[str] | None = None,
         tags: Sequence[str] = (),
-        reference: str | None = None,
+        reference: str | Sequence[Mapping[str, str]] | None = None,
     ) -> Result:
         """Answer `query`; with logging on, write its full event sequence.
 
@@ -268,6 +270,7 @@ class Orchestrator:
 
         if outcome is None:
             status, answer, verified, reward, components, best_path = "error", None, False, 0.0, {}, []
+            verified_by = None
         else:
             status = outcome.status
             error = outcome.error
@@ -275,6 +278,7 @@ class Orchestrator:
             answer = outcome.final_answer
             verdict = outcome.verdict
             verified = bool(verdict.passed) if verdict is not None else False
+            verified_by = verdict.method if verdict is not None else None
             r = outcome.reward
             reward = _unit(r.value) if r is not None else 0.0
             components = {str(k): _unit(v) for k, v in (r.components.items() if r is not None else ())}
@@ -287,6 +291,7 @@ class Orchestrator:
             final_answer=answer,
             best_path=best_path,
             verified=verified,
+            verified_by=verified_by,
             reward=reward,
             reward_components=components,
             node_stats=node_stats,
@@ -312,6 +317,7 @@ class Orchestrator:
             duration_ms=duration_ms,
             error=error,
             tree=root,
+            verified_by=verified_by,
             reflections=list(search.reflections) if search is not None else [],
             events=events,
         )
@@ -325,40 +331,3 @@ class Orchestrator:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def load_queries(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a queries JSONL file: one {"query", "domain"?, "tests"?, "id"?, "tags"?} per line.
-
-    Every problem is collected and reported at once, with its line number.
-    """
-    problems: list[str] = []
-    out: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"line {lineno}: not JSON ({exc.msg})")
-                continue
-            if not isinstance(obj, dict):
-                problems.append(f"line {lineno}: expected an object, got {type(obj).__name__}")
-                continue
-            if not isinstance(obj.get("query"), str) or not obj["query"].strip():
-                problems.append(f"line {lineno}: 'query' must be a non-empty string")
-            if obj.get("domain") is not None and obj["domain"] not in DOMAINS:
-                problems.append(f"line {lineno}: unknown domain {obj['domain']!r}; expected one of {', '.join(DOMAINS)}")
-            tests = obj.get("tests")
-            if tests is not None and not (isinstance(tests, list) and all(isinstance(t, str) for t in tests)):
-                problems.append(f"line {lineno}: 'tests' must be a list of strings")
-            tags = obj.get("tags")
-            if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
-                problems.append(f"line {lineno}: 'tags' must be a list of strings")
-            out.append(obj)
-    if problems:
-        raise ValueError(f"{os.fspath(path)}: " + "; ".join(problems))
-    if not out:
-        raise ValueError(f"{os.fspath(path)}: no queries (expected one JSON object per line)")
-    return out

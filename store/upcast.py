@@ -11,8 +11,15 @@ are declared per contract version in ``Contract.fields``: column -> (DuckDB type
 A contract version that renames a payload field changes the key, and the views re-derive the typed
 columns of older rows from the upcast payload.
 
-Version 1 is the only version so far, so ``CURRENT.upcasters`` is empty; the mechanism is exercised
-by the tests with a synthetic version 2 (``tests/test_store_upcast.py``).
+Version 2 added how each verdict was reached (``verification.method``, ``trace_completed.verified_by``).
+``upcast_v1_v2`` derives a version-1 verification's method from its ``verifier`` name (and, for
+``creative.constraints`` and ``analysis.coverage``, from whether any constraint or more than one
+point was checked, or only the judge decided), with ``method_of_verifier``'s
+table rendered as SQL (``method_sql``), so Python and SQL cannot disagree. A version-1
+``trace_completed`` cannot say its method alone: the method is in another event, the final node's
+``verification``. The upcaster leaves it absent, and the views take the final node's verification
+method for every trace whose ``trace_completed`` does not state one (store/views.py, ``verified_by``).
+The typed columns are unchanged by version 2.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from kaelum.domains.base import _LEGACY_VERIFIER_METHODS, METHODS, method_of_verifier
 from kaelum.events import SCHEMA_VERSION
 
 
@@ -35,6 +43,10 @@ class Upcaster:
     from_version: int
     python: Callable[[str, dict[str, Any]], dict[str, Any]]
     sql: str
+    # Whether the upcaster may change the value of a typed column (``Contract.fields``); when no
+    # upcaster of a chain does, the typed columns stored with an old row are already right and the
+    # readers do not re-derive them from the upcast payload (a JSON parse per old row, on every query).
+    changes_typed_columns: bool = True
 
 
 # Typed columns of the stored segments: name -> (DuckDB type, JSON key in the payload at version 1).
@@ -81,6 +93,11 @@ class Contract:
         if set(self.fields) != set(V1_FIELDS):
             raise ValueError(f"contract fields must be exactly the typed columns {sorted(V1_FIELDS)}")
 
+    @property
+    def typed_columns_as_stored(self) -> bool:
+        """True when no upcaster changes a typed column: every stored row's typed columns are current."""
+        return not any(u.changes_typed_columns for u in self.upcasters)
+
     def chain(self, from_version: int) -> list[Upcaster]:
         by_from = {u.from_version: u for u in self.upcasters}
         return [by_from[v] for v in range(from_version, self.version)]
@@ -115,4 +132,53 @@ class Contract:
         return f'{struct_expr}."{key}"'
 
 
-CURRENT = Contract(version=SCHEMA_VERSION)
+def method_sql(verifier_expr: str) -> str:
+    """SQL for ``method_of_verifier(verifier)`` over a VARCHAR expression (NULL when it has no method)."""
+    # A CASE on the suffix evaluates it once (no regular expression: this runs per verification row).
+    table = {**{m: m for m in METHODS}, **_LEGACY_VERIFIER_METHODS}
+    whens = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in table.items())
+    return f"(CASE WHEN contains({verifier_expr}, '.') THEN (CASE string_split({verifier_expr}, '.')[-1] {whens} END) END)"
+
+
+def _v1_verification_method(data: dict[str, Any]) -> str | None:
+    verifier = data.get("verifier")
+    signals = (data.get("details") or {}).get("signals") or {}
+    if verifier == "creative.constraints" and signals.get("constraints") is None and signals.get("judge") is not None:
+        return "judge"  # version 1 named the judge-only creative verdict after the constraints
+    if verifier == "analysis.coverage" and len((data.get("details") or {}).get("points") or []) < 2:
+        return "judge"  # one point "covered" by echoing the request checks nothing (as version 2 says)
+    return method_of_verifier(verifier)
+
+
+def _v1_to_v2(type_: str, data: dict[str, Any]) -> dict[str, Any]:
+    if type_ != "verification":
+        return data
+    method = _v1_verification_method(data)
+    # No method (e.g. "math.error"): left absent, which v2 reads as "derive it from the verifier" (= none).
+    return data if method is None else {**data, "method": method}
+
+
+def _json_null(expr: str) -> str:
+    return f"coalesce(json_type({expr}), 'NULL') = 'NULL'"
+
+
+_CONSTRAINTS = _json_null("{data}->'$.details.signals.constraints'")
+_JUDGE = _json_null("{data}->'$.details.signals.judge'")
+_VERIFIER_METHOD = method_sql("{data}->>'$.verifier'")
+_V1_METHOD_SQL = (
+    f"CASE WHEN {{data}}->>'$.verifier' = 'creative.constraints' AND {_CONSTRAINTS} AND NOT {_JUDGE} THEN 'judge' "
+    "WHEN {data}->>'$.verifier' = 'analysis.coverage' "
+    "AND coalesce(json_array_length({data}->'$.details.points'), 0) < 2 THEN 'judge' "
+    f"ELSE {_VERIFIER_METHOD} END"
+)
+
+UPCAST_V1_V2 = Upcaster(
+    name="upcast_v1_v2",
+    from_version=1,
+    python=_v1_to_v2,
+    # A NULL method in the patch removes nothing and adds nothing (JSON merge patch), as in Python.
+    sql="CASE WHEN {type} = 'verification' THEN json_merge_patch({data}, json_object('method', " + _V1_METHOD_SQL + ")) ELSE {data} END",
+    changes_typed_columns=False,  # it only adds verification.method, which is no typed column
+)
+
+CURRENT = Contract(version=SCHEMA_VERSION, upcasters=(UPCAST_V1_V2,))

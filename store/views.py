@@ -21,9 +21,11 @@ from typing import Callable
 
 import duckdb
 
+from kaelum.domains.base import CHECKED_METHODS
+
 from .layout import StoreError, StoreInfo, open_store
 from .snapshot import AsOf, EMPTY_PARTITION, Snapshot, SnapshotFiles, Snapshots
-from .upcast import CURRENT, Contract
+from .upcast import CURRENT, Contract, method_sql
 
 DEFAULT_MIN_REWARD = 0.7
 
@@ -33,6 +35,18 @@ QUARANTINE_COLUMNS = 'source, source_path, "offset", reason, raw_text, raw, writ
 
 def _q(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
+
+
+# training_examples keeps only traces verified by a method that checks the answer (CHECKED_METHODS);
+# training_examples_all has every verified trace, for whoever includes the rest knowingly.
+_CHECKED_SQL = ", ".join(_q(m) for m in CHECKED_METHODS)
+
+
+def _verification_method(data: str = "data") -> str:
+    """SQL for a verification's method: stated (version 2), else derived from its verifier name (as the upcaster does)."""
+    verifier = data + "->>'$.verifier'"
+    # CASE evaluates the fallback only for the rows without a stated method (few: upcast rows state one).
+    return f"(CASE WHEN {data}->>'$.method' IS NOT NULL THEN {data}->>'$.method' ELSE {method_sql(verifier)} END)"
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,9 @@ def _events_up(scan: str, contract: Contract) -> str:
     # it. CASE evaluates a branch only for the rows that take it, so current rows pay nothing.
     cases = " ".join(f"WHEN {v} THEN {contract.upcast_sql(v)}" for v in range(1, contract.version))
     data = f"CASE v {cases} ELSE data::JSON END"
+    if contract.typed_columns_as_stored:  # only the payload changes: the stored typed columns are current
+        cols = ", ".join(f'"{n}"' for n in contract.fields)
+        return f"SELECT {ENVELOPE}, {data} AS data, {cols} FROM {scan} {skip}"
     struct = contract.extract_sql("_d")
     typed = ", ".join(
         f'CASE WHEN v < {contract.version} THEN {contract.column_of("_x", n)} ELSE "{n}" END AS "{n}"' for n in contract.fields
@@ -123,7 +140,8 @@ def _trace_views(p: str, src: str) -> list[tuple[str, str]]:
         # One trace_started / trace_completed per trace (the earliest start, the latest completion).
         (f"{p}_started", f"SELECT trace_id, query, domain, worker_model, tags, ts AS started_at, data FROM {src} "
          "WHERE type = 'trace_started' QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY seq, id) = 1"),
-        (f"{p}_completed", f"SELECT trace_id, status, final_answer, best_path, verified, reward, ts AS completed_at, data FROM {src} "
+        (f"{p}_completed", f"SELECT trace_id, status, final_answer, best_path, verified, reward, ts AS completed_at, data, "
+         f"data->>'$.verified_by' AS stated_verified_by FROM {src} "
          "WHERE type = 'trace_completed' QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY seq DESC, id DESC) = 1"),
         # Corrections are new events: the latest feedback that carries a reward wins.
         (f"{p}_feedback", "SELECT trace_id, arg_max(reward, (ts, seq, id)) FILTER (WHERE reward IS NOT NULL) AS feedback_reward, "
@@ -131,6 +149,12 @@ def _trace_views(p: str, src: str) -> list[tuple[str, str]]:
          f"FROM {src} WHERE type = 'feedback' GROUP BY trace_id"),
         (f"{p}_node_expanded", "SELECT trace_id, node_id, parent_id, depth, thought, terminal, answer, ts, seq, data "
          f"FROM {src} WHERE type = 'node_expanded'"),
+        # The method of each node's latest verification (arg_max_null: a latest verdict without a
+        # method, e.g. an internal error, is the node's verdict; arg_max would skip it). A completion
+        # that does not state its method (version 1 events, whose upcaster sees one event and cannot)
+        # takes the one of its best path's last node: the final answer's verdict.
+        (f"{p}_verdict_method", f"SELECT trace_id, node_id, arg_max_null({_verification_method()}, (ts, seq, id)) AS method "
+         f"FROM {src} WHERE type = 'verification' GROUP BY trace_id, node_id"),
     ]
 
 
@@ -140,12 +164,14 @@ def _trace_columns_sql(p: str) -> str:
             SELECT coalesce(s.trace_id, c.trace_id) AS trace_id, s.domain, s.query, s.worker_model, s.tags,
                    s.data->>'$.router.method' AS router_method, (s.data->>'$.router.confidence')::DOUBLE AS router_confidence,
                    s.started_at, c.completed_at, c.status, c.final_answer, c.best_path, c.verified,
+                   coalesce(c.stated_verified_by, m.method) AS verified_by,
                    coalesce(f.feedback_reward, c.reward) AS reward, c.reward AS completed_reward,
                    f.feedback_reward, f.feedback_label, coalesce(f.feedback_count, 0) AS feedback_count,
                    (c.data->>'$.duration_ms')::DOUBLE AS duration_ms, c.data->>'$.error' AS error,
                    (c.data->>'$.usage.llm_calls')::BIGINT AS llm_calls
             FROM {p}_started s FULL OUTER JOIN {p}_completed c ON s.trace_id = c.trace_id
             LEFT JOIN {p}_feedback f ON f.trace_id = coalesce(s.trace_id, c.trace_id)
+            LEFT JOIN {p}_verdict_method m ON c.stated_verified_by IS NULL AND m.trace_id = c.trace_id AND m.node_id = c.best_path[-1]
     """
 
 
@@ -175,7 +201,7 @@ def _summary_sql(p: str) -> str:
 
 TRACE_COLUMNS = (
     "trace_id, domain, query, worker_model, tags, router_method, router_confidence, started_at, completed_at, status, "
-    "final_answer, best_path, verified, reward, completed_reward, feedback_reward, feedback_label, feedback_count, "
+    "final_answer, best_path, verified, verified_by, reward, completed_reward, feedback_reward, feedback_label, feedback_count, "
     "duration_ms, error, llm_calls"
 )
 
@@ -221,14 +247,15 @@ def nodes_views() -> Views:
     view(
         "_node_verdict",
         "SELECT trace_id, node_id, arg_max(passed, (ts, seq, id)) AS passed, arg_max(score, (ts, seq, id)) AS score, "
-        "arg_max(data->>'$.verifier', (ts, seq, id)) AS verifier "
+        "arg_max(data->>'$.verifier', (ts, seq, id)) AS verifier, "
+        f"arg_max_null({_verification_method()}, (ts, seq, id)) AS method "
         "FROM events WHERE type = 'verification' GROUP BY trace_id, node_id",
     )
     view(
         "nodes",
         """
         SELECT n.trace_id, n.node_id, n.parent_id, n.depth, n.thought, n.terminal, n.answer,
-               v.value, v.evaluations, r.passed, r.score AS verification_score, r.verifier,
+               v.value, v.evaluations, r.passed, r.score AS verification_score, r.verifier, r.method AS verification_method,
                n.data->>'$.llm.model' AS llm_model, (n.data->>'$.llm.prompt_tokens')::BIGINT AS prompt_tokens,
                (n.data->>'$.llm.completion_tokens')::BIGINT AS completion_tokens,
                (n.data->>'$.llm.latency_ms')::DOUBLE AS latency_ms, n.ts AS expanded_at, n.seq
@@ -249,7 +276,7 @@ def trajectories_views() -> Views:
     view(
         "trajectories",
         """
-        SELECT trace_id, domain, query, steps, step_node_ids, final_answer, reward, verified,
+        SELECT trace_id, domain, query, steps, step_node_ids, final_answer, reward, verified, verified_by,
                status, worker_model, started_at, completed_at, tags, best_path,
                completed_reward, feedback_reward, feedback_label, complete
         FROM _trace_summary WHERE completed_at IS NOT NULL
@@ -263,19 +290,21 @@ def trajectories_views() -> Views:
 
 
 def training_examples_views() -> Views:
-    """``training_examples`` (complete and verified trajectories) and ``training_examples_at``."""
+    """``training_examples_all`` (complete and verified trajectories), ``training_examples`` (those verified
+    by a checked method) and ``training_examples_at``."""
     defs: Views = []
     def view(name: str, body: str) -> None:
         defs.append(_view(name, body))
 
     view(
-        "training_examples",
+        "training_examples_all",
         """
-        SELECT trace_id, domain, query, steps, final_answer, reward, verified, worker_model, started_at, completed_at,
-               tags, len(steps) AS n_steps, completed_reward, feedback_label
+        SELECT trace_id, domain, query, steps, final_answer, reward, verified, verified_by, worker_model, started_at,
+               completed_at, tags, len(steps) AS n_steps, completed_reward, feedback_label
         FROM trajectories WHERE complete AND verified
         """,
     )
+    view("training_examples", f"SELECT * FROM training_examples_all WHERE verified_by IN ({_CHECKED_SQL})")
     defs.append(_macro("training_examples_at", "SELECT * FROM training_examples WHERE reward >= min_reward"))
     return defs
 
@@ -286,7 +315,9 @@ def preference_pairs_views() -> Views:
     def view(name: str, body: str) -> None:
         defs.append(_view(name, body))
 
-    # Preference pairs: in a trace with both a passed and a failed verified terminal, walk each such
+    # Preference pairs: only terminals whose verdict a checked method reached are outcomes (a branch
+    # that "passed" by agreement may be wrong, one that "failed" by it may be right), then:
+    # in a trace with both a passed and a failed verified terminal, walk each such
     # terminal up to the root; a passed and a failed terminal whose paths part at node b form a
     # pair branching at b. Per branch node, the best-valued passed and worst-valued failed terminal.
     # Paths are built from node ids only; thoughts are looked up for the chosen pairs at the end
@@ -299,7 +330,7 @@ def preference_pairs_views() -> Views:
             SELECT n.trace_id, n.node_id, r.passed, v.value, n.answer
             FROM _node_expanded n JOIN _node_verdict r ON r.trace_id = n.trace_id AND r.node_id = n.node_id
             LEFT JOIN _node_value v ON v.trace_id = n.trace_id AND v.node_id = n.node_id
-            WHERE n.terminal AND r.passed IS NOT NULL
+            WHERE n.terminal AND r.passed IS NOT NULL AND r.method IN (""" + _CHECKED_SQL + """)
         ),
         mixed AS (SELECT trace_id FROM leaves GROUP BY trace_id HAVING bool_or(passed) AND bool_or(NOT passed)),
         tree AS MATERIALIZED (
@@ -400,6 +431,7 @@ PUBLIC_VIEWS = (
     "complete_trajectories",
     "high_reward_trajectories",
     "training_examples",
+    "training_examples_all",
     "preference_pairs",
     "quarantine",
 )

@@ -333,7 +333,7 @@ class StoreWriter:
         """
         c = self.contract
         struct = c.extract_sql("_d")
-        if c.upcasters:
+        if c.upcasters and not c.typed_columns_as_stored:  # else the raw payload gives the same typed columns
             cases = " ".join(f"WHEN {v} THEN {c.upcast_sql(v)}" for v in range(1, c.version))
             data_cur = f"CASE v {cases} ELSE data::JSON END"
         else:

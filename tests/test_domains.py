@@ -270,7 +270,7 @@ def test_factual_reference_file(tmp_path):
     assert check_reward(d, right, c).value > 0.7 > check_reward(d, wrong, c).value
     # A question the file does not cover falls back to agreement.
     v = d.verify("Paris", ctx("What is the capital of France?", sibling_answers=["Paris, France", "paris"]))
-    assert v.passed and v.details["method"] == "consistency"
+    assert v.passed and v.method == "consistency" and not v.checked
 
 
 def test_factual_context_reference_and_malformed(tmp_path):

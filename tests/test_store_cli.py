@@ -61,7 +61,7 @@ def test_errors_are_clear(st: Path, tmp_path: Path) -> None:
     assert out.output.startswith("Error: SQL does not parse: Parser Error: syntax error at or near \"selec\"")
     assert out.output.rstrip().endswith(
         "views: events, traces, nodes, trajectories, verified_trajectories, complete_trajectories, "
-        "high_reward_trajectories, training_examples, preference_pairs, quarantine; "
+        "high_reward_trajectories, training_examples, training_examples_all, preference_pairs, quarantine; "
         "table macros: high_reward_trajectories_at(min_reward), training_examples_at(min_reward)"
     )
     out = r.invoke(main, ["--store", str(st), "select * from trace"])

@@ -1,4 +1,7 @@
-"""Upcasting on read, with a synthetic version 2 that renames node_expanded.thought to step_text."""
+"""Upcasting on read, with a synthetic version 3 (on top of the real 1 -> 2) that renames node_expanded.thought to step_text.
+
+The real upcaster (version 1 -> 2, verdict methods) is tested in tests/test_store_verified_by.py.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +13,10 @@ import pytest
 import store
 from kaelum.events import TraceEvents
 from store import Contract, StoreWriter, StoreError, Upcaster, events_from_dicts
-from store.upcast import CURRENT, V1_FIELDS
+from store.upcast import CURRENT, UPCAST_V1_V2, V1_FIELDS
 
 
-def _v1_to_v2(type_: str, data: dict) -> dict:
+def _v2_to_v3(type_: str, data: dict) -> dict:
     if type_ != "node_expanded":
         return data
     out = {k: v for k, v in data.items() if k != "thought"}
@@ -21,13 +24,13 @@ def _v1_to_v2(type_: str, data: dict) -> dict:
     return out
 
 
-upcast_v1_v2 = Upcaster(
-    name="upcast_v1_v2",
-    from_version=1,
-    python=_v1_to_v2,
+upcast_v2_v3 = Upcaster(
+    name="upcast_v2_v3",
+    from_version=2,
+    python=_v2_to_v3,
     sql="CASE WHEN {type} = 'node_expanded' THEN json_merge_patch({data}, json_object('step_text', {data}->'$.thought', 'thought', NULL)) ELSE {data} END",
 )
-V2 = Contract(version=2, fields={**V1_FIELDS, "thought": ("VARCHAR", "step_text")}, upcasters=(upcast_v1_v2,))
+V3 = Contract(version=3, fields={**V1_FIELDS, "thought": ("VARCHAR", "step_text")}, upcasters=(UPCAST_V1_V2, upcast_v2_v3))
 
 
 def _trace():
@@ -44,42 +47,44 @@ def _trace():
 
 
 def test_contract_needs_the_whole_chain():
-    with pytest.raises(ValueError, match=r"needs upcasters from versions \[1, 2\]"):
-        Contract(version=3, upcasters=(upcast_v1_v2,))
-    assert CURRENT.version == 1 and CURRENT.upcasters == ()
+    with pytest.raises(ValueError, match=r"needs upcasters from versions \[1, 2, 3\]"):
+        Contract(version=4, upcasters=(UPCAST_V1_V2, upcast_v2_v3))
+    assert CURRENT.version == 2 and CURRENT.upcasters == (UPCAST_V1_V2,)
 
 
-def test_v1_rows_read_as_v2(tmp_path: Path):
+def test_v2_rows_read_as_v3(tmp_path: Path):
     tid, evs = _trace()
-    with StoreWriter(tmp_path, "old") as w:  # a version-1 writer stored them as written
+    with StoreWriter(tmp_path, "old") as w:  # a version-2 writer stored them as written
         w.commit(events_from_dicts(evs))
-    con = store.connect(tmp_path, contract=V2)
+    con = store.connect(tmp_path, contract=V3)
     data, v, thought = con.execute("SELECT data, v, thought FROM events WHERE type = 'node_expanded' AND node_id = 'n1'").fetchone()
     payload = json.loads(data)
-    assert v == 1 and "thought" not in payload and payload["step_text"] == "It is 1." and thought == "It is 1."
+    assert v == 2 and "thought" not in payload and payload["step_text"] == "It is 1." and thought == "It is 1."
     # The Python path of the same upcaster gives the same payload.
-    assert V2.upcast("node_expanded", evs[2]["data"], 1) == payload
-    assert con.execute("SELECT steps FROM training_examples").fetchone()[0] == ["It is 1."]
-    # The stored row is untouched: version 1, field `thought`.
+    assert V3.upcast("node_expanded", evs[2]["data"], 2) == payload
+    # Version-1 rows go through the whole chain.
+    assert V3.upcast("node_expanded", evs[2]["data"], 1) == payload
+    assert con.execute("SELECT steps FROM trajectories").fetchone()[0] == ["It is 1."]
+    # The stored row is untouched: version 2, field `thought`.
     v1 = store.connect(tmp_path)
     assert json.loads(v1.execute("SELECT data FROM events WHERE node_id = 'n1' AND type = 'node_expanded'").fetchone()[0])["thought"] == "It is 1."
 
 
-def test_v2_writer_takes_v1_and_v2_rows_and_the_views_agree(tmp_path: Path):
+def test_v3_writer_takes_v2_and_v3_rows_and_the_views_agree(tmp_path: Path):
     tid, evs = _trace()
-    v2 = [dict(e, v=2, data=V2.upcast(e["type"], e["data"], 1)) for e in evs]
-    for e in v2:
-        e["id"] = e["id"][:-4] + "beef"  # another copy of the trace, as version 2 lines
-        e["trace_id"] = "v2-" + tid
-    with StoreWriter(tmp_path, "new", contract=V2) as w:
-        w.commit(events_from_dicts(evs + v2))
-    con = store.connect(tmp_path, contract=V2)
+    v3 = [dict(e, v=3, data=V3.upcast(e["type"], e["data"], 2)) for e in evs]
+    for e in v3:
+        e["id"] = e["id"][:-4] + "beef"  # another copy of the trace, as version 3 lines
+        e["trace_id"] = "v3-" + tid
+    with StoreWriter(tmp_path, "new", contract=V3) as w:
+        w.commit(events_from_dicts(evs + v3))
+    con = store.connect(tmp_path, contract=V3)
     rows = con.execute("SELECT trace_id, steps, complete FROM trajectories ORDER BY trace_id").fetchall()
-    assert rows == [(tid, ["It is 1."], True), ("v2-" + tid, ["It is 1."], True)]
+    assert rows == [(tid, ["It is 1."], True), ("v3-" + tid, ["It is 1."], True)]
 
 
 def test_newer_version_than_the_writer_knows_is_refused(tmp_path: Path):
     _tid, evs = _trace()
     with StoreWriter(tmp_path, "old") as w:
-        with pytest.raises(StoreError, match=r"column 'v': versions 1..2 outside 1..1 \(quarantine lines of unknown versions"):
-            w.commit(events_from_dicts([evs[0], dict(evs[1], v=2)]))
+        with pytest.raises(StoreError, match=r"column 'v': versions 2..3 outside 1..2 \(quarantine lines of unknown versions"):
+            w.commit(events_from_dicts([evs[0], dict(evs[1], v=3)]))

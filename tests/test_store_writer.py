@@ -115,7 +115,7 @@ def test_same_writer_id_twice_is_refused(tmp_path: Path) -> None:
         (lambda t: t.append_column("extra", pa.array([1])), "unexpected column(s) 'extra'"),
         (lambda t: t.set_column(0, "id", pa.array([None], pa.string())), "column 'id' has 1 null value(s)"),
         (lambda t: t.set_column(6, "data", pa.array(["not json"])), "column 'data' must hold JSON objects"),
-        (lambda t: t.set_column(1, "v", pa.array([2], pa.int32())), "column 'v': versions 2..2 outside 1..1"),
+        (lambda t: t.set_column(1, "v", pa.array([3], pa.int32())), "column 'v': versions 3..3 outside 1..2"),
     ],
 )
 def test_bad_batch_is_refused_and_nothing_written(tmp_path: Path, mutate, message: str) -> None:
@@ -137,7 +137,7 @@ def test_events_table_parallel_lists_and_builder_agree(tmp_path: Path) -> None:
     built = b.table()
     direct = events_table(
         id=[e["id"] for e in evs],
-        v=[1, 1],
+        v=[e["v"] for e in evs],
         type=[e["type"] for e in evs],
         trace_id=[e["trace_id"] for e in evs],
         seq=[0, 1],

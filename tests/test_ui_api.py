@@ -105,7 +105,8 @@ def test_facets(env):
     f = http.get("/api/facets").json()
     assert {x["value"]: x["count"] for x in f["domain"]} == {"math": 3, "logic": 2, "code": 1, "factual": 1}
     assert {x["value"] for x in f["tag"]} >= {"ui-test", "branchy", "big", "easy"}
-    assert f["has_verified_by"] is False
+    # The store has verdict methods (schema version 2, or v1 verifier names upcast): a drop-down for them.
+    assert f["has_verified_by"] is True and "computed" in {x["value"] for x in f["verified_by"]}
 
 
 def test_trace_tree_visits_verdicts_reflections_timeline(env):
@@ -204,7 +205,8 @@ def test_dataset_where_uses_the_trainers_guard(env):
     r = http.get("/api/datasets", params={"where": "read_text('/etc/passwd') <> ''"})
     assert r.status_code == 400 and "may not call read_text()" in r.json()["error"]
     d = http.get("/api/datasets", params={"where": "n_steps >= 2 and reward > 0.8", "min_reward": ""}).json()
-    assert [s["count"] for s in d["stages"]] == [4, 2] and "--where 'n_steps >= 2 and reward > 0.8'" in d["command"]
+    # 3, not 4: the big logic trace's verifier "logic.check" names no method, so it is no checked example.
+    assert [s["count"] for s in d["stages"]] == [3, 2] and "--where 'n_steps >= 2 and reward > 0.8'" in d["command"]
 
 
 def test_dataset_empty_selection_names_the_filter(env):
@@ -216,7 +218,8 @@ def test_dataset_empty_selection_names_the_filter(env):
 def test_dataset_dpo(env):
     http, ids, _, _ = env
     d = http.get("/api/datasets", params={"method": "dpo", "examples": "5"}).json()
-    assert d["view"] == "preference_pairs" and d["selected"] == 3
+    # 2, not 3: the XSS trace's verifier names no method, so its terminals are no checked outcomes.
+    assert d["view"] == "preference_pairs" and d["selected"] == 2
     ex = [e for e in d["examples"] if e["trace_id"] == ids["branch"] and e["branch_node_id"] == "n2"][0]
     assert ex["prefix"] == "Step 1: Multiply 2 by 3.\n"
     assert ex["chosen"].startswith("Step 2: Two times three is six.") and ex["rejected"].startswith("Step 2: Two times three is seven.")

@@ -39,14 +39,16 @@ def ingest_logs(log_dir: str, store: str, progress: bool = True) -> Any:
     return ingest_once(log_dir, store, progress=progress)
 
 
-def collect_traces(log_dir: str | None = None, store: str = DEFAULT_STORE, domain: str | None = None) -> list[Trace]:
-    """Complete, verified traces from the store (after ingesting `log_dir` into it, if given).
+def collect_traces(log_dir: str | None = None, store: str = DEFAULT_STORE, domain: str | None = None,
+                   include_unchecked: bool = False) -> list[Trace]:
+    """Complete traces verified by a checked method from the store (after ingesting `log_dir` into it, if given);
+    `include_unchecked` adds those only agreed on, judged or run (`Trace.verified_by` says which).
 
     Each trace exposes `.trace_id`, `.domain`, `.query`, `.steps`, `.final_answer`, `.reward`, `.verified`.
     """
     if log_dir is not None:
         ingest_logs(log_dir, store)
-    sel = select_examples(store, domain=domain, min_reward=None, where=None)
+    sel = select_examples(store, domain=domain, min_reward=None, where=None, include_unchecked=include_unchecked)
     return list(sel.examples)
 
 
@@ -98,7 +100,7 @@ def finetune_worker(
         domain=domain,
         min_reward=min_reward,
         where=where,
-        **{k: options.pop(k) for k in list(options) if k in ("max_seq_len", "eval_split", "packing")},
+        **{k: options.pop(k) for k in list(options) if k in ("max_seq_len", "eval_split", "packing", "include_unchecked")},
     )
     args = TrainArgs(model=model_name, output_dir=output_dir, data=data, lora=lora, epochs=epochs, batch_size=batch_size, lr=lr, **options)
     if traces is not None:
@@ -123,6 +125,7 @@ def train(args: TrainArgs) -> TrainResult | DryRun:
         domain=args.data.domain,
         min_reward=args.data.min_reward,
         where=args.data.where,
+        include_unchecked=args.data.include_unchecked,
         as_of=args.data.as_of,
     )
     if args.dry_run:

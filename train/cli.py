@@ -63,6 +63,8 @@ def _print_summary(r: Any) -> None:
 @click.option("--as-of", default=None, help="Train on the store as it was: an events table version, events=N,quarantine=M "
               "(what kaelum_manifest.json records), or an RFC 3339 timestamp.")
 @click.option("--where", default=None, help="SQL predicate over training_examples (preference_pairs with --method dpo), e.g. \"reward > 0.9\".")
+@click.option("--include-unchecked", is_flag=True, help="Also train on traces verified only by agreement, a judge or a clean run "
+              "(verified_by consistency/judge/runs); by default only checked answers (reference, computed, tests, formal, constraints).")
 @click.option("--grad-accum", default=1, show_default=True, type=int, help="Gradient accumulation steps.")
 @click.option("--max-seq-len", default=1024, show_default=True, type=int)
 @click.option("--eval-split", default=0.1, show_default=True, type=float, help="Fraction of examples held out for eval_loss.")
@@ -121,6 +123,7 @@ def main(**kw: Any) -> None:
             domain=kw["domain"],
             min_reward=kw["min_reward"],
             where=kw["where"],
+            include_unchecked=kw["include_unchecked"],
             max_seq_len=kw["max_seq_len"],
             eval_split=kw["eval_split"],
             packing=kw["packing"],

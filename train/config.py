@@ -62,6 +62,7 @@ class DataArgs:
     domain: str | None = None  # --domain (None: all domains)
     min_reward: float = 0.7  # --min-reward
     where: str | None = None  # --where: SQL predicate over training_examples (preference_pairs with --method dpo)
+    include_unchecked: bool = False  # --include-unchecked: also traces verified only by consistency, judge or runs
     max_seq_len: int = 1024  # --max-seq-len
     eval_split: float = 0.1  # --eval-split: fraction of examples held out for eval_loss
     packing: bool = False  # --packing

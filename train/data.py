@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -44,6 +45,7 @@ class Trace:
     started_at: Any = None
     completed_at: Any = None
     tags: tuple[str, ...] = ()
+    verified_by: str | None = None  # the verdict's method: reference, computed, tests, ... (see kaelum.domains.base)
 
     def messages(self) -> list[dict[str, str]]:
         return worker_messages(self.domain, self.query)
@@ -65,6 +67,7 @@ class Trace:
             started_at=row.get("started_at"),
             completed_at=row.get("completed_at"),
             tags=tuple(row.get("tags") or ()),
+            verified_by=row.get("verified_by"),
         )
 
 
@@ -255,6 +258,18 @@ def select_rows(
     return rows, counted
 
 
+# A --where that names the verdict method asks for traces by method, so it sees every method.
+_NAMES_VERIFIED_BY = re.compile(r"\bverified_by\b", re.IGNORECASE)
+
+
+def examples_source(where: str | None, include_unchecked: bool = False) -> str:
+    """The view SFT examples are read from: `training_examples` (checked methods only), or
+    `training_examples_all` when unchecked traces are asked for, by flag or by a `where` naming `verified_by`."""
+    if include_unchecked or (where is not None and _NAMES_VERIFIED_BY.search(where)):
+        return "training_examples_all"
+    return "training_examples"
+
+
 def select_examples(
     store_path: str,
     *,
@@ -262,26 +277,34 @@ def select_examples(
     domain: str | None = None,
     min_reward: float | None = 0.7,
     where: str | None = None,
+    include_unchecked: bool = False,
     as_of: Any = None,
 ) -> Selection:
     """Read the store's view for `method` and apply the filters. Raises DataError when nothing is left.
 
+    SFT reads `training_examples`: traces verified by a method that checks the answer (reference,
+    computed, tests, formal, constraints). `include_unchecked`, or a `where` that names
+    `verified_by` (e.g. "verified_by = 'consistency'"), reads `training_examples_all` instead, so
+    that traces only agreed on, judged or run are included knowingly, never by default.
     Everything is read from one snapshot of the store: `as_of` (see ``open_store``) or the newest.
     """
     if where:
         check_where(where)  # before the store is touched
     # GRPO learns from its own samples: every complete trace's query is a prompt, failed ones included.
     view = {"dpo": "preference_pairs", "grpo": "trajectories"}.get(method, "training_examples")
+    source = examples_source(where, include_unchecked) if view == "training_examples" else view
     con = open_store(store_path, as_of)
     try:
         snap = snapshot(store_path, con, as_of)
         try:
-            table = con.sql(f"select * from {view}").to_arrow_table()
+            table = con.sql(f"select * from {source}").to_arrow_table()
         except duckdb.Error as exc:
             raise DataError(f"the store at {store_path} has no {view} view: {str(exc).splitlines()[0]}") from None
     finally:
         con.close()
     rows, stages = select_rows(table, view=view, domain=domain, min_reward=min_reward, where=where)
+    if source != view:
+        stages[0] = (f"{source} (complete and verified traces, unchecked methods included)", stages[0][1])
     make = PreferencePair.from_row if view == "preference_pairs" else Trace.from_row
     sel = Selection(examples=[make(r) for r in rows], stages=stages, snapshot=snap, view=view)
     check_counts(sel)

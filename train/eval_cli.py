@@ -16,7 +16,7 @@ from .where import WhereError, check_where
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--model", "models", multiple=True, required=True, help="A model spec or directory; repeat to compare (first = baseline).")
-@click.option("--queries", default=None, type=click.Path(dir_okay=False), help="Held-out queries, JSONL: {\"query\", \"domain\"?, \"tests\"?, \"reference\"?}.")
+@click.option("--queries", default=None, type=click.Path(dir_okay=False), help="Held-out queries, JSONL: {\"query\", \"domain\"?, \"tests\"?, \"reference\"?} (\"question\"/\"answer\" too: GSM8K as it is).")
 @click.option("--where", default=None, help="Instead of --queries: a predicate over the store's training_examples for held-out traces.")
 @click.option("--store", default="./store", show_default=True, help="The store --where reads.")
 @click.option("--limit", default=None, type=int, help="Evaluate on the first N queries only.")
@@ -30,9 +30,10 @@ from .where import WhereError, check_where
 @click.option("--progress/--no-progress", default=True)
 def main(models: tuple[str, ...], queries: str | None, where: str | None, store: str, limit: int | None, simulations: int | None,
          temperature: float | None, seed: int | None, log_dir: str | None, csv_path: str | None, show: bool, plot: str | None, progress: bool) -> None:
-    """Run each model through the runtime on held-out queries; print verified accuracy, mean
-    reward and tokens per query side by side (--show: each query's answers; --csv: each query's
-    answer, verdict and reward per model). Loading a model once is timed apart from answering.
+    """Run each model through the runtime on held-out queries; print verified and checked accuracy
+    (checked: by a reference, a computed value, tests, ... not by agreement), mean reward and tokens
+    per query side by side (--show: each query's answers; --csv: each query's answer, verdict and
+    reward per model). Loading a model once is timed apart from answering.
 
     Example:
 

@@ -3,9 +3,12 @@
 Each model answers every query through `kaelum.Orchestrator` (route → LATS → verify → reward)
 with the model as the worker of every domain, so the numbers are what the runtime would deliver
 in production: verified accuracy, mean reward and LLM tokens per query, and each query's answer
-and verdict per model (`per_query_rows`, the CSV; `format_answers`, `--show`). A model is loaded
-(pulled, converted, merged: once) before its clock starts: `seconds` is answering time only,
-`load_seconds` the one-time rest.
+and verdict per model (`per_query_rows`, the CSV; `format_answers`, `--show`). "Verified" counts
+every verdict; "checked" only those reached by a method that checks the answer (a reference, a
+computed value, tests, a formal model, constraints), not by agreement or a judge's opinion; with
+references in the queries file, "checked" on those queries is accuracy against the references.
+A model is loaded (pulled, converted, merged: once) before its clock starts: `seconds` is
+answering time only, `load_seconds` the one-time rest.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class ModelScore:
     model: str
     queries: int = 0
     verified: int = 0
+    checked: int = 0  # verified by a method in kaelum.domains.base.CHECKED_METHODS
     reward_sum: float = 0.0
     tokens: int = 0
     errors: int = 0
@@ -40,6 +44,10 @@ class ModelScore:
     @property
     def accuracy(self) -> float:
         return self.verified / self.queries if self.queries else 0.0
+
+    @property
+    def checked_accuracy(self) -> float:
+        return self.checked / self.queries if self.queries else 0.0
 
     @property
     def mean_reward(self) -> float:
@@ -55,6 +63,8 @@ class ModelScore:
             "queries": self.queries,
             "verified": self.verified,
             "verified_accuracy": round(self.accuracy, 4),
+            "checked": self.checked,
+            "checked_accuracy": round(self.checked_accuracy, 4),
             "mean_reward": round(self.mean_reward, 4),
             "tokens_per_query": round(self.tokens_per_query, 1),
             "errors": self.errors,
@@ -64,7 +74,7 @@ class ModelScore:
 
 
 def load_eval_queries(path: str) -> list[dict[str, Any]]:
-    from kaelum.orchestrator import load_queries
+    from kaelum.queries import load_queries
 
     try:
         return load_queries(path)
@@ -73,14 +83,15 @@ def load_eval_queries(path: str) -> list[dict[str, Any]]:
 
 
 def queries_from_store(store_path: str, where: str, exclude_trace_ids: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Held-out queries: training_examples rows matching `where`, minus traces any model trained on."""
+    """Held-out queries: training_examples rows matching `where` (training_examples_all when `where`
+    names verified_by), minus traces any model trained on."""
     import duckdb
 
-    from .data import open_store, select_rows
+    from .data import examples_source, open_store, select_rows
 
     con = open_store(store_path)
     try:
-        table = con.sql("select * from training_examples").to_arrow_table()
+        table = con.sql(f"select * from {examples_source(where)}").to_arrow_table()
     except duckdb.Error as exc:
         raise EvalError(f"the store at {store_path} has no training_examples view: {exc}") from None
     finally:
@@ -129,6 +140,7 @@ def evaluate_model(
     progress: bool = True,
 ) -> ModelScore:
     from kaelum import Orchestrator
+    from kaelum.domains.base import CHECKED_METHODS
 
     settings = settings_for(model, **(settings_overrides or {}))
     make = orchestrator_factory or (
@@ -154,12 +166,14 @@ def evaluate_model(
             res = orch.run(q["query"], domain=q.get("domain"), tests=q.get("tests"), tags=["eval"], reference=q.get("reference"))
             score.queries += 1
             score.verified += int(bool(res.verified))
+            score.checked += int(bool(res.verified) and getattr(res, "verified_by", None) in CHECKED_METHODS)
             score.reward_sum += float(res.reward)
             score.tokens += int(res.usage.get("prompt_tokens", 0)) + int(res.usage.get("completion_tokens", 0))
             score.errors += int(res.status == "error")
             score.answers.append({
                 "query_id": q.get("id", ""), "domain": getattr(res, "domain", q.get("domain")) or "", "query": q["query"],
-                "answer": res.answer, "verified": bool(res.verified), "reward": round(float(res.reward), 4), "status": res.status,
+                "answer": res.answer, "verified": bool(res.verified), "verified_by": getattr(res, "verified_by", None),
+                "reward": round(float(res.reward), 4), "status": res.status, "reference": q.get("reference"),
             })
     finally:
         score.seconds = time.perf_counter() - t0
@@ -189,6 +203,7 @@ def format_table(scores: Sequence[ModelScore]) -> str:
     metrics = [
         ("queries", lambda s: str(s.queries)),
         ("verified accuracy", lambda s: f"{100 * s.accuracy:.1f}%"),
+        ("checked accuracy", lambda s: f"{100 * s.checked_accuracy:.1f}%"),
         ("mean reward", lambda s: f"{s.mean_reward:.3f}"),
         ("tokens / query", lambda s: f"{s.tokens_per_query:.1f}"),
         ("errors", lambda s: str(s.errors)),
@@ -206,7 +221,7 @@ def format_table(scores: Sequence[ModelScore]) -> str:
     return "\n".join(lines)
 
 
-PER_QUERY_COLUMNS = ("query_id", "domain", "query", "model", "answer", "verified", "reward", "status")
+PER_QUERY_COLUMNS = ("query_id", "domain", "query", "model", "answer", "verified", "verified_by", "reward", "status")
 
 
 def per_query_rows(scores: Sequence[ModelScore]) -> list[dict[str, Any]]:
@@ -217,7 +232,8 @@ def per_query_rows(scores: Sequence[ModelScore]) -> list[dict[str, Any]]:
             if i < len(s.answers):
                 a = s.answers[i]
                 rows.append({"query_id": a.get("query_id", ""), "domain": a.get("domain", ""), "query": a["query"], "model": s.model,
-                             "answer": a["answer"], "verified": a["verified"], "reward": a["reward"], "status": a.get("status", "")})
+                             "answer": a["answer"], "verified": a["verified"], "verified_by": a.get("verified_by"),
+                             "reward": a["reward"], "status": a.get("status", "")})
     return rows
 
 

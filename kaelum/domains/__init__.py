@@ -6,15 +6,17 @@
     verdict = domain.verify(answer, VerifyContext(query=...))
     reward = domain.reward(verdict, value, ctx)
 
-Each domain's reward components are documented in docs/domains.md. The domains themselves (name,
-prompt, answer shape, worker setting, class) are declared once, in `kaelum.domains.registry`.
+Each domain's reward components, and what each verdict method (`verdict.method`, one of METHODS;
+CHECKED_METHODS check the answer) guarantees, are documented in docs/domains.md. The domains
+themselves (name, prompt, answer shape, worker setting, class) are declared once, in
+`kaelum.domains.registry`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .base import Domain, Judge, Reward, Verdict, VerifyContext
+from .base import CHECKED_METHODS, METHODS, Domain, Judge, Reward, Verdict, VerifyContext, method_of_verifier
 from .registry import DOMAIN_NAMES, DOMAIN_SPECS, DomainSpec, domain_spec
 
 
@@ -31,4 +33,5 @@ def get_domain(name: str, options: Mapping[str, Any] | None = None) -> Domain:
     return domain_spec(key).domain_class()(options)
 
 
-__all__ = ["get_domain", "domain_spec", "DOMAIN_NAMES", "DOMAIN_SPECS", "DomainSpec", "Domain", "Judge", "Reward", "Verdict", "VerifyContext"]
+__all__ = ["get_domain", "domain_spec", "DOMAIN_NAMES", "DOMAIN_SPECS", "DomainSpec", "Domain", "Judge", "Reward", "Verdict",
+           "VerifyContext", "METHODS", "CHECKED_METHODS", "method_of_verifier"]

@@ -19,6 +19,15 @@ _ANSWER_LINE_RE = re.compile(r"(?im)^[ \t]*(?:step\s+\d+\s*[:.)-]\s*)?[*_]*answe
 _ANSWER_ANY_RE = re.compile(r"(?i)\banswer\s*[:：]")
 _WS_RE = re.compile(r"\s+")
 
+# Self-consistency needs this many answers (the one judged included) before it means anything.
+MIN_INDEPENDENT_ANSWERS = 2
+# Bounds on a trace reward by the strength of its verdict (docs/domains.md, "What a reward can mean"):
+# an answer that no checked method accepted (wrong, or only agreed on, judged or run) scores at most
+# UNCHECKED_REWARD_CAP; one a checked method accepted scores at least CHECKED_REWARD_FLOOR. So a
+# wrong answer never out-scores a checked right one, and `reward > 0.5` already means "checked".
+UNCHECKED_REWARD_CAP = 0.5
+CHECKED_REWARD_FLOOR = 0.6
+
 
 def answer_text(text: str | None) -> str | None:
     """The raw text after the first 'Answer:' line of a model output (or an answer block); None if absent."""
@@ -38,21 +47,28 @@ def norm_text(text: str) -> str:
     return t.rstrip(".!").strip()
 
 
-def agreement(answer: str, siblings: Sequence[str], same: Callable[[str, str], bool]) -> tuple[float, int]:
-    """Self-consistency: (share of all answers, this one included, that agree with it; agreeing siblings)."""
+def agreement(answer: str, siblings: Sequence[str], same: Callable[[str, str], bool]) -> tuple[float | None, int]:
+    """Self-consistency: (share of all answers, this one included, that agree with it; agreeing siblings).
+
+    The share is None (not measured) without a sibling: one answer agreeing with itself measures
+    nothing, so it must add nothing to a reward (it used to count as a perfect 1.0).
+    """
+    answers = [s for s in siblings if s is not None]
     agreeing = 0
-    for s in siblings:
+    for s in answers:
         try:
-            if s is not None and same(answer, s):
+            if same(answer, s):
                 agreeing += 1
         except Exception:  # noqa: BLE001 - a sibling that cannot be compared does not agree
             continue
-    return (1 + agreeing) / (1 + len(siblings)), agreeing
+    if len(answers) < MIN_INDEPENDENT_ANSWERS - 1:
+        return None, agreeing
+    return (1 + agreeing) / (1 + len(answers)), agreeing
 
 
-def consistency_passes(share: float, agreeing: int) -> bool:
+def consistency_passes(share: float | None, agreeing: int) -> bool:
     """Verified by agreement: at least one independent branch reached it and a strict majority did."""
-    return agreeing >= 1 and share > 0.5
+    return share is not None and agreeing >= 1 and share > 0.5
 
 
 def ask_judge(judge: Judge | None, prompt: str) -> tuple[float | None, str | None]:
@@ -86,6 +102,20 @@ def compose(weights: Mapping[str, float], components: Mapping[str, float | None]
     out = dict(present)
     out.update({k: float(v) for k, v in (extra or {}).items()})
     return Reward(value=round(value, 6), components=out)
+
+
+def bounded(reward: Reward, verdict: Verdict) -> Reward:
+    """`reward` held to the band of its verdict's evidence (see UNCHECKED_REWARD_CAP, CHECKED_REWARD_FLOOR).
+
+    The bound applied, if it changed the value, is recorded as component "cap" or "floor".
+    """
+    if verdict.passed and verdict.checked:
+        if reward.value >= CHECKED_REWARD_FLOOR:
+            return reward
+        return Reward(value=CHECKED_REWARD_FLOOR, components={**reward.components, "floor": CHECKED_REWARD_FLOOR})
+    if reward.value <= UNCHECKED_REWARD_CAP:
+        return reward
+    return Reward(value=UNCHECKED_REWARD_CAP, components={**reward.components, "cap": UNCHECKED_REWARD_CAP})
 
 
 def failed(verifier: str, error: str, **details: object) -> Verdict:
@@ -135,7 +165,7 @@ def unique(items: Iterable[str]) -> list[str]:
 
 
 __all__ = ["DomainBase", "ANSWER_PREFIX", "answer_text", "norm_text", "agreement", "consistency_passes", "ask_judge", "clamp",
-           "compose", "failed", "words", "content_words", "stem", "first_line", "unique", "STOPWORDS"]
+           "compose", "bounded", "failed", "words", "content_words", "stem", "first_line", "unique", "STOPWORDS"]
 
 
 # Bounds of every verifier: (largest answer in characters, seconds for one verification). Checked
@@ -223,7 +253,8 @@ class DomainBase(ABC):
 
     A subclass implements `extract_answer` and `_verify`; `_verify` puts the measured reward
     components in `details["signals"]` and `reward` weighs them with the class's `WEIGHTS` (plus
-    the search's value estimate of the path as component "value").
+    the search's value estimate of the path as component "value"), then holds the result to the
+    band of the verdict's evidence (`bounded`).
     """
 
     name = "base"
@@ -272,7 +303,7 @@ class DomainBase(ABC):
         if not signals:
             # An answer that could not be checked at all (absent, malformed, internal error).
             signals = {"verified": 0.0}
-        return compose({**self.WEIGHTS, "verified": 0.85}, {**signals, "value": value})
+        return bounded(compose({**self.WEIGHTS, "verified": 0.85}, {**signals, "value": value}), verdict)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} domain {self.name!r}>"

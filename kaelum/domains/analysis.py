@@ -6,6 +6,11 @@ its separate questions, else the items of a list after a verb such as "compare",
 covered when at least half of its content words (crudely stemmed; at least one) appear in the
 steps or the answer. The conclusion is the answer itself: it must be a statement of at least
 eight words, or shorter with a concluding marker ("overall", "therefore", "recommend", ...).
+
+Coverage of two or more stated points is a check of the request's constraints (method
+"constraints", verifier "analysis.coverage"): it guarantees that each point is addressed, not that
+the analysis is sound. A request with a single point can only be accepted by the judge
+("analysis.judge"), an unchecked verdict.
 """
 
 from __future__ import annotations
@@ -93,4 +98,10 @@ class AnalysisDomain(DomainBase):
             details["error"] = "no point to check could be found in the request"
         passed = coverage is not None and coverage == 1.0 and concl == 1.0 and (judge is None or judge >= 0.5)
         parts = [p for p in (coverage, concl, judge) if p is not None]
-        return Verdict(passed=passed, score=sum(parts) / len(parts), verifier="analysis.coverage", details=details)
+        verifier = "analysis.coverage"
+        if len(points) < 2:
+            # A request that states no separate points is "covered" by echoing its own words: that
+            # checks nothing, so only the judge can accept the answer (an unchecked verdict).
+            verifier = "analysis.judge"
+            passed = passed and judge is not None
+        return Verdict(passed=passed, score=sum(parts) / len(parts), verifier=verifier, details=details)

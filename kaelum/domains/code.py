@@ -7,15 +7,22 @@ and must execute at least one `assert`. Only when none are given, the tests the 
 asserts under `if __name__ == "__main__":`, or a later code block of asserts) are used, and the
 reward trusts them less (`test_confidence`). With no tests at all, the code is only run: clean
 execution is not verification.
+
+A reference (`VerifyContext.reference`) gives expected outputs for inputs: a list of
+`{"input": "add(1, 2)", "output": "3"}` cases (Python expressions; or the same list as JSON text),
+each turned into one `assert` the test runner executes with the given tests (`reference_tests`).
+Verifiers: "code.reference" (reference cases, with any given tests), "code.sandbox" (tests, method
+"tests"), "code.run" (no tests: method "runs", never passed).
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import re
-from typing import Any
+from typing import Any, Mapping
 
-from ._common import DomainBase, answer_text, compose, failed
+from ._common import DomainBase, answer_text, bounded, compose, failed
 from .base import Reward, Verdict, VerifyContext
 from .sandbox import SandboxLimits, SandboxRefused, SandboxResult, run_python, run_tests
 
@@ -64,6 +71,36 @@ def split_solution(code: str) -> tuple[str, list[str]]:
     return "\n".join(ast.get_source_segment(code, n) or ast.unparse(n) for n in keep) + "\n", tests
 
 
+class ReferenceError(ValueError):
+    """A code reference that is not a list of {"input", "output"} cases of Python expressions."""
+
+
+def reference_tests(reference: Any) -> list[str]:
+    """One `assert (input) == (output)` per reference case; raises ReferenceError naming every bad case."""
+    cases = reference
+    if isinstance(reference, str):
+        try:
+            cases = json.loads(reference)
+        except ValueError as e:
+            raise ReferenceError(f"a code reference must be a JSON list of {{\"input\", \"output\"}} cases ({e})") from None
+    if not isinstance(cases, list) or not cases:
+        raise ReferenceError('a code reference must be a non-empty list of {"input": "f(1)", "output": "2"} cases')
+    tests, problems = [], []
+    for i, case in enumerate(cases):
+        if not isinstance(case, Mapping) or not all(isinstance(case.get(k), str) for k in ("input", "output")):
+            problems.append(f"case {i}: needs string fields 'input' (a call) and 'output' (its expected value)")
+            continue
+        for k in ("input", "output"):
+            try:
+                ast.parse(case[k], mode="eval")
+            except SyntaxError as e:
+                problems.append(f"case {i}: {k} {case[k][:60]!r} is not a Python expression ({e.msg})")
+        tests.append(f"assert ({case['input']}) == ({case['output']}), {case['input'] + ' should be ' + case['output']!r}")
+    if problems:
+        raise ReferenceError("invalid code reference: " + "; ".join(problems[:10]))
+    return tests
+
+
 class CodeDomain(DomainBase):
     name = "code"
     WEIGHTS = {"tests_passed": 0.8, "runs": 0.8, "value": 0.2}
@@ -104,6 +141,16 @@ class CodeDomain(DomainBase):
         limits = self.limits(ctx)
         if ctx.entry_point is not None and not (isinstance(ctx.entry_point, str) and ctx.entry_point.isidentifier()):
             return failed("code.sandbox", f"the entry point must be a Python identifier, got {ctx.entry_point!r}")
+        if ctx.reference is not None and ctx.reference != "":
+            try:
+                ref_tests = reference_tests(ctx.reference)
+            except ReferenceError as e:
+                return failed("code.reference", str(e), signals={"tests_passed": 0.0})
+            try:
+                result = run_tests(solution, [*ctx.tests, *ref_tests], limits, entry_point=ctx.entry_point if ctx.tests else None)
+            except SandboxRefused as e:
+                return failed("code.reference", str(e), sandbox_refused=True)
+            return self._tests_verdict(result, "given+reference" if ctx.tests else "reference", 1.0, "code.reference")
         if ctx.tests:
             source, tests, confidence = "given", list(ctx.tests), 1.0
         elif model_tests:
@@ -127,7 +174,7 @@ class CodeDomain(DomainBase):
         return Verdict(passed=False, score=0.5 if result.loaded else 0.0, verifier="code.run", details=details)
 
     @staticmethod
-    def _tests_verdict(result: SandboxResult, source: str, confidence: float) -> Verdict:
+    def _tests_verdict(result: SandboxResult, source: str, confidence: float, verifier: str = "code.sandbox") -> Verdict:
         frac = result.fraction_passed
         details: dict[str, Any] = {
             "tests_source": source, "tests_total": len(result.tests), "tests_passed": result.passed_count,
@@ -145,7 +192,7 @@ class CodeDomain(DomainBase):
             details["signals"] = {"tests_passed": 0.0}
             frac = 0.0
         passed = (result.loaded and all_passed and result.assertions > 0 and not result.grader_error)
-        return Verdict(passed=passed, score=frac, verifier="code.sandbox", details=details)
+        return Verdict(passed=passed, score=frac, verifier=verifier, details=details)
 
     def reward(self, verdict: Verdict, value: float | None, ctx: VerifyContext) -> Reward:
         signals = dict(verdict.details.get("signals") or {})
@@ -153,5 +200,5 @@ class CodeDomain(DomainBase):
             return super().reward(verdict, value, ctx)
         confidence = float(verdict.details.get("test_confidence", 1.0))
         # test_confidence scales the whole reward: model-written tests are weaker evidence than given ones.
-        return compose(self.WEIGHTS, {**signals, "value": value}, scale=confidence,
-                       extra={"test_confidence": confidence})
+        return bounded(compose(self.WEIGHTS, {**signals, "value": value}, scale=confidence,
+                               extra={"test_confidence": confidence}), verdict)

@@ -182,4 +182,6 @@ class CreativeDomain(DomainBase):
             return Verdict(passed=False, score=0.0, verifier="creative.constraints", details=details)
         passed = (frac is None or frac == 1.0) and (judge is None or judge >= 0.5)
         parts = [p for p in (frac, judge) if p is not None]
-        return Verdict(passed=passed, score=sum(parts) / len(parts), verifier="creative.constraints", details=details)
+        # Without a checkable constraint only the judge's opinion decided: an unchecked verdict.
+        verifier = "creative.constraints" if frac is not None else "creative.judge"
+        return Verdict(passed=passed, score=sum(parts) / len(parts), verifier=verifier, details=details)

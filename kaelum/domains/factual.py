@@ -133,7 +133,7 @@ class FactualDomain(DomainBase):
         details.update(agreeing_siblings=agreeing, siblings=len(ctx.sibling_answers))
         if accepted:
             ok = any(facts_agree(answer, a) for a in accepted)
-            details.update(method="reference", reference=accepted[0])
+            details.update(reference=accepted[0])
             details["signals"] = {"reference": 1.0 if ok else 0.0, "consistency": share}
             return Verdict(passed=ok, score=1.0 if ok else 0.0, verifier="factual.reference", details=details)
         judge, judge_error = ask_judge(ctx.judge, f"Question: {ctx.query}\nProposed answer: {answer}\n"
@@ -141,7 +141,7 @@ class FactualDomain(DomainBase):
         if judge_error:
             details["judge_error"] = judge_error
         passed = consistency_passes(share, agreeing) and (judge is None or judge >= 0.5)
-        details.update(method="consistency")
         details["signals"] = {"consistency": share, "judge": judge}
-        parts = [share] + ([judge] if judge is not None else [])
-        return Verdict(passed=passed, score=sum(parts) / len(parts), verifier="factual.consistency", details=details)
+        parts = [p for p in (share, judge) if p is not None]
+        verifier = "factual.judge" if share is None and judge is not None else "factual.consistency"
+        return Verdict(passed=passed, score=sum(parts) / len(parts) if parts else 0.0, verifier=verifier, details=details)

@@ -1,9 +1,11 @@
-"""Logic: propositional and syllogistic questions are formalised and checked; others by agreement.
+"""Logic: a reference answer decides; else propositional and syllogistic questions are formalised and checked.
 
-See `logic_formal` for the recognised forms. A recognised question is verified exactly (truth
-table / Venn models): "yes"-type answers (yes, true, valid, it follows) must match an entailment,
-"no"-type answers (no, false, invalid, cannot be determined) a non-entailment. Anything else falls
-back to self-consistency across the tree's answers and the LLM judge.
+A reference (`VerifyContext.reference`: "yes", "False", "the butler", ...) is compared in canonical
+form (`canonical`: "Valid" = "yes", "Cannot be determined" = "unknown"): verifier "logic.reference".
+Without one, see `logic_formal` for the recognised forms. A recognised question is verified exactly
+(truth table / Venn models): "yes"-type answers (yes, true, valid, it follows) must match an
+entailment, "no"-type answers (no, false, invalid, cannot be determined) a non-entailment. Anything
+else falls back to self-consistency across the tree's answers and the LLM judge (unchecked).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def canonical(answer: str) -> str:
 
 class LogicDomain(DomainBase):
     name = "logic"
-    WEIGHTS = {"formal": 0.80, "consistency": 0.50, "judge": 0.30, "value": 0.20}
+    WEIGHTS = {"reference": 0.80, "formal": 0.80, "consistency": 0.50, "judge": 0.30, "value": 0.20}
 
     def extract_answer(self, text: str) -> str | None:
         raw = answer_text(text)
@@ -60,8 +62,17 @@ class LogicDomain(DomainBase):
         except LogicParseError as e:
             formal, details["formalise_error"] = None, str(e)
         ans = canonical(answer)
+        if ctx.reference is not None and str(ctx.reference).strip():
+            expected = canonical(str(ctx.reference))
+            ok = ans == expected
+            details.update(reference=str(ctx.reference)[:200], expected=expected, answer=ans)
+            if formal is not None and formal.expected != expected:
+                # The label wins, but a formal result that disagrees with it is worth seeing.
+                details["formal_expected"] = formal.expected
+            details["signals"] = {"reference": 1.0 if ok else 0.0}
+            return Verdict(passed=ok, score=1.0 if ok else 0.0, verifier="logic.reference", details=details)
         if formal is not None:
-            details.update(method=formal.kind, expected=formal.expected, answer=ans)
+            details.update(formal_kind=formal.kind, expected=formal.expected, answer=ans)
             if formal.note:
                 details["formalisation"] = formal.note[:500]
             if ans not in ("yes", "no", "unknown"):
@@ -74,10 +85,11 @@ class LogicDomain(DomainBase):
         share, agreeing = agreement(ans, list(ctx.sibling_answers), lambda a, b: canonical(a) == canonical(b))
         judge, judge_error = ask_judge(ctx.judge, f"Question: {ctx.query}\nProposed answer: {answer}\n"
                                                   "Is the proposed answer logically correct? Reply with yes or no.")
-        details.update(method="consistency", agreeing_siblings=agreeing, siblings=len(ctx.sibling_answers))
+        details.update(agreeing_siblings=agreeing, siblings=len(ctx.sibling_answers))
         if judge_error:
             details["judge_error"] = judge_error
         passed = consistency_passes(share, agreeing) and (judge is None or judge >= 0.5)
         details["signals"] = {"consistency": share, "judge": judge}
-        parts = [share] + ([judge] if judge is not None else [])
-        return Verdict(passed=passed, score=sum(parts) / len(parts), verifier="logic.consistency", details=details)
+        parts = [p for p in (share, judge) if p is not None]
+        verifier = "logic.judge" if share is None and judge is not None else "logic.consistency"
+        return Verdict(passed=passed, score=sum(parts) / len(parts) if parts else 0.0, verifier=verifier, details=details)

@@ -1,10 +1,13 @@
-"""Math: the final answer is checked with sympy against the value computed from the question.
+"""Math: the final answer is checked against the caller's reference, else the value computed from the question.
 
-Computable questions (arithmetic expressions, "15% of 80", "solve 2x + 3 = 11", "sum of 1 to 10",
-gcd/lcm, roots, means, ...; see `math_expr.compute_expected`) are verified exactly. Every numeric
-equation written in a step ("17 * 23 = 391") is checked too; the share that hold is a reward
-component. Questions that cannot be computed (word problems) fall back to agreement across the
-tree's other answers (self-consistency) and the LLM judge.
+A reference answer (`VerifyContext.reference`, e.g. a GSM8K label) decides first, by numeric
+equivalence whatever the formatting or units (`$1,250.00` = `1250` = `1.25e3` = `1250 dollars`):
+verifier "math.reference". Without one, computable questions (arithmetic expressions, "15% of 80",
+"solve 2x + 3 = 11", "sum of 1 to 10", gcd/lcm, roots, means, ...; see `math_expr.compute_expected`)
+are verified exactly: "math.sympy" (method "computed"). Every numeric equation written in a step
+("17 * 23 = 391") is checked too; the share that hold is a reward component. Only questions with
+neither (unlabelled word problems) fall back to agreement across the tree's other answers
+("math.consistency") and the LLM judge; those verdicts are unchecked, and rewarded as such.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import sympy
 
 from ._common import DomainBase, agreement, answer_text, ask_judge, consistency_passes, failed, norm_text
 from .base import Verdict, VerifyContext
-from .math_expr import compute_expected, fmt, parse_number, same_value, step_equations
+from .math_expr import compute_expected, decimals_of, fmt, parse_number, same_value, step_equations
 
 _BOXED = re.compile(r"\\boxed\s*\{")
 _VAR_EQ = re.compile(r"\b[a-zA-Z]\s*=\s*([^,;=]+?)(?=\s*(?:,|;|\bor\b|\band\b|$))")
+# Scientific notation ("1.25e3"), which the expression parser does not read as one number.
+_SCIENTIFIC = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?[eE][-+]?\d{1,3})(?![\w.])")
 _LEADING_NUMBER = re.compile(r"^\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?)")
 _FILLER = re.compile(r"^(?:the\s+)?(?:final\s+)?(?:answer|result|value|total)\s*(?:is|=|:)\s*", re.IGNORECASE)
 # Connectives small models open an answer line with ("So, the answer is 20").
@@ -50,6 +55,7 @@ def normalise_math_answer(raw: str) -> str | None:
     s = re.sub(r"[.;:]+$", "", s).strip()
     if not s:
         return None
+    s = _SCIENTIFIC.sub(lambda m: _plain_decimal(m.group(1)), s)
     eqs = [m.group(1).strip() for m in _VAR_EQ.finditer(s)]
     if eqs and len(eqs) >= 1 and re.match(r"^\s*[a-zA-Z]\s*=", s):
         s = ", ".join(eqs)
@@ -68,6 +74,14 @@ def normalise_math_answer(raw: str) -> str | None:
     if m:  # prose that ends by stating its number
         return m.group(1).replace(",", "")
     return s
+
+
+def _plain_decimal(literal: str) -> str:
+    """'1.25e3' -> '1250', '2.5E-2' -> '0.025' (exact: decimal arithmetic, no float rounding)."""
+    from decimal import Decimal
+
+    text = format(Decimal(literal), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 _LIST_SEPARATOR = re.compile(r"\s*(?:,|\bor\b|\band\b)\s*")
@@ -137,9 +151,45 @@ def same_answer(a: str, b: str) -> bool:
     return norm_text(a) == norm_text(b)
 
 
+def _same_reference_value(answer: Any, answer_text: str, reference: Any, reference_text: str) -> bool:
+    """Equal values, with rounding allowed to whichever side states its decimals (≥ 2).
+
+    A reference of `3.33` accepts `10/3`, and an answer of `3.33` is accepted for a reference of `10/3`.
+    """
+    return same_value(answer, reference, answer_text) or (
+        decimals_of(reference_text) >= 2 and same_value(reference, answer, reference_text))
+
+
+def matches_reference(answer: str, reference: str) -> tuple[bool, str | None]:
+    """(the answer states the reference's value(s), why not); both as normalised by `normalise_math_answer`.
+
+    Numbers compare by value (one value, or the same set of values in any order); a reference that
+    states no number ("no solution", "x > 2") compares as normalised text.
+    """
+    ref_vals = _values(reference)
+    if ref_vals is None:
+        ok = norm_text(answer) == norm_text(reference)
+        return ok, None if ok else "the answer's text differs from the reference"
+    vals = _values(answer)
+    if vals is None:
+        return False, f"answer is not a number or expression: {answer[:100]!r}"
+    ref_parts = _answer_parts(reference)
+    ans_parts = _answer_parts(answer)
+    if len(vals) != len(ref_vals):
+        return False, f"the answer states {len(vals)} value(s), the reference {len(ref_vals)}"
+    ok = all(any(_same_reference_value(v, at, r, rt) for v, at in zip(vals, ans_parts))
+             for r, rt in zip(ref_vals, ref_parts))
+    if not ok:
+        return False, "the answer's value differs from the reference"
+    expected = sympy.FiniteSet(*ref_vals) if len(ref_vals) > 1 else ref_vals[0]
+    if _unevaluated(answer, expected):
+        return False, "the answer restates an expression instead of its value"
+    return True, None
+
+
 class MathDomain(DomainBase):
     name = "math"
-    # See docs/domains.md: "correct" when the question is computable, else consistency + judge.
+    # See docs/domains.md: "correct" against the reference or the computed value, else consistency + judge.
     WEIGHTS = {"correct": 0.70, "consistency": 0.45, "judge": 0.25, "steps": 0.15, "value": 0.15}
 
     def extract_answer(self, text: str) -> str | None:
@@ -152,11 +202,13 @@ class MathDomain(DomainBase):
         checks = step_equations(list(ctx.steps))
         steps = sum(c["ok"] for c in checks) / len(checks) if checks else None
         details: dict[str, Any] = {"step_equations": checks[:20]}
+        if ctx.reference is not None and str(ctx.reference).strip():
+            return self._against_reference(answer, str(ctx.reference), steps, details)
         vals = _values(answer)
         computed = compute_expected(ctx.query)
         if computed is not None:
             expected, how = computed
-            details.update(method=how, expected=fmt(expected))
+            details.update(computed_by=how, expected=fmt(expected))
             if vals is None:
                 return failed("math.sympy", f"answer is not a number or expression: {answer[:100]!r}",
                               signals={"correct": 0.0, "steps": steps}, **details)
@@ -171,11 +223,26 @@ class MathDomain(DomainBase):
         share, agreeing = agreement(answer, list(ctx.sibling_answers), same_answer)
         judge, judge_error = ask_judge(ctx.judge, f"Question: {ctx.query}\nProposed final answer: {answer}\n"
                                                   "Is the proposed answer correct? Reply with yes or no.")
-        details.update(method="consistency", agreeing_siblings=agreeing, siblings=len(ctx.sibling_answers))
+        details.update(agreeing_siblings=agreeing, siblings=len(ctx.sibling_answers))
         if judge_error:
             details["judge_error"] = judge_error
         steps_ok = steps is None or steps == 1.0
         passed = consistency_passes(share, agreeing) and steps_ok and (judge is None or judge >= 0.5)
         details["signals"] = {"consistency": share, "judge": judge, "steps": steps}
-        parts = [share] + ([judge] if judge is not None else [])
-        return Verdict(passed=passed, score=sum(parts) / len(parts), verifier="math.consistency", details=details)
+        parts = [p for p in (share, judge) if p is not None]
+        # With a single answer only the judge gave evidence (and a judge alone never verifies).
+        verifier = "math.judge" if share is None and judge is not None else "math.consistency"
+        return Verdict(passed=passed, score=sum(parts) / len(parts) if parts else 0.0, verifier=verifier, details=details)
+
+    def _against_reference(self, answer: str, reference: str, steps: float | None, details: dict[str, Any]) -> Verdict:
+        """The caller's label decides, whatever the siblings agree on or the question computes to."""
+        ref = normalise_math_answer(reference) or reference.strip()
+        ok, why = matches_reference(answer, ref)
+        details.update(reference=reference[:200], expected=ref[:200])
+        vals = _values(answer)
+        if vals is not None:
+            details["answer_value"] = ", ".join(fmt(v) for v in vals)
+        if why:
+            details["reason"] = why
+        details["signals"] = {"correct": 1.0 if ok else 0.0, "steps": steps}
+        return Verdict(passed=ok, score=1.0 if ok else 0.0, verifier="math.reference", details=details)
