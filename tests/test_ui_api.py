@@ -218,8 +218,8 @@ def test_dataset_empty_selection_names_the_filter(env):
 def test_dataset_dpo(env):
     http, ids, _, _ = env
     d = http.get("/api/datasets", params={"method": "dpo", "examples": "5"}).json()
-    # 2, not 3: the XSS trace's verifier names no method, so its terminals are no checked outcomes.
-    assert d["view"] == "preference_pairs" and d["selected"] == 2
+    # The XSS trace's verifier ("code<img ...>.tests") is a checked method: its pair is selected too.
+    assert d["view"] == "preference_pairs" and d["selected"] == 3
     ex = [e for e in d["examples"] if e["trace_id"] == ids["branch"] and e["branch_node_id"] == "n2"][0]
     assert ex["prefix"] == "Step 1: Multiply 2 by 3.\n"
     assert ex["chosen"].startswith("Step 2: Two times three is six.") and ex["rejected"].startswith("Step 2: Two times three is seven.")

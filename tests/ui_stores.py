@@ -76,10 +76,10 @@ def xss_trace() -> tuple[str, list]:
     q = f"Write code {XSS}"
     evs = [start(t, q, domain="code", tags=("ui-test", XSS_IMG), model=f"model{XSS_IMG}"), node(t, "n0", None, 0, q),
            node(t, "n1", "n0", 1, f"Thought {XSS}", True, f"answer {XSS}", 1), value(t, "n1", 0.4),
-           verify(t, "n1", f"answer {XSS}", False, verifier=f"code{XSS_IMG}"),
+           verify(t, "n1", f"answer {XSS}", False, verifier=f"code{XSS_IMG}.tests"),
            t.make("reflection", node_id="n1", text=f"Reflection {XSS}"),
            node(t, "n2", "n0", 1, f"Other {XSS}", True, f"ok {XSS}", 2), value(t, "n2", 0.8),
-           verify(t, "n2", f"ok {XSS}", True, verifier=f"code{XSS_IMG}"),
+           verify(t, "n2", f"ok {XSS}", True, verifier=f"code{XSS_IMG}.tests"),
            done(t, ["n0", "n2"], f"ok {XSS}", False, 0.35)]
     return t.trace_id, evs
 
