@@ -53,6 +53,7 @@ while time.time() < deadline:
             bad.append((n, raw, last))
         last = n
         seen.append(n)
+        open(stop_file + f".ready-{os.getpid()}", "w").close()  # this reader has queried once
     except Exception as exc:
         errors.append(repr(exc))
     if stop:
@@ -75,6 +76,12 @@ def test_readers_never_see_a_partial_commit_and_never_fail(tmp_path: Path):
     root, stop = tmp_path / "st", tmp_path / "stop"
     StoreWriter(root, "init").close()
     readers = [_spawn(READER, root, stop, BATCH) for _ in range(2)]
+    # Commits start once both readers have queried: on a quiet machine the writer otherwise finished
+    # before the readers' interpreters had started, and they saw a single version.
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("stop.ready-*"))) < 2:
+        assert time.monotonic() < deadline and all(r.poll() is None for r in readers), "the readers did not start"
+        time.sleep(0.05)
     writer = _spawn(WRITER, root, 25, BATCH)
     out, err = writer.communicate(timeout=180)
     assert writer.returncode == 0, err
