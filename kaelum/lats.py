@@ -33,6 +33,7 @@ import math
 import random
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
@@ -269,6 +270,8 @@ def normalise(text: str) -> str:
 
 # --- the search ----------------------------------------------------------------------------
 
+# At most this many terminals of one expansion are checked at once (the default branching is 8).
+MAX_CONCURRENT_VERIFICATIONS = 8
 JUDGE_SYSTEM = "You are a strict grader. Reply with a single word: yes or no."
 REFLECT_SYSTEM = (
     "You review a failed attempt at a problem. In one sentence, say what went wrong and what the next attempt "
@@ -485,9 +488,10 @@ class LATS:
     def evaluate(self, expansion: Expansion) -> None:
         """Set each new child's value (its prior); terminals are verified (`_evaluate_terminal`)."""
         n_samples = expansion.samples
+        verdicts = self._verify_concurrently([c for c in expansion.children if c.terminal])
         for child in expansion.children:
             if child.terminal:
-                self._evaluate_terminal(child)
+                self._evaluate_terminal(child, verdicts.get(id(child)))
                 continue
             consistency = child.samples / max(n_samples, 1)
             w = self.params.llm_value_weight
@@ -529,10 +533,27 @@ class LATS:
         value = sum(path_values) / len(path_values) if path_values else alone
         return min(max(value, 0.0), 1.0)
 
-    def _evaluate_terminal(self, node: Node) -> None:
+    def _verify_concurrently(self, terminals: Sequence[Node]) -> dict[int, Verdict]:
+        """Verdicts of `terminals` checked at the same time, by id(node); empty unless the domain
+        allows it (VERIFY_CONCURRENTLY: sandboxed checks with no judge) and there are several.
+
+        A terminal's context depends only on the tree, which already holds every child of the
+        expansion, not on its siblings' verdicts: the verdicts, and everything the search derives
+        from them in order afterwards, are the same as checking one after another.
+        """
+        if len(terminals) < 2 or not getattr(self.domain, "VERIFY_CONCURRENTLY", False):
+            return {}
+        contexts = [self._context(n, self._terminal_answers(n)) for n in terminals]
+        with ThreadPoolExecutor(max_workers=min(len(terminals), MAX_CONCURRENT_VERIFICATIONS)) as pool:
+            verdicts = list(pool.map(lambda nc: self.domain.verify(nc[0].answer, nc[1]), zip(terminals, contexts)))
+        return {id(n): v for n, v in zip(terminals, verdicts)}
+
+    def _evaluate_terminal(self, node: Node, verdict: Verdict | None = None) -> None:
+        """Verify `node` (unless `verdict` was already reached for it), then set its reward and prior."""
         siblings = self._terminal_answers(node)
         ctx = self._context(node, siblings)
-        verdict = self.domain.verify(node.answer, ctx)
+        if verdict is None:
+            verdict = self.domain.verify(node.answer, ctx)
         node.verdict, node.sibling_answers = verdict, siblings
         self.observer.verified(node, verdict)
         path_value = self._path_value(node, node.samples / max(self.params.branching, 1))

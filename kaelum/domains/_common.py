@@ -259,6 +259,9 @@ class DomainBase(ABC):
 
     name = "base"
     WEIGHTS: Mapping[str, float] = {}
+    # True where a verification spends its time outside this interpreter (sandbox processes) and
+    # asks no judge: the search may then check an expansion's terminals at the same time.
+    VERIFY_CONCURRENTLY = False
 
     def __init__(self, options: Mapping[str, object] | None = None) -> None:
         self.options = dict(options or {})

@@ -104,6 +104,7 @@ def reference_tests(reference: Any) -> list[str]:
 class CodeDomain(DomainBase):
     name = "code"
     WEIGHTS = {"tests_passed": 0.8, "runs": 0.8, "value": 0.2}
+    VERIFY_CONCURRENTLY = True  # each check runs in sandbox processes and asks no judge
 
     def __init__(self, options=None) -> None:  # noqa: ANN001 - Mapping | None, as DomainBase
         super().__init__(options)
