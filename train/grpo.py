@@ -103,34 +103,22 @@ def grpo_config(args: TrainArgs, n_prompts: int) -> Any:
     import torch
     from trl import GRPOConfig
 
+    from .trainer import shared_training_arguments
+
     g = args.grpo_num_generations
     # --batch-size counts completions per step; a step holds whole groups.
     per_step = max(g, math.ceil(args.batch_size / g) * g)
     return GRPOConfig(
         output_dir=args.output_dir,
         per_device_train_batch_size=per_step,
-        gradient_accumulation_steps=args.grad_accum,
         num_generations=g,
         max_completion_length=args.grpo_max_completion_length,
         temperature=args.grpo_temperature,
         beta=args.grpo_beta,
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
-        lr_scheduler_type=args.lr_scheduler,
-        num_train_epochs=args.epochs,
         max_steps=args.grpo_max_steps or -1,
         logging_steps=args.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps" if args.save_steps else "epoch",
-        save_steps=args.save_steps or 500,
-        save_total_limit=args.save_total_limit,
-        seed=args.seed,
-        data_seed=args.seed,
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported() if args.bf16 is None else args.bf16,
-        report_to="none",
-        disable_tqdm=not args.progress,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
+        **shared_training_arguments(args),
     )
 
 

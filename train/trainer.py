@@ -312,6 +312,19 @@ def latest_checkpoint(output_dir: str) -> str | None:
     return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
 
 
+
+def shared_training_arguments(args: TrainArgs) -> dict[str, Any]:
+    """The transformers TrainingArguments that SFT/DPO and GRPO (train/grpo.py) set alike from `args`."""
+    import torch
+
+    return dict(
+        num_train_epochs=args.epochs, gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr,
+        weight_decay=args.weight_decay, lr_scheduler_type=args.lr_scheduler, logging_first_step=True,
+        save_strategy="steps" if args.save_steps else "epoch", save_steps=args.save_steps or 500,
+        save_total_limit=args.save_total_limit, seed=args.seed, data_seed=args.seed, report_to="none",
+        disable_tqdm=not args.progress, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+    )
+
 def warmup_steps(steps_per_epoch: int, epochs: float, warmup_ratio: float) -> int:
     """--warmup-ratio as a whole number of optimizer steps, counted as the Trainer counts them.
 
@@ -361,31 +374,17 @@ def run_training(args: TrainArgs, selection: Selection, tokenizer: Any | None = 
     strategy = "steps" if args.save_steps else "epoch"
     targs = TrainingArguments(
         output_dir=out,
-        num_train_epochs=args.epochs,
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum,
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
         warmup_steps=warmup_steps(steps_per_epoch, args.epochs, args.warmup_ratio),
-        lr_scheduler_type=args.lr_scheduler,
         logging_steps=min(args.logging_steps, steps_per_epoch),
-        logging_first_step=True,
         eval_strategy=strategy if has_eval else "no",
         eval_steps=args.save_steps,
-        save_strategy=strategy,
-        save_steps=args.save_steps or 500,
-        save_total_limit=args.save_total_limit,
-        seed=args.seed,
-        data_seed=args.seed,
         bf16=_dtype(args) == torch.bfloat16,
         activation_checkpointing=args.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None,
-        report_to="none",
         remove_unused_columns=False,
-        disable_tqdm=not args.progress,
-        dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
+        **shared_training_arguments(args),
     )
     trainer = _make_trainer_class()(
         model=model,
