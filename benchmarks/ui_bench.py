@@ -44,10 +44,10 @@ WITH s AS (
          ((t % 97) * (t % 89))::VARCHAR AS good
   FROM s
 )
-SELECT md5(t::VARCHAR || '-' || slot::VARCHAR)::UUID::VARCHAR AS id, 1::INT AS v,
+SELECT uuid7_at(t0 + to_microseconds(slot * 250000), t::VARCHAR || '-' || slot::VARCHAR) AS id, 1::INT AS v,
        CASE slot WHEN 0 THEN 'trace_started' WHEN 1 THEN 'node_expanded' WHEN 2 THEN 'node_expanded' WHEN 3 THEN 'node_expanded'
                  WHEN 4 THEN 'verification' WHEN 5 THEN 'verification' WHEN 6 THEN 'trace_completed' ELSE 'feedback' END AS type,
-       md5('trace-' || t::VARCHAR)::UUID::VARCHAR AS trace_id, slot::BIGINT AS seq,
+       uuid7_at(t0, 'trace-' || t::VARCHAR) AS trace_id, slot::BIGINT AS seq,
        t0 + to_microseconds(slot * 250000) AS ts,
        CASE slot
          WHEN 0 THEN json_object('query', query, 'domain', domain, 'router', json_object('domain', domain, 'confidence', 0.9, 'method', 'keywords'),
@@ -72,10 +72,21 @@ FROM j
 """
 
 
+# Ids as the runtime makes them (kaelum.events.new_event_id): UUIDv7, a millisecond timestamp then
+# random bits, so that ids, like the runtime's, grow with time (and the store's statistics on them
+# are as useful as in a real store); the random bits come from a hash of `seed`.
+UUID7_SQL = """
+CREATE MACRO uuid7_at(ts, seed) AS
+  substr(lower(lpad(to_hex(epoch_ms(ts)), 12, '0')), 1, 8) || '-' || substr(lower(lpad(to_hex(epoch_ms(ts)), 12, '0')), 9, 4)
+  || '-7' || substr(md5(seed), 1, 3) || '-8' || substr(md5(seed), 4, 3) || '-' || substr(md5(seed), 7, 12)
+"""
+
+
 def build(store_dir: Path, traces: int) -> dict[str, float]:
     shutil.rmtree(store_dir, ignore_errors=True)
     gen = duckdb.connect(":memory:")
     gen.execute("SET TimeZone = 'UTC'")
+    gen.execute(UUID7_SQL)
     t0 = time.perf_counter()
     events = 0
     with StoreWriter(store_dir, writer_id="ui-bench") as w:
