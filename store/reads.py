@@ -19,6 +19,8 @@ All relations of one query read one snapshot; ``scoped_sql`` composes several in
 
 from __future__ import annotations
 
+import re
+
 import duckdb
 
 from .views import Views, _q, _trace_columns_sql, _trace_views, nodes_views, preference_pairs_views
@@ -54,17 +56,30 @@ def _scoped_defs() -> list[tuple[str, str]]:
 
 
 _DEFS = _scoped_defs()
+_NAME = re.compile(rf"\b{PREFIX}_\w+")
+
+
+def _needed(select: str) -> list[tuple[str, str]]:
+    """The scoped helpers `select` reads, directly or through others, in dependency order."""
+    bodies = dict(_DEFS)
+    want, todo = set(), set(_NAME.findall(select))
+    while todo:
+        name = todo.pop()
+        if name in bodies and name not in want:
+            want.add(name)
+            todo |= set(_NAME.findall(bodies[name]))
+    return [(n, b) for n, b in _DEFS if n in want]
 
 
 def scoped_sql(trace_id: str, select: str) -> str:
     """A statement that runs `select` over the relations of one trace: ``_t_events`` (the trace's
     rows of ``events``), ``_t_traces`` (its row of ``traces``), ``_t_nodes`` (of ``nodes``) and
-    ``_t_preference_pairs`` (of ``preference_pairs``)."""
+    ``_t_preference_pairs`` (of ``preference_pairs``). Only the helpers `select` needs are planned."""
     if not isinstance(trace_id, str):
         raise TypeError(f"trace_id must be a string, got {type(trace_id).__name__}")
     # MATERIALIZED: the helpers read the trace's events once, not one scan of the store per helper.
     ctes = [f"{EVENTS} AS MATERIALIZED (SELECT * FROM events WHERE trace_id = {_q(trace_id)})"]
-    ctes += [f"{name} AS ({body})" for name, body in _DEFS]
+    ctes += [f"{name} AS ({body})" for name, body in _needed(select)]
     return "WITH RECURSIVE " + ",\n".join(ctes) + "\n" + select
 
 
