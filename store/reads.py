@@ -34,6 +34,11 @@ PAIRS = f"{PREFIX}_preference_pairs"
 TRACE = f"{PREFIX}_traces"
 
 
+def sql_string(value: str) -> str:
+    """`value` as a SQL string literal (a literal, unlike a parameter, reaches the Parquet scan's statistics)."""
+    return _q(value)
+
+
 def _bodies(defs: Views) -> list[tuple[str, str]]:
     """(name, SELECT) of view definitions built as ``CREATE OR REPLACE VIEW name AS SELECT``."""
     out = []
@@ -103,4 +108,4 @@ def pairs_of(con: duckdb.DuckDBPyConnection, trace_id: str) -> duckdb.DuckDBPyRe
     return con.sql(scoped_sql(trace_id, f"SELECT * FROM {PAIRS}"))
 
 
-__all__ = ["events_of", "nodes_of", "pairs_of", "trace_of", "scoped_sql", "EVENTS", "NODES", "PAIRS", "TRACE"]
+__all__ = ["sql_string", "events_of", "nodes_of", "pairs_of", "trace_of", "scoped_sql", "EVENTS", "NODES", "PAIRS", "TRACE"]
