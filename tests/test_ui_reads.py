@@ -106,3 +106,16 @@ def test_scoped_sql_reads_one_snapshot_and_quotes_the_id(built):
     assert con.execute(sql).fetchall() == [(0,)]  # the id is a literal, not SQL
     with pytest.raises(TypeError, match="trace_id must be a string"):
         scoped_sql(42, "select 1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("params", [{}, {"sort": "reward", "order": "asc", "limit": "3", "offset": "2"}, {"domain": "math", "sort": "domain"},
+                                    {"sort": "feedback_count", "limit": "2", "offset": "5"}])
+def test_a_deep_page_in_two_steps_is_the_page_of_one_query(built, monkeypatch, params):
+    from ui import reader
+
+    store_dir, _ = built
+    con = store.connect(store_dir)
+    one = reader.list_traces(con.cursor(), params)
+    monkeypatch.setattr(reader, "DEEP_PAGE", 0)  # every page in two steps
+    two = reader.list_traces(con.cursor(), params)
+    assert two == one and one["traces"]

@@ -27,6 +27,7 @@ LIST_COLUMNS = (
 )
 SORTS = ("started_at", "completed_at", "reward", "domain", "status", "duration_ms", "llm_calls", "feedback_count")
 MAX_PAGE = 500
+DEEP_PAGE = 1000  # offset + limit from which the list reads its page in two steps
 TEXT_PREVIEW = 240  # characters of query / answer shown per row of the list
 BUCKETS = ("hour", "day", "week", "month")
 HISTOGRAM_BINS = 20
@@ -288,19 +289,19 @@ def list_traces(cur: duckdb.DuckDBPyConnection, p: Mapping[str, str]) -> dict[st
     with one_snapshot(cur):  # the counts and the page agree
         # Both counts in one scan: the filtered count and the store's total.
         total, matched = cur.execute(f"select count(*), count(*) filter (where {f.where}) from traces", f.params).fetchall()[0]
-        # The page in two steps: its ids, sorting only the sort column (and the filtered ones), then
-        # the displayed columns of those ids alone (the summary is sorted by trace_id, so a list of
-        # ids reads a few row groups); reading every column of every trace to keep 50 took 2-4x longer.
-        page = cur.execute(
-            f"select trace_id from traces where {f.where} order by {sort} {order} nulls last, trace_id limit {limit} offset {offset}",
-            f.params,
-        ).fetchall()
-        ids = [r[0] for r in page]
-        found = {
-            r["trace_id"]: r
-            for r in (rows(cur, f"select {LIST_COLUMNS}{extra} from traces where trace_id in ({', '.join(sql_string(i) for i in ids)})") if ids else [])
-        }
-    items = [found[i] for i in ids]
+        order_by = f"order by {sort} {order} nulls last, trace_id limit {limit} offset {offset}"
+        if offset + limit <= DEEP_PAGE:
+            items = rows(cur, f"select {LIST_COLUMNS}{extra} from traces where {f.where} {order_by}", f.params)
+        else:
+            # A deep page in two steps: its sorted ids (only the sort and filter columns of every
+            # trace), then the shown columns of those ids alone (the summary is sorted by trace_id,
+            # so they are a few row groups). Keeping offset + limit whole rows in the sort instead
+            # took 1.4-1.7x longer at 1M traces; a shallow page is cheaper in one query (each read
+            # of `traces` also recomputes the traces that fresh events touch).
+            ids = [r[0] for r in cur.execute(f"select trace_id from traces where {f.where} {order_by}", f.params).fetchall()]
+            found = {r["trace_id"]: r for r in rows(
+                cur, f"select {LIST_COLUMNS}{extra} from traces where trace_id in ({', '.join(sql_string(i) for i in ids)})")} if ids else {}
+            items = [found[i] for i in ids]
     for r in items:
         r["query"], r["final_answer"] = _preview(r["query"]), _preview(r["final_answer"])
     return {
