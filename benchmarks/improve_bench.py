@@ -1,4 +1,9 @@
-"""`kaelum improve` with the embedded SmolLM2-135M-Instruct on arithmetic: rounds, the gate, GRPO.
+"""`kaelum improve` with the embedded SmolLM2-135M-Instruct on additions: rounds, the gate, GRPO.
+
+The questions are asked as arithmetic ("What is 7 + 9?"), as one-step word problems ("Ivo has 7
+shells and finds 9 more. ..."), or alternately (`--family both`, the default), each with its
+reference answer; accuracy is reported per family, counting only answers checked against the
+reference (a word problem is never "verified" by the branches agreeing).
 
 Per seed (each a full replicate: other questions, search and training randomness):
 
@@ -7,7 +12,8 @@ Per seed (each a full replicate: other questions, search and training randomness
        reporting held-out verified accuracy per round with 95% CIs. Goal: every promoted round
        improves, and the final champion is at least base + 25 points.
     2. a second task family held out by template: base and final champion on subtractions
-       ("What is a - b?"), a template no round collected or trained on.
+       ("What is a - b?", "... gives away b. How many ... left?"), a template no round collected or
+       trained on.
     3. the gate: a sabotaged candidate, trained from the base on round 1's examples with every
        answer replaced by a wrong one, goes through the same gate against the base; it must be rejected.
     4. GRPO against SFT at equal wall-clock on the same questions: GRPO from the base on round 1's
@@ -45,21 +51,35 @@ log = logging.getLogger("improve_bench")
 def write_jsonl(path: str, rows: list[dict[str, Any]]) -> str:
     with open(path, "w", encoding="utf-8") as fh:
         for r in rows:
-            fh.write(json.dumps({"query": r["query"], "domain": "math"}) + "\n")
+            fh.write(json.dumps({"query": r["query"], "domain": "math", "reference": r["reference"]}) + "\n")
     return path
 
 
-def subtraction_questions(n: int, seed: int, max_operand: int) -> list[dict[str, Any]]:
-    """Non-negative subtractions: the template held out from every round."""
-    _, test = make_questions(0, n, seed + 10_000, max_operand, ops="-")
+def subtraction_questions(n: int, seed: int, max_operand: int, family: str) -> list[dict[str, Any]]:
+    """Non-negative subtractions: the template held out from every round (in the rounds' family)."""
+    _, test = make_questions(0, n, seed + 10_000, max_operand, ops="-", family=family)
     return test
+
+
+def by_family(questions: list[dict[str, Any]], answers: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per family: questions, and answers verified against their reference (agreement never counts)."""
+    out: dict[str, dict[str, int]] = {}
+    for q, a in zip(questions, answers, strict=True):
+        row = out.setdefault(q["family"], {"questions": 0, "correct": 0})
+        row["questions"] += 1
+        row["correct"] += int(bool(a["verified"]) and a.get("verified_by") == "reference")
+    return out
+
+
+def family_line(fams: dict[str, dict[str, int]]) -> str:
+    return ", ".join(f"{f} {r['correct']}/{r['questions']} ({pct(r['correct'] / r['questions'])})" for f, r in sorted(fams.items()))
 
 
 def score_of(model: str, queries: list[dict[str, Any]], settings: dict[str, Any], log_dir: str | None = None) -> dict[str, Any]:
     from train.evaluate import evaluate_model
 
     s = evaluate_model(model, queries, settings, log_dir=log_dir, progress=True)
-    return {"model": model, "row": s.row(), "verified": [bool(a["verified"]) for a in s.answers]}
+    return {"model": model, "row": s.row(), "verified": [bool(a["verified"]) for a in s.answers], "answers": s.answers}
 
 
 def gate_row(champion: list[bool], candidate: list[bool], min_gain: float, alpha: float) -> dict[str, Any]:
@@ -97,8 +117,8 @@ def run_seed(args: argparse.Namespace, seed: int, work: str) -> dict[str, Any]:
     from train.improve import COLLECT_SETTINGS, EVAL_SETTINGS, ImproveArgs, improve
 
     os.makedirs(work, exist_ok=True)
-    train_q, held_q = make_questions(args.train_questions, args.test_questions, seed, args.max_operand, "+")
-    sub_q = subtraction_questions(args.test_questions, seed, args.max_operand)
+    train_q, held_q = make_questions(args.train_questions, args.test_questions, seed, args.max_operand, "+", args.family)
+    sub_q = subtraction_questions(args.test_questions, seed, args.max_operand, args.family)
     queries = write_jsonl(os.path.join(work, "train.jsonl"), train_q)
     held = write_jsonl(os.path.join(work, "held.jsonl"), held_q)
     collect = {**COLLECT_SETTINGS, "MAX_TOKENS_PER_STEP": args.max_step_tokens, "MAX_ROLLOUT_TOKENS": max(args.max_rollout_tokens, args.max_step_tokens)}
@@ -109,6 +129,12 @@ def run_seed(args: argparse.Namespace, seed: int, work: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     rounds = improve(iargs)
     out: dict[str, Any] = {"seed": seed, "rounds": rounds, "rounds_s": time.perf_counter() - t0}
+    # per round and family, held-out accuracy checked against the references (what the gate's `verified` is, split by family)
+    out["rounds_by_family"] = []
+    for r in rounds:
+        rdir = os.path.join(iargs.workdir, "rounds", f"round-{r['round']:03d}")
+        out["rounds_by_family"].append({m: by_family(held_q, json.load(open(os.path.join(rdir, f"eval-{m}.json")))["answers"])
+                                        for m in ("champion", "candidate")})
     base = json.load(open(os.path.join(iargs.workdir, "run.json")))["base_dir"]
     champion = os.path.realpath(os.path.join(iargs.workdir, "champion"))
     eval_settings = {**evals, "SEED": seed}
@@ -119,6 +145,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: str) -> dict[str, Any]:
         sub_base = score_of(base, sub_q, eval_settings)
         sub_champ = score_of(champion, sub_q, eval_settings) if champion != os.path.realpath(base) else sub_base
         out["subtraction"] = {"base": sub_base["row"], "champion": sub_champ["row"],
+                              "by_family": {"base": by_family(sub_q, sub_base["answers"]), "champion": by_family(sub_q, sub_champ["answers"])},
                               "gate": gate_row(sub_base["verified"], sub_champ["verified"], 0.0, args.alpha), "seconds": time.perf_counter() - t0}
 
     # 3. the gate against a sabotaged candidate (from the base, on round 1's examples with wrong answers)
@@ -193,6 +220,8 @@ def report(results: list[dict[str, Any]]) -> None:
         for r in rounds:
             print(f"{r['round']:>5}  {r['decision']:<9}  {pct(r['champion_accuracy']):>6} ({ci(r['champion_ci'])})"
                   f"      {pct(r['candidate_accuracy']):>6} ({ci(r['candidate_ci'])})      {r['p_value']:<7.3g}  {r['examples']}")
+        for r, fam in zip(rounds, res.get("rounds_by_family", [])):
+            print(f"{r['round']:>5}  checked against references: champion {family_line(fam['champion'])}; candidate {family_line(fam['candidate'])}")
         base_acc = rounds[0]["champion_accuracy"]
         final = rounds[-1]["candidate_accuracy"] if rounds[-1]["decision"] == "promoted" else rounds[-1]["champion_accuracy"]
         promoted = [r for r in rounds if r["decision"] == "promoted"]
@@ -202,7 +231,7 @@ def report(results: list[dict[str, Any]]) -> None:
         if "subtraction" in res:
             s = res["subtraction"]
             print(f"held-out template (subtraction): base {pct(s['base']['verified_accuracy'])}, champion {pct(s['champion']['verified_accuracy'])}, "
-                  f"p = {s['gate']['p_value']:.3g}")
+                  f"p = {s['gate']['p_value']:.3g}; by family: base {family_line(s['by_family']['base'])}, champion {family_line(s['by_family']['champion'])}")
         b = res["sabotage"]
         print(f"sabotaged candidate ({b['examples']} examples, wrong answers): {pct(b['gate']['candidate_accuracy'])} vs base "
               f"{pct(b['gate']['champion_accuracy'])} -> {b['gate']['decision']} ({b['gate']['reason']}); goal: rejected")
@@ -220,6 +249,8 @@ def main() -> None:
     p.add_argument("--train-questions", type=int, default=130)
     p.add_argument("--test-questions", type=int, default=80)
     p.add_argument("--max-operand", type=int, default=30)
+    p.add_argument("--family", default="both", choices=["arithmetic", "word", "both"],
+                   help="questions asked as arithmetic, as one-step word problems, or alternately (loop_bench.make_questions)")
     p.add_argument("--max-step-tokens", type=int, default=40)
     p.add_argument("--max-rollout-tokens", type=int, default=64)
     p.add_argument("--epochs", type=float, default=4)
