@@ -76,10 +76,11 @@ def family_line(fams: dict[str, dict[str, int]]) -> str:
 
 
 def score_of(model: str, queries: list[dict[str, Any]], settings: dict[str, Any], log_dir: str | None = None) -> dict[str, Any]:
-    from train.evaluate import evaluate_model
+    """A model's held-out answers; `verified` is per query whether a checking method verified it (what the gate counts)."""
+    from train.evaluate import checked_outcomes, evaluate_model
 
     s = evaluate_model(model, queries, settings, log_dir=log_dir, progress=True)
-    return {"model": model, "row": s.row(), "verified": [bool(a["verified"]) for a in s.answers], "answers": s.answers}
+    return {"model": model, "row": s.row(), "verified": checked_outcomes(s.answers), "answers": s.answers}
 
 
 def gate_row(champion: list[bool], candidate: list[bool], min_gain: float, alpha: float) -> dict[str, Any]:
@@ -114,6 +115,7 @@ def ci(c: list[float]) -> str:
 def run_seed(args: argparse.Namespace, seed: int, work: str) -> dict[str, Any]:
     from train.config import DataArgs, LoraArgs, TrainArgs
     from train.data import Selection, select_examples
+    from train.evaluate import checked_outcomes
     from train.improve import COLLECT_SETTINGS, EVAL_SETTINGS, ImproveArgs, improve
 
     os.makedirs(work, exist_ok=True)
@@ -162,7 +164,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: str) -> dict[str, Any]:
                           progress=False, lora=LoraArgs(r=16, alpha=32), data=DataArgs(store=iargs.store_path, domain="math", max_seq_len=512)).validate()
         run_training(targs, Selection(examples=sabotaged(chosen, seed), stages=[("round 1's examples, answers replaced by wrong ones", len(chosen))]))
     base_eval = json.load(open(os.path.join(r1, "eval-champion.json")))
-    base_verified = [bool(a["verified"]) for a in base_eval["answers"]]
+    base_verified = checked_outcomes(base_eval["answers"])
     bad = score_of(bad_dir, held_q, eval_settings)
     out["sabotage"] = {"examples": len(chosen), "row": bad["row"], "gate": gate_row(base_verified, bad["verified"], args.min_gain, args.alpha),
                        "seconds": time.perf_counter() - t0}
@@ -178,6 +180,7 @@ def run_grpo_vs_sft(args, seed, work, iargs, base, base_verified, held_q, eval_s
 
     from train.config import DataArgs, LoraArgs, TrainArgs
     from train.data import Selection, select_examples
+    from train.evaluate import checked_outcomes
     from train.grpo import run_grpo
 
     r1 = os.path.join(iargs.workdir, "rounds", "round-001")
@@ -209,7 +212,7 @@ def run_grpo_vs_sft(args, seed, work, iargs, base, base_verified, held_q, eval_s
     sft = json.load(open(os.path.join(r1, "eval-candidate.json")))
     return {"budget_s": budget, "grpo_train_s": manifest["metrics"]["train_runtime_s"], "prompts": manifest["metrics"].get("prompts"),
             "grpo": grpo["row"], "sft": sft["row"], "grpo_vs_base": gate_row(base_verified, grpo["verified"], 0.0, args.alpha),
-            "grpo_vs_sft": gate_row([bool(a["verified"]) for a in sft["answers"]], grpo["verified"], 0.0, args.alpha)}
+            "grpo_vs_sft": gate_row(checked_outcomes(sft["answers"]), grpo["verified"], 0.0, args.alpha)}
 
 
 def report(results: list[dict[str, Any]]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from train.gate import DEFAULT_ALPHA, DEFAULT_MIN_GAIN, GateError, decide, mcnemar_exact, wilson_interval
@@ -80,3 +82,31 @@ def test_bad_input_is_refused():
         decide([True], [True], alpha=0.0)
     with pytest.raises(GateError, match="--min-gain must be between 0 and 100 points, got -1"):
         decide([True], [True], min_gain=-1)
+
+
+def _answers(n_right: int, n: int, method: str) -> list[dict]:
+    return [{"verified": i < n_right, "verified_by": method, "answer": "7"} for i in range(n)]
+
+
+@pytest.mark.parametrize("candidate_method, promoted", [("consistency", False), ("judge", False), ("computed", True), ("reference", True)])
+def test_round_gate_counts_checked_answers_only(tmp_path, candidate_method, promoted):
+    """A candidate whose answers its own samples merely agree on (or a judge liked) is not better: only checked verdicts count."""
+    import json
+
+    from train.evaluate import checked_outcomes
+    from train.improve import ImproveArgs, Improver, Round
+
+    held = tmp_path / "held.jsonl"
+    held.write_text('{"query": "What is 3 + 4?", "domain": "math"}\n')
+    imp = Improver(ImproveArgs(domain="math", held_out=str(held), workdir=str(tmp_path / "W")), echo=lambda s: None)
+    rnd = Round.at(imp.work, 1)
+    (tmp_path / "W" / "rounds" / "round-001").mkdir(parents=True)
+    (tmp_path / "W" / "rounds" / "round-001" / "candidate").mkdir()
+    for name, answers in (("champion", _answers(2, 30, "computed")), ("candidate", _answers(28, 30, candidate_method))):
+        with open(rnd.path(f"eval-{name}.json"), "w") as fh:
+            json.dump({"answers": answers}, fh)
+    rec = imp.decide(rnd, champion=str(tmp_path / "base"))
+    assert rec["decision"] == ("promoted" if promoted else "rejected")
+    assert rec["candidate_accuracy"] == pytest.approx(28 / 30 if promoted else 0.0)
+    assert os.path.islink(imp.champion_link) == promoted
+    assert checked_outcomes([{"verified": True}, {"verified": True, "verified_by": "tests"}, {"verified": False, "verified_by": "tests"}]) == [False, True, False]

@@ -24,6 +24,15 @@ from typing import Any, Callable, Sequence
 log = logging.getLogger("kaelum.train.eval")
 
 
+def checked_outcomes(answers: Sequence[dict[str, Any]]) -> list[bool]:
+    """Per answer, whether a method that checks it verified it (`CHECKED_METHODS`): the only outcomes a
+    gate may count, since agreement among one model's samples, or a judge's opinion, verifies wrong
+    answers too (docs/domains.md). An answer recorded without its method counts as unchecked."""
+    from kaelum.domains.base import CHECKED_METHODS
+
+    return [bool(a.get("verified")) and a.get("verified_by") in CHECKED_METHODS for a in answers]
+
+
 class EvalError(ValueError):
     """Bad evaluation input (no queries, unknown model directory, ...). The message names the fix."""
 

@@ -598,8 +598,10 @@ class Improver:
         t0 = time.perf_counter()
         champ = read_json(rnd.path("eval-champion.json"))
         cand = read_json(rnd.path("eval-candidate.json"))
-        gate = decide([bool(a["verified"]) for a in champ["answers"]], [bool(a["verified"]) for a in cand["answers"]],
-                      self.args.min_gain, self.args.alpha)
+        from .evaluate import checked_outcomes
+
+        # The gate counts checked answers only: a candidate that merely agrees with itself more often is not better.
+        gate = decide(checked_outcomes(champ["answers"]), checked_outcomes(cand["answers"]), self.args.min_gain, self.args.alpha)
         if gate.promoted:
             point_champion(self.champion_link, rnd.candidate)
             reached(f"round-{rnd.number}/decide/champion")
