@@ -25,6 +25,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from .conflicts import CONFLICT_COLUMNS, CONFLICTS_SCHEMA
 from .layout import StoreInfo, open_store
 from .schema import ROW_GROUP_ROWS, ZSTD_LEVEL
 from .tables import META_EVENTS_VERSION, META_SUMMARY_COLUMNS, TABLE_CONFIGURATION, delta_call, open_table
@@ -94,7 +95,7 @@ def compact(
     # After OPTIMIZE: the summary covers the files of the version readers will see from now on.
     summary_version = build_summary(info, props) if info.local is not None else None
     if vacuum:
-        tables = [info.events_uri, info.quarantine_uri] + ([info.summary_uri] if summary_version is not None else [])
+        tables = [info.events_uri, info.quarantine_uri] + ([info.summary_uri, info.conflicts_uri] if summary_version is not None else [])
         for uri in tables:
             table = open_table(info, uri)
             deleted += len(delta_call(info, f"vacuuming {uri}", lambda: _vacuum(table, retention_s)))
@@ -102,8 +103,9 @@ def compact(
 
 
 def build_summary(info: StoreInfo, props=None) -> int | None:  # noqa: ANN001 - deltalake.WriterProperties
-    """Write the per-trace summary of the newest events version (unless it is current already);
-    returns the events version it covers."""
+    """Write the per-trace summary of the newest events version (unless it is current already),
+    and before it the losing copies of conflicting ids of the same version (``id_conflicts``: the
+    summary is only read together with them); returns the events version they cover."""
     from deltalake import CommitProperties, DeltaTable, write_deltalake
 
     from .views import connect, summary_schema_file
@@ -119,16 +121,31 @@ def build_summary(info: StoreInfo, props=None) -> int | None:  # noqa: ANN001 - 
             # Current when built with these columns over the same files (VACUUM adds versions, not rows).
             if last is not None and last.get(META_SUMMARY_COLUMNS) == columns:
                 built_on = int(last[META_EVENTS_VERSION])
-                if built_on == version or set(DeltaTable(info.events_uri, version=built_on).file_uris()) == set(events.file_uris()):
+                same = built_on == version or set(DeltaTable(info.events_uri, version=built_on).file_uris()) == set(events.file_uris())
+                if same and _has_conflicts_of(info, built_on):
                     return built_on
         rows = con.sql("SELECT * FROM _trace_summary ORDER BY trace_id").to_arrow_table()
+        # Stored as of this version: nothing in it is newer than the set itself (live = false).
+        conflicts = con.sql(f"SELECT {CONFLICT_COLUMNS} FROM (SELECT * REPLACE (false AS live) FROM _conflicts) ORDER BY id").to_arrow_table().cast(CONFLICTS_SCHEMA)
     finally:
         con.close()
     meta = {META_EVENTS_VERSION: str(version), META_SUMMARY_COLUMNS: columns}
+    # The conflicts first: a reader takes a summary only when the conflicts of its version exist.
+    delta_call(info, "writing the conflicting-id set", lambda: write_deltalake(
+        info.conflicts_uri, conflicts, mode="overwrite", schema_mode="overwrite", writer_properties=props,
+        configuration=TABLE_CONFIGURATION, commit_properties=CommitProperties(custom_metadata={META_EVENTS_VERSION: str(version)})))
     delta_call(info, "writing the trace summary", lambda: write_deltalake(
         uri, rows, mode="overwrite", schema_mode="overwrite", writer_properties=props, configuration=TABLE_CONFIGURATION,
         commit_properties=CommitProperties(custom_metadata=meta)))
     return version
+
+
+def _has_conflicts_of(info: StoreInfo, events_version: int) -> bool:
+    from deltalake import DeltaTable
+
+    if not (info.local / "id_conflicts" / "_delta_log").is_dir():
+        return False
+    return any(c.get(META_EVENTS_VERSION) == str(events_version) for c in DeltaTable(info.conflicts_uri).history())
 
 
 def _vacuum(table, retention_s: float) -> list[str]:  # noqa: ANN001 - a deltalake.DeltaTable

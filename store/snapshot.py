@@ -47,6 +47,7 @@ class Summary:
     columns: str  # the columns it was built with (``,``-joined)
     files: tuple[str, ...]
     base_files: frozenset[str]  # the events files of `events_version`: rows the summary covers
+    conflict_files: tuple[str, ...] = ()  # the losing copies of conflicting ids at `events_version` (store/conflicts.py)
 
 
 @dataclass(frozen=True)
@@ -135,11 +136,27 @@ class Snapshots:
             v = commit["version"]
             cached = self._summaries.get(v)
             if cached is None:
+                conflicts = self._conflicts_at(int(ev))
+                if conflicts is None:  # built by a kaelum without the conflicts set: not usable
+                    return None
                 at = DeltaTable(self.info.summary_uri, version=v)
                 base = frozenset(DeltaTable(self.info.events_uri, version=int(ev)).file_uris())
-                cached = Summary(v, int(ev), commit.get(META_SUMMARY_COLUMNS, ""), tuple(at.file_uris()), base)
+                cached = Summary(v, int(ev), commit.get(META_SUMMARY_COLUMNS, ""), tuple(at.file_uris()), base, conflicts)
                 self._summaries = {v: cached}  # one kept: a reader moves forward
             return cached
+        return None
+
+    def _conflicts_at(self, events_version: int) -> tuple[str, ...] | None:
+        """The files of the stored conflicts set of exactly `events_version` (None: there is none)."""
+        from deltalake import DeltaTable
+
+        if not (self.info.local / "id_conflicts" / "_delta_log").is_dir():
+            return None
+        table = DeltaTable(self.info.conflicts_uri)
+        for commit in table.history():
+            if commit.get(META_EVENTS_VERSION) == str(events_version):
+                table.load_as_version(commit["version"])
+                return tuple(table.file_uris())
         return None
 
     def _pin(self, as_of: AsOf) -> None:
@@ -214,6 +231,10 @@ class SnapshotFiles:
         self.binding = False
         self.summary_schema: Path | None = None  # set by the views: the summary's zero-row file
         self.summary_columns: str | None = None  # the columns this reader's summary has
+        # The losing copies of conflicting ids, one small Parquet file per snapshot (store/conflicts.py).
+        self._conflicts: OrderedDict[tuple[int, int | None], Path] = OrderedDict()
+        self._conflicts_dir: Path | None = None
+        self._conflicts_con: Any = None
 
     def snapshot(self, txid: int) -> Snapshot:
         with self._lock:
@@ -231,7 +252,43 @@ class SnapshotFiles:
         s = snap.summary
         return s if s is not None and s.columns == self.summary_columns else None
 
+    def conflicts_file(self, snap: Snapshot) -> Path:
+        """The losing copies of `snap`, computed once per (events version, summary) and kept in a
+        temporary file: every reference to ``events`` in a query reads that small file."""
+        summary = self.usable_summary(snap)
+        key = (snap.events_version, summary.version if summary else None)
+        with self._lock:
+            path = self._conflicts.get(key)
+            if path is not None and path.exists():
+                return path
+            import duckdb
+            import pyarrow.parquet as pq
+
+            from .conflicts import compute_for_files
+
+            if self._conflicts_con is None:
+                self._conflicts_con = duckdb.connect(":memory:", config={"threads": "2"})
+                self._conflicts_con.execute("SET TimeZone = 'UTC'")
+                self._conflicts_dir = Path(tempfile.mkdtemp(prefix="kaelum-conflicts-"))
+                atexit.register(shutil.rmtree, self._conflicts_dir, True)
+            if summary is None:
+                table = compute_for_files(self._conflicts_con, snap.events_files)
+            else:
+                fresh = [f for f in snap.events_files if f not in summary.base_files]
+                table = compute_for_files(self._conflicts_con, snap.events_files, fresh, summary.conflict_files)
+            path = Path(self._conflicts_dir or tempfile.gettempdir()) / f"conflicts-{snap.events_version}-{key[1]}.parquet"
+            pq.write_table(table, path)
+            self._conflicts[key] = path
+            while len(self._conflicts) > 8:  # older snapshots' files: no query started now reads them
+                _, old = self._conflicts.popitem(last=False)
+                old.unlink(missing_ok=True)
+            return path
+
     def __call__(self, kind: str, txid: Any) -> list[str]:
+        if kind == "conflicts":
+            if self.binding:
+                return [str(conflicts_schema_file())]
+            return [str(self.conflicts_file(self.snapshot(int(txid))))]
         if kind == "summary":
             if self.summary_schema is None:
                 raise ValueError("kaelum_files('summary') needs the summary's schema file")
@@ -258,6 +315,21 @@ class SnapshotFiles:
 
 _SCHEMA_FILES: dict[str, Path] = {}
 _SCHEMA_LOCK = threading.Lock()
+
+
+def conflicts_schema_file() -> Path:
+    """A zero-row Parquet file of ``CONFLICTS_SCHEMA`` (what the views bind to)."""
+    from .conflicts import CONFLICTS_SCHEMA
+
+    with _SCHEMA_LOCK:
+        path = _SCHEMA_FILES.get("conflicts")
+        if path is None or not path.exists():
+            d = Path(tempfile.mkdtemp(prefix="kaelum-store-schema-"))
+            atexit.register(shutil.rmtree, d, True)
+            path = d / "s-conflicts.parquet"
+            pq.write_table(CONFLICTS_SCHEMA.empty_table(), path)
+            _SCHEMA_FILES["conflicts"] = path
+        return path
 
 
 def schema_file(kind: str) -> Path:
