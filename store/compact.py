@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from .conflicts import CONFLICT_COLUMNS, CONFLICTS_SCHEMA
 from .layout import StoreInfo, open_store
+from .writer import checkpoint_positions
 from .schema import ROW_GROUP_ROWS, ZSTD_LEVEL
 from .tables import META_EVENTS_VERSION, META_SUMMARY_COLUMNS, TABLE_CONFIGURATION, delta_call, open_table
 
@@ -92,6 +93,9 @@ def compact(
         metrics = delta_call(info, f"compacting {uri}", lambda: table.optimize.compact(target_size=target_bytes, writer_properties=props))
         removed += int(metrics.get("numFilesRemoved", 0))
         added += int(metrics.get("numFilesAdded", 0))
+    # Every writer's positions in one commit, so that `store.positions` (kaelum-ingest status) and
+    # recovery read the log back to here only.
+    checkpoint_positions(info)
     # After OPTIMIZE: the summary covers the files of the version readers will see from now on.
     summary_version = build_summary(info, props) if info.local is not None else None
     if vacuum:

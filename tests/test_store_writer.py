@@ -330,3 +330,37 @@ def test_commit_of_100k_events_is_fast(tmp_path: Path) -> None:
         elapsed = time.perf_counter() - t0
     # ~0.5 s on the 2-core dev machine; the bound leaves room for a loaded machine.
     assert elapsed < 3.0, elapsed
+
+
+def test_positions_checkpoint_bounds_the_log_that_positions_read(tmp_path: Path, monkeypatch) -> None:
+    """Compaction records every writer's positions in one commit; `store.positions` (what
+    `kaelum-ingest status` shows) and recovery then read the log back to it only, and agree with
+    the full log."""
+    import store.writer as writer_mod
+    from store.compact import compact
+
+    with StoreWriter(tmp_path, "host-a") as a, StoreWriter(tmp_path, "host-b") as b:
+        for i in range(30):
+            a.commit(sources=[SourceRange("fa", "/a", i * 10, i * 10 + 10, 0)])
+        for i in range(3):
+            b.commit(sources=[SourceRange("fb", "/b", i * 20, i * 20 + 20, 0)])
+    full = {k: (p.offset, p.bytes) for k, p in store.positions(tmp_path).items()}
+    assert full == {("host-a", "fa"): (300, 300), ("host-b", "fb"): (60, 60)}
+    compact(tmp_path, retention_s=0)
+    with StoreWriter(tmp_path, "host-a") as a, StoreWriter(tmp_path, "host-c") as c:
+        a.commit(sources=[SourceRange("fa", "/a", 300, 310, 0)])
+        c.commit(sources=[SourceRange("fc", "/c", 0, 5, 0)])
+    read = []
+    real = writer_mod._history
+    monkeypatch.setattr(writer_mod, "_history", lambda table: (read.append(c) or c for c in real(table)))
+    got = {k: (p.offset, p.bytes) for k, p in store.positions(tmp_path).items()}
+    assert got == {("host-a", "fa"): (310, 310), ("host-b", "fb"): (60, 60), ("host-c", "fc"): (5, 5)}
+    # The two commits after the checkpoint, the checkpoint, and the first commit below its base.
+    assert len(read) <= 4 and len(DeltaTable(str(tmp_path / "events")).history()) > 35
+    read.clear()
+    with StoreWriter(tmp_path, "host-b") as b:  # recovery from the checkpoint: host-b's own commits are below it
+        assert (b.last_seq, b.positions()["fb"].offset) == (3, 60)
+    assert len(read) <= 4
+    # Nothing new since the checkpoint: compacting again adds no second one.
+    assert writer_mod.checkpoint_positions(tmp_path) is not None  # host-a and host-c committed since
+    assert writer_mod.checkpoint_positions(tmp_path) is None
