@@ -29,7 +29,7 @@ from .conflicts import CONFLICT_COLUMNS, CONFLICTS_SCHEMA
 from .layout import StoreInfo, open_store
 from .writer import checkpoint_positions
 from .schema import ROW_GROUP_ROWS, ZSTD_LEVEL
-from .tables import META_EVENTS_VERSION, META_SUMMARY_COLUMNS, TABLE_CONFIGURATION, delta_call, open_table
+from .tables import META_EVENTS_VERSION, META_SUMMARY_COLUMNS, TABLE_CONFIGURATION, delta_call, open_table, table_exists
 
 DEFAULT_RETENTION_S = 3600.0  # longer than the longest reader's query; also how far back --as-of reaches
 TARGET_FILE_BYTES = 128 << 20
@@ -97,7 +97,7 @@ def compact(
     # recovery read the log back to here only.
     checkpoint_positions(info)
     # After OPTIMIZE: the summary covers the files of the version readers will see from now on.
-    summary_version = build_summary(info, props) if info.local is not None else None
+    summary_version = build_summary(info, props)
     if vacuum:
         tables = [info.events_uri, info.quarantine_uri] + ([info.summary_uri, info.conflicts_uri] if summary_version is not None else [])
         for uri in tables:
@@ -120,12 +120,12 @@ def build_summary(info: StoreInfo, props=None) -> int | None:  # noqa: ANN001 - 
     con = connect(info, as_of={"events": version, "quarantine": open_table(info, info.quarantine_uri).version()})
     try:
         columns = summary_schema_file(con)[1]
-        if (info.local / "trace_summary" / "_delta_log").is_dir():
-            last = next((c for c in DeltaTable(uri).history() if c.get(META_EVENTS_VERSION) is not None), None)
+        if table_exists(info, uri):
+            last = next((c for c in open_table(info, uri).history() if c.get(META_EVENTS_VERSION) is not None), None)
             # Current when built with these columns over the same files (VACUUM adds versions, not rows).
             if last is not None and last.get(META_SUMMARY_COLUMNS) == columns:
                 built_on = int(last[META_EVENTS_VERSION])
-                same = built_on == version or set(DeltaTable(info.events_uri, version=built_on).file_uris()) == set(events.file_uris())
+                same = built_on == version or set(open_table(info, info.events_uri, built_on).file_uris()) == set(events.file_uris())
                 if same and _has_conflicts_of(info, built_on):
                     return built_on
         rows = con.sql("SELECT * FROM _trace_summary ORDER BY trace_id").to_arrow_table()
@@ -136,20 +136,19 @@ def build_summary(info: StoreInfo, props=None) -> int | None:  # noqa: ANN001 - 
     meta = {META_EVENTS_VERSION: str(version), META_SUMMARY_COLUMNS: columns}
     # The conflicts first: a reader takes a summary only when the conflicts of its version exist.
     delta_call(info, "writing the conflicting-id set", lambda: write_deltalake(
-        info.conflicts_uri, conflicts, mode="overwrite", schema_mode="overwrite", writer_properties=props,
+        info.conflicts_uri, conflicts, mode="overwrite", schema_mode="overwrite", writer_properties=props, storage_options=info.options,
         configuration=TABLE_CONFIGURATION, commit_properties=CommitProperties(custom_metadata={META_EVENTS_VERSION: str(version)})))
     delta_call(info, "writing the trace summary", lambda: write_deltalake(
         uri, rows, mode="overwrite", schema_mode="overwrite", writer_properties=props, configuration=TABLE_CONFIGURATION,
+        storage_options=info.options,
         commit_properties=CommitProperties(custom_metadata=meta)))
     return version
 
 
 def _has_conflicts_of(info: StoreInfo, events_version: int) -> bool:
-    from deltalake import DeltaTable
-
-    if not (info.local / "id_conflicts" / "_delta_log").is_dir():
+    if not table_exists(info, info.conflicts_uri):
         return False
-    return any(c.get(META_EVENTS_VERSION) == str(events_version) for c in DeltaTable(info.conflicts_uri).history())
+    return any(c.get(META_EVENTS_VERSION) == str(events_version) for c in open_table(info, info.conflicts_uri).history())
 
 
 def _vacuum(table, retention_s: float) -> list[str]:  # noqa: ANN001 - a deltalake.DeltaTable

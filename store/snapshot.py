@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .layout import StoreError, StoreInfo
-from .tables import EVENTS_TABLE_SCHEMA, META_EVENTS_VERSION, META_SUMMARY_COLUMNS, PARTITION, QUARANTINE_TABLE_SCHEMA, delta_call, open_table
+from .tables import (EVENTS_TABLE_SCHEMA, META_EVENTS_VERSION, META_SUMMARY_COLUMNS, PARTITION, QUARANTINE_TABLE_SCHEMA, delta_call,
+                     open_table, table_exists)
 
 # A version of the events table, an RFC 3339 timestamp, or exact versions of both tables
 # ({"events": 12, "quarantine": 3}: what a training manifest records).
@@ -118,14 +119,15 @@ class Snapshots:
     # -- the per-trace summary ------------------------------------------------------------------
 
     def _summary_at(self, events_version: int, newest: bool) -> Summary | None:
-        """The newest summary built from an events version at most `events_version` (local stores;
-        None when there is none: the views then compute every trace from the events)."""
+        """The newest summary built from an events version at most `events_version` (None when there
+        is none: the views then compute every trace from the events)."""
         from deltalake import DeltaTable
 
-        if self.info.local is None or not (self.info.local / "trace_summary" / "_delta_log").is_dir():
-            return None
+        opts = self.info.options
         if self._summary_table is None:
-            self._summary_table = DeltaTable(self.info.summary_uri)
+            if not table_exists(self.info, self.info.summary_uri):
+                return None
+            self._summary_table = open_table(self.info, self.info.summary_uri)
         table = self._summary_table
         if newest:
             table.update_incremental()
@@ -139,8 +141,8 @@ class Snapshots:
                 conflicts = self._conflicts_at(int(ev))
                 if conflicts is None:  # built by a kaelum without the conflicts set: not usable
                     return None
-                at = DeltaTable(self.info.summary_uri, version=v)
-                base = frozenset(DeltaTable(self.info.events_uri, version=int(ev)).file_uris())
+                at = DeltaTable(self.info.summary_uri, version=v, storage_options=opts)
+                base = frozenset(DeltaTable(self.info.events_uri, version=int(ev), storage_options=opts).file_uris())
                 cached = Summary(v, int(ev), commit.get(META_SUMMARY_COLUMNS, ""), tuple(at.file_uris()), base, conflicts)
                 self._summaries = {v: cached}  # one kept: a reader moves forward
             return cached
@@ -148,11 +150,9 @@ class Snapshots:
 
     def _conflicts_at(self, events_version: int) -> tuple[str, ...] | None:
         """The files of the stored conflicts set of exactly `events_version` (None: there is none)."""
-        from deltalake import DeltaTable
-
-        if not (self.info.local / "id_conflicts" / "_delta_log").is_dir():
+        if not table_exists(self.info, self.info.conflicts_uri):
             return None
-        table = DeltaTable(self.info.conflicts_uri)
+        table = open_table(self.info, self.info.conflicts_uri)
         for commit in table.history():
             if commit.get(META_EVENTS_VERSION) == str(events_version):
                 table.load_as_version(commit["version"])
@@ -207,6 +207,29 @@ class Snapshots:
             self._quarantine.load_as_version(snap.quarantine_version)
             return (delta_call(self.info, "reading the events table", self._events.to_pyarrow_dataset),
                     delta_call(self.info, "reading the quarantine table", self._quarantine.to_pyarrow_dataset))
+
+    def summary_datasets(self, summary: Summary) -> tuple[Any, Any]:
+        """pyarrow datasets of the summary and of its conflicts set (URL stores)."""
+        from deltalake import DeltaTable
+
+        opts = self.info.options
+        conflicts = DeltaTable(self.info.conflicts_uri, storage_options=opts)
+        for commit in conflicts.history():
+            if commit.get(META_EVENTS_VERSION) == str(summary.events_version):
+                conflicts.load_as_version(commit["version"])
+                break
+        return (delta_call(self.info, "reading the trace summary",
+                           lambda: DeltaTable(self.info.summary_uri, version=summary.version, storage_options=opts).to_pyarrow_dataset()),
+                delta_call(self.info, "reading the conflicting-id set", conflicts.to_pyarrow_dataset))
+
+    def events_subset(self, dataset: Any, uris: frozenset[str]) -> Any:
+        """The part of an events dataset (``to_pyarrow_dataset``) in the files `uris` (``file_uris()``)."""
+        import pyarrow.dataset as pds
+
+        root = self.info.events_uri.rstrip("/") + "/"
+        rel = {u[len(root):] if u.startswith(root) else u for u in uris}
+        frags = [f for f in dataset.get_fragments() if f.path in rel or f.path in uris or f.path.lstrip("/") in rel]
+        return pds.FileSystemDataset(frags, dataset.schema, dataset.format, dataset.filesystem)
 
 
 class SnapshotFiles:

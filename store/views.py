@@ -25,7 +25,8 @@ from kaelum.domains.base import CHECKED_METHODS
 
 from .conflicts import CONFLICT_COLUMNS, DEDUP_ORDER, compute_conflicts, conflicts_sql
 from .layout import StoreError, StoreInfo, open_store
-from .snapshot import AsOf, EMPTY_PARTITION, Snapshot, SnapshotFiles, Snapshots
+from .snapshot import AsOf, EMPTY_PARTITION, Snapshot, SnapshotFiles, Snapshots, conflicts_schema_file, schema_file
+from .tables import EVENTS_TABLE_SCHEMA
 from .upcast import CURRENT, Contract, method_sql
 
 DEFAULT_MIN_REWARD = 0.7
@@ -508,17 +509,53 @@ def connect(
     else:
         files = None
         snap = snapshots.resolve()
-        ev, q = snapshots.datasets(snap)
-        con.register("_kaelum_events_dataset", ev)
-        con.register("_kaelum_quarantine_dataset", q)
-        # One version per connection: its losing copies are computed once, here.
-        con.register("_kaelum_conflicts", compute_conflicts(con, "_kaelum_events_dataset"))
-        scans = Scans.registered("_kaelum_events_dataset", "_kaelum_quarantine_dataset", "_kaelum_conflicts")
+        scans = _register_url_snapshot(con, snapshots, snap, contract)
         _SNAPSHOT_OF[con] = lambda: snap
     install_views(con, scans, contract, files=files)
     if files is not None:
         files.binding = False
     return con
+
+
+def _register_url_snapshot(con: duckdb.DuckDBPyConnection, snapshots: Snapshots, snap: Snapshot, contract: Contract) -> Scans:
+    """Register the relations of one snapshot of a URL store on `con` (one version per connection):
+    both tables, and, when the snapshot has a summary of this kaelum's columns, the summary, the
+    events files it does not cover, and its conflicts set; the losing copies are computed here, once."""
+    ev, q = snapshots.datasets(snap)
+    con.register("_kaelum_events_dataset", ev)
+    con.register("_kaelum_quarantine_dataset", q)
+    summary = snap.summary if snap.summary is not None and snap.summary.columns == _live_summary_columns(contract) else None
+    if summary is None:
+        con.register("_kaelum_conflicts", compute_conflicts(con, "_kaelum_events_dataset"))
+        return Scans.registered("_kaelum_events_dataset", "_kaelum_quarantine_dataset", "_kaelum_conflicts")
+    fresh = frozenset(snap.events_files) - summary.base_files
+    summary_ds, stored_conflicts = snapshots.summary_datasets(summary)
+    con.register("_kaelum_events_fresh", snapshots.events_subset(ev, fresh))
+    con.register("_kaelum_events_if_fresh", ev if fresh else EVENTS_TABLE_SCHEMA.empty_table())
+    con.register("_kaelum_summary", summary_ds)
+    con.register("_kaelum_conflicts_stored", stored_conflicts)
+    con.register("_kaelum_conflicts", compute_conflicts(con, "_kaelum_events_dataset", "_kaelum_events_fresh", "_kaelum_conflicts_stored"))
+    return Scans("_kaelum_events_dataset", "_kaelum_quarantine_dataset", summary="_kaelum_summary", fresh="_kaelum_events_fresh",
+                 if_fresh="_kaelum_events_if_fresh", conflicts="_kaelum_conflicts")
+
+
+_LIVE_SUMMARY_COLUMNS: dict[int, str] = {}
+
+
+def _live_summary_columns(contract: Contract) -> str:
+    """The columns of ``_trace_live`` under `contract` (what a usable summary was built with)."""
+    cols = _LIVE_SUMMARY_COLUMNS.get(id(contract))
+    if cols is None:
+        con = duckdb.connect(":memory:")
+        try:
+            hive = "hive_partitioning = true, hive_types = {'date': DATE}"
+            empty = Scans(f"read_parquet('{schema_file('events')}', {hive})", f"read_parquet('{schema_file('quarantine')}', {hive})",
+                          conflicts=f"read_parquet('{conflicts_schema_file()}')")
+            install_views(con, empty, contract)
+            cols = _LIVE_SUMMARY_COLUMNS[id(contract)] = ",".join(f"{r[0]} {r[1]}" for r in con.execute("DESCRIBE SELECT * FROM _trace_live").fetchall())
+        finally:
+            con.close()
+    return cols
 
 
 # Per connection (weakly held: the entry goes with the connection), what it read last.
