@@ -12,11 +12,14 @@ longest query (default one hour; ``kaelum-sql compact --retention-s``) means a r
 loses a file. Time travel (``--as-of``) reaches back as far as the retention: older versions may
 name files that VACUUM deleted, and reading them fails with a clear message.
 
-Then the per-trace summary (local stores): ``_trace_summary`` of the newest events version,
-written as a new version of the ``trace_summary`` Delta table whose commit metadata names that
-events version. Readers use it for every trace that no later events touch (store/views.py), so
-the per-trace views of a compacted store read one row per trace instead of every event. It is
-derived data: the events stay the truth, and a summary of another kaelum's columns is ignored.
+After OPTIMIZE, a positions checkpoint (``store.writer.checkpoint_positions``): every writer's
+positions in one empty events commit, so that reading positions stops there. Then the per-trace
+summary (folders and URLs): ``_trace_summary`` of the newest events version, written as a new
+version of the ``trace_summary`` Delta table whose commit metadata names that events version, after
+the losing copies of conflicting ids of the same version (``id_conflicts``, store/conflicts.py).
+Readers use it for every trace that no later events touch (store/views.py), so the per-trace
+views of a compacted store read one row per trace instead of every event. It is derived data: the
+events stay the truth, and a summary of another kaelum's columns is ignored.
 """
 
 from __future__ import annotations

@@ -44,20 +44,27 @@ CONFLICTS_SCHEMA = pa.schema([
 CONFLICT_COLUMNS = ", ".join(f'"{n}"' for n in CONFLICTS_SCHEMA.names)
 
 
-def conflicts_sql(rel: str, candidates: str | None, live: bool) -> str:
+def conflicts_sql(rel: str, candidates: str | None, live: bool, id_range: tuple[str, str] | None = None) -> str:
     """SQL for the losing copies among the stored rows `rel` (columns of the events table).
 
     `candidates` (a relation with an ``id`` column) limits the check to those ids; all their
-    copies in `rel` are looked at. `live` is the value of the ``live`` column.
+    copies in `rel` are looked at. `id_range` (the candidates' least and greatest id) adds the
+    filter ``id BETWEEN lo AND hi``, implied by the first but a constant that reaches the Parquet
+    scan: event ids are UUIDv7 (time-ordered), so row groups of older events are skipped by their
+    min/max statistics. `live` is the value of the ``live`` column.
     """
     where = f"WHERE id IN (SELECT id FROM {candidates})" if candidates else ""
+    if candidates and id_range is not None:
+        lo, hi = (v.replace("'", "''") for v in id_range)
+        where += f" AND id BETWEEN '{lo}' AND '{hi}'"
     key = f"({DEDUP_ORDER})"
     return f"""
     WITH k AS (
         SELECT id FROM {rel} {where}
         GROUP BY id HAVING min(type) <> max(type) OR min(trace_id) <> max(trace_id)
     ),
-    c AS (SELECT id, v, type, trace_id, seq, data, source, source_path, "offset", writer, date FROM {rel} WHERE id IN (SELECT id FROM k)),
+    c AS (SELECT id, v, type, trace_id, seq, data, source, source_path, "offset", writer, date FROM {rel}
+          {where.replace(f"SELECT id FROM {candidates}", "SELECT id FROM k") if where else "WHERE id IN (SELECT id FROM k)"}),
     w AS (
         SELECT id, arg_min(type, {key}) AS wtype, arg_min(trace_id, {key}) AS wtrace, arg_min(writer, {key}) AS wwriter,
                arg_min(source_path, {key}) AS wpath, arg_min("offset", {key}) AS woffset
@@ -94,9 +101,13 @@ def compute_conflicts(
         sql = conflicts_sql(all_rel, None, live=False)
     else:
         con.execute(f"CREATE OR REPLACE TEMP TABLE _fresh_ids AS SELECT DISTINCT id FROM {fresh_rel}")
+        ((lo, hi),) = con.execute("SELECT min(id), max(id) FROM _fresh_ids").fetchall()
+        if lo is None:
+            return con.sql(f"SELECT {CONFLICT_COLUMNS} FROM (SELECT * REPLACE (false AS live) FROM {stored_rel})"
+                           ).to_arrow_table().cast(CONFLICTS_SCHEMA)
         sql = (f"SELECT {CONFLICT_COLUMNS} FROM (SELECT * REPLACE (false AS live) FROM {stored_rel}) "
                "WHERE id NOT IN (SELECT id FROM _fresh_ids) "
-               f"UNION ALL SELECT * FROM ({conflicts_sql(all_rel, '_fresh_ids', live=True)})")
+               f"UNION ALL SELECT * FROM ({conflicts_sql(all_rel, '_fresh_ids', live=True, id_range=(lo, hi))})")
     return con.sql(sql).to_arrow_table().cast(CONFLICTS_SCHEMA)
 
 
