@@ -7,12 +7,16 @@ as JSONL, and reports side by side:
 
 - count of training_examples for one domain with reward > 0.9,
 - fetch 1,000 trajectories,
+- count traces by domain,
+- the events view itself: count(*) against count(DISTINCT id) (each id once), completions by type,
 
 each on the store (before and after compaction) and on the raw JSONL through DuckDB's
 ``read_ndjson`` with the very same view definitions (the typed columns extracted from the JSON per
 query). Also the file count before and after ``compact`` (Delta OPTIMIZE + VACUUM), and the
 queries with the last ``--fresh`` events committed in small batches after compaction (what a
-store looks like between two compactions of a following daemon).
+store looks like between two compactions of a following daemon), with the first query after
+those commits on its own line: it also checks the fresh ids for conflicting copies
+(store/conflicts.py), once per table version. Event ids are UUIDv7-shaped, as the runtime writes them.
 
     python benchmarks/store_bench.py --events 5000000 --workdir /tmp/kaelum-bench
 """
