@@ -213,7 +213,7 @@ class Snapshots:
         from deltalake import DeltaTable
 
         opts = self.info.options
-        conflicts = DeltaTable(self.info.conflicts_uri, storage_options=opts)
+        conflicts = open_table(self.info, self.info.conflicts_uri)
         for commit in conflicts.history():
             if commit.get(META_EVENTS_VERSION) == str(summary.events_version):
                 conflicts.load_as_version(commit["version"])
