@@ -364,3 +364,25 @@ def test_positions_checkpoint_bounds_the_log_that_positions_read(tmp_path: Path,
     # Nothing new since the checkpoint: compacting again adds no second one.
     assert writer_mod.checkpoint_positions(tmp_path) is not None  # host-a and host-c committed since
     assert writer_mod.checkpoint_positions(tmp_path) is None
+
+
+def test_a_commit_made_while_a_checkpoint_was_written_wins_over_the_checkpoint(tmp_path: Path) -> None:
+    """A checkpoint records the log as of its `base`; a writer's commit after `base` but before the
+    checkpoint's own commit (it raced the compaction) is newer than the checkpoint's entry."""
+    from deltalake import CommitProperties, write_deltalake
+
+    from store.tables import EVENTS_TABLE_SCHEMA, PARTITION
+    from store.writer import META_CHECKPOINT
+
+    with StoreWriter(tmp_path, "host-a") as a:
+        for i in range(3):
+            a.commit(sources=[SourceRange("fa", "/a", i * 10, i * 10 + 10, 0)])  # versions 1, 2, 3
+    stale = {"fa": {"path": "/a", "offset": 10, "events": 0, "quarantined": 0, "bytes": 10, "committed_at": "2026-01-01T00:00:00.000000Z"}}
+    meta = {META_CHECKPOINT: json.dumps({"base": 1, "writers": {"host-a": {"seq": 1, "positions": stale},
+                                                                 "host-z": {"seq": 4, "positions": stale}}})}
+    write_deltalake(str(tmp_path / "events"), EVENTS_TABLE_SCHEMA.empty_table(), mode="append", partition_by=[PARTITION],
+                    commit_properties=CommitProperties(custom_metadata=meta))
+    got = {k: p.offset for k, p in store.positions(tmp_path).items()}
+    assert got == {("host-a", "fa"): 30, ("host-z", "fa"): 10}  # host-a from its own newer commit; host-z only in the checkpoint
+    with StoreWriter(tmp_path, "host-a") as a:
+        assert (a.last_seq, a.positions()["fa"].offset) == (3, 30)
