@@ -7,12 +7,16 @@ as JSONL, and reports side by side:
 
 - count of training_examples for one domain with reward > 0.9,
 - fetch 1,000 trajectories,
+- count traces by domain,
+- the events view itself: count(*) against count(DISTINCT id) (each id once), completions by type,
 
 each on the store (before and after compaction) and on the raw JSONL through DuckDB's
 ``read_ndjson`` with the very same view definitions (the typed columns extracted from the JSON per
 query). Also the file count before and after ``compact`` (Delta OPTIMIZE + VACUUM), and the
 queries with the last ``--fresh`` events committed in small batches after compaction (what a
-store looks like between two compactions of a following daemon).
+store looks like between two compactions of a following daemon), with the first query after
+those commits on its own line: it also checks the fresh ids for conflicting copies
+(store/conflicts.py), once per table version. Event ids are UUIDv7-shaped, as the runtime writes them.
 
     python benchmarks/store_bench.py --events 5000000 --workdir /tmp/kaelum-bench
 """
@@ -33,7 +37,7 @@ from store import SourceRange, StoreWriter
 from store.compact import compact, count_files
 from store.layout import open_store
 from store.schema import EVENTS_SCHEMA
-from store.snapshot import schema_file
+from store.snapshot import conflicts_schema_file, schema_file
 from store.upcast import CURRENT
 from store.views import Scans, connect, install_views
 
@@ -68,7 +72,10 @@ WITH s AS (
     (leaf + 1) AS lp, floor(log2(leaf + 1))::INT AS ld
   FROM e
 )
-SELECT md5(t::VARCHAR || '-' || slot::VARCHAR)::UUID::VARCHAR AS id, 1::INT AS v, type,
+-- ids are UUIDv7 as the runtime writes them: the event's millisecond time, then random bits
+SELECT lpad(lower(to_hex(epoch_ms(t0 + to_microseconds(slot * 150000)))), 12, '0') AS _ms, md5(t::VARCHAR || '-' || slot::VARCHAR) AS _r,
+       substr(_ms, 1, 8) || '-' || substr(_ms, 9, 4) || '-7' || substr(_r, 1, 3) || '-8' || substr(_r, 4, 3) || '-' || substr(_r, 7, 12) AS id,
+       1::INT AS v, type,
        md5('trace-' || t::VARCHAR)::UUID::VARCHAR AS trace_id, slot::BIGINT AS seq,
        t0 + to_microseconds(slot * 150000) AS ts,
        CASE type
@@ -123,6 +130,9 @@ QUERIES = {
     "count training_examples (math, reward > 0.9)": "SELECT count(*) FROM training_examples WHERE domain = 'math' AND reward > 0.9",
     "fetch 1,000 trajectories": "SELECT * FROM trajectories WHERE domain = 'code' LIMIT 1000",
     "count traces by domain": "SELECT domain, count(*) FROM traces GROUP BY domain",
+    # The events view itself (each id once, conflicting copies out: store/conflicts.py).
+    "count events, distinct ids": "SELECT count(*), count(DISTINCT id) FROM events",
+    "count completions (events)": "SELECT count(*) FROM events WHERE type = 'trace_completed'",
 }
 
 
@@ -198,6 +208,7 @@ def main() -> None:
     compact_s = time.perf_counter() - t1
     after = {name: timed(store_con, sql, args.repeat) for name, sql in QUERIES.items()}
     fresh: dict[str, tuple[float, object]] = {}
+    fresh_first = None
     if args.fresh:
         traces = max(1, round(n / EVENTS_PER_TRACE))
         per = 50  # ~2,700 events per commit: a following daemon's flushes
@@ -208,26 +219,37 @@ def main() -> None:
         with StoreWriter(store_dir, writer_id="bench-fresh") as w:
             for chunk, jsonl, table, _n in _chunks(gen, log_dir, traces + extra, ranges, first_chunk=100_000):
                 w.commit(table, sources=[SourceRange(f"{chunk:05d}", str(jsonl), 0, jsonl.stat().st_size, table.num_rows)])
+        # The first query of a new version also checks the fresh ids for conflicts (store/conflicts.py).
+        fresh_first, _ = timed(store_con, next(iter(QUERIES.values())), 1)
         fresh = {name: timed(store_con, sql, args.repeat) for name, sql in QUERIES.items()}
 
     raw_con = duckdb.connect(":memory:")
     raw_con.execute(f"SET threads = {args.threads}")
     raw_con.execute("SET TimeZone = 'UTC'")
     no_quarantine = f"read_parquet('{schema_file('quarantine')}', hive_partitioning = true, hive_types = {{'date': DATE}})"
-    install_views(raw_con, Scans(events="", quarantine=no_quarantine), events_source=raw_events_source(str(log_dir / "*.jsonl")))
+    # The synthetic events have no conflicting ids: the raw side is given an empty conflicts set, so
+    # that it answers the same questions at the cost it had before conflicts were resolved.
+    no_conflicts = f"read_parquet('{conflicts_schema_file()}')"
+    install_views(raw_con, Scans(events="", quarantine=no_quarantine, conflicts=no_conflicts),
+                  events_source=raw_events_source(str(log_dir / "*.jsonl")))
     raw = {name: timed(raw_con, sql, args.raw_repeat) for name, sql in QUERIES.items()}
 
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nload average (1/5/15 min) at the end: {load}")
     print(f"{n:,} events ({n / EVENTS_PER_TRACE:,.0f} traces): built in {build_s:.1f} s; "
           f"Parquet store {store_mb:,.0f} MB vs JSONL {jsonl_mb:,.0f} MB; DuckDB threads={args.threads}")
-    print(f"data files: {seg_before} before compaction, {res.files_after} after ({compact_s:.1f} s)\n")
+    print(f"data files: {seg_before} before compaction, {res.files_after} after ({compact_s:.1f} s)")
+    if fresh_first is not None:
+        print(f"+fresh: first query after the fresh commits {fresh_first:.3f} s (it also checks the fresh ids for conflicting copies)")
+    print()
     w = max(map(len, QUERIES))
-    print(f"{'query':<{w}}  {'store':>9}  {'compacted':>9}  {'+fresh':>9}  {'raw JSONL':>9}  {'speed-up':>8}  result (store = compacted = raw)")
+    print(f"{'query':<{w}}  {'store':>9}  {'compacted':>9}  {'+fresh':>9}  {'raw JSONL':>9}  {'speed-up':>8}  "
+          "result (store = compacted; raw = +fresh: the JSONL holds the fresh events too)")
     for name in QUERIES:
         (b, rb), (a, ra), (r, rr) = before[name], after[name], raw[name]
         f = f"{fresh[name][0]:8.3f}s" if fresh else f"{'-':>9}"
-        same = "ok" if rb == ra == rr else f"MISMATCH {rb} {ra} {rr}"
+        rf = fresh[name][1] if fresh else ra
+        same = "ok" if rb == ra and rf == rr else f"MISMATCH {rb} {ra} {rf} {rr}"
         print(f"{name:<{w}}  {b:8.3f}s  {a:8.3f}s  {f}  {r:8.3f}s  {r / a:7.1f}x  {ra} {same}")
 
 

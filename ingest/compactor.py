@@ -81,7 +81,7 @@ class Compactor:
         try:
             n = small_files(self.store)
             if n < self.min_segments:
-                if summary_anyway and self.store.local is not None:
+                if summary_anyway:
                     t0 = time.monotonic()
                     version = build_summary(self.store)
                     self.hub.emit("summary_built", events_version=version, seconds=round(time.monotonic() - t0, 2))

@@ -12,11 +12,14 @@ longest query (default one hour; ``kaelum-sql compact --retention-s``) means a r
 loses a file. Time travel (``--as-of``) reaches back as far as the retention: older versions may
 name files that VACUUM deleted, and reading them fails with a clear message.
 
-Then the per-trace summary (local stores): ``_trace_summary`` of the newest events version,
-written as a new version of the ``trace_summary`` Delta table whose commit metadata names that
-events version. Readers use it for every trace that no later events touch (store/views.py), so
-the per-trace views of a compacted store read one row per trace instead of every event. It is
-derived data: the events stay the truth, and a summary of another kaelum's columns is ignored.
+After OPTIMIZE, a positions checkpoint (``store.writer.checkpoint_positions``): every writer's
+positions in one empty events commit, so that reading positions stops there. Then the per-trace
+summary (folders and URLs): ``_trace_summary`` of the newest events version, written as a new
+version of the ``trace_summary`` Delta table whose commit metadata names that events version, after
+the losing copies of conflicting ids of the same version (``id_conflicts``, store/conflicts.py).
+Readers use it for every trace that no later events touch (store/views.py), so the per-trace
+views of a compacted store read one row per trace instead of every event. It is derived data: the
+events stay the truth, and a summary of another kaelum's columns is ignored.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ import os
 import time
 from dataclasses import dataclass
 
+from .conflicts import CONFLICT_COLUMNS, CONFLICTS_SCHEMA
 from .layout import StoreInfo, open_store
+from .writer import checkpoint_positions
 from .schema import ROW_GROUP_ROWS, ZSTD_LEVEL
-from .tables import META_EVENTS_VERSION, META_SUMMARY_COLUMNS, TABLE_CONFIGURATION, delta_call, open_table
+from .tables import META_EVENTS_VERSION, META_SUMMARY_COLUMNS, TABLE_CONFIGURATION, delta_call, open_table, table_exists
 
 DEFAULT_RETENTION_S = 3600.0  # longer than the longest reader's query; also how far back --as-of reaches
 TARGET_FILE_BYTES = 128 << 20
@@ -91,10 +96,13 @@ def compact(
         metrics = delta_call(info, f"compacting {uri}", lambda: table.optimize.compact(target_size=target_bytes, writer_properties=props))
         removed += int(metrics.get("numFilesRemoved", 0))
         added += int(metrics.get("numFilesAdded", 0))
+    # Every writer's positions in one commit, so that `store.positions` (kaelum-ingest status) and
+    # recovery read the log back to here only.
+    checkpoint_positions(info)
     # After OPTIMIZE: the summary covers the files of the version readers will see from now on.
-    summary_version = build_summary(info, props) if info.local is not None else None
+    summary_version = build_summary(info, props)
     if vacuum:
-        tables = [info.events_uri, info.quarantine_uri] + ([info.summary_uri] if summary_version is not None else [])
+        tables = [info.events_uri, info.quarantine_uri] + ([info.summary_uri, info.conflicts_uri] if summary_version is not None else [])
         for uri in tables:
             table = open_table(info, uri)
             deleted += len(delta_call(info, f"vacuuming {uri}", lambda: _vacuum(table, retention_s)))
@@ -102,8 +110,9 @@ def compact(
 
 
 def build_summary(info: StoreInfo, props=None) -> int | None:  # noqa: ANN001 - deltalake.WriterProperties
-    """Write the per-trace summary of the newest events version (unless it is current already);
-    returns the events version it covers."""
+    """Write the per-trace summary of the newest events version (unless it is current already),
+    and before it the losing copies of conflicting ids of the same version (``id_conflicts``: the
+    summary is only read together with them); returns the events version they cover."""
     from deltalake import CommitProperties, DeltaTable, write_deltalake
 
     from .views import connect, summary_schema_file
@@ -114,21 +123,35 @@ def build_summary(info: StoreInfo, props=None) -> int | None:  # noqa: ANN001 - 
     con = connect(info, as_of={"events": version, "quarantine": open_table(info, info.quarantine_uri).version()})
     try:
         columns = summary_schema_file(con)[1]
-        if (info.local / "trace_summary" / "_delta_log").is_dir():
-            last = next((c for c in DeltaTable(uri).history() if c.get(META_EVENTS_VERSION) is not None), None)
+        if table_exists(info, uri):
+            last = next((c for c in open_table(info, uri).history() if c.get(META_EVENTS_VERSION) is not None), None)
             # Current when built with these columns over the same files (VACUUM adds versions, not rows).
             if last is not None and last.get(META_SUMMARY_COLUMNS) == columns:
                 built_on = int(last[META_EVENTS_VERSION])
-                if built_on == version or set(DeltaTable(info.events_uri, version=built_on).file_uris()) == set(events.file_uris()):
+                same = built_on == version or set(open_table(info, info.events_uri, built_on).file_uris()) == set(events.file_uris())
+                if same and _has_conflicts_of(info, built_on):
                     return built_on
         rows = con.sql("SELECT * FROM _trace_summary ORDER BY trace_id").to_arrow_table()
+        # Stored as of this version: nothing in it is newer than the set itself (live = false).
+        conflicts = con.sql(f"SELECT {CONFLICT_COLUMNS} FROM (SELECT * REPLACE (false AS live) FROM _conflicts) ORDER BY id").to_arrow_table().cast(CONFLICTS_SCHEMA)
     finally:
         con.close()
     meta = {META_EVENTS_VERSION: str(version), META_SUMMARY_COLUMNS: columns}
+    # The conflicts first: a reader takes a summary only when the conflicts of its version exist.
+    delta_call(info, "writing the conflicting-id set", lambda: write_deltalake(
+        info.conflicts_uri, conflicts, mode="overwrite", schema_mode="overwrite", writer_properties=props, storage_options=info.options,
+        configuration=TABLE_CONFIGURATION, commit_properties=CommitProperties(custom_metadata={META_EVENTS_VERSION: str(version)})))
     delta_call(info, "writing the trace summary", lambda: write_deltalake(
         uri, rows, mode="overwrite", schema_mode="overwrite", writer_properties=props, configuration=TABLE_CONFIGURATION,
+        storage_options=info.options,
         commit_properties=CommitProperties(custom_metadata=meta)))
     return version
+
+
+def _has_conflicts_of(info: StoreInfo, events_version: int) -> bool:
+    if not table_exists(info, info.conflicts_uri):
+        return False
+    return any(c.get(META_EVENTS_VERSION) == str(events_version) for c in open_table(info, info.conflicts_uri).history())
 
 
 def _vacuum(table, retention_s: float) -> list[str]:  # noqa: ANN001 - a deltalake.DeltaTable

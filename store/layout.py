@@ -124,6 +124,11 @@ class StoreInfo:
     def summary_uri(self) -> str:
         return self.table_uri("trace_summary")
 
+    @property
+    def conflicts_uri(self) -> str:
+        """The losing copies of conflicting event ids, stored by compaction (store/conflicts.py)."""
+        return self.table_uri("id_conflicts")
+
     def __str__(self) -> str:
         return self.uri
 

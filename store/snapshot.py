@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .layout import StoreError, StoreInfo
-from .tables import EVENTS_TABLE_SCHEMA, META_EVENTS_VERSION, META_SUMMARY_COLUMNS, PARTITION, QUARANTINE_TABLE_SCHEMA, delta_call, open_table
+from .tables import (EVENTS_TABLE_SCHEMA, META_EVENTS_VERSION, META_SUMMARY_COLUMNS, PARTITION, QUARANTINE_TABLE_SCHEMA, delta_call,
+                     open_table, table_exists)
 
 # A version of the events table, an RFC 3339 timestamp, or exact versions of both tables
 # ({"events": 12, "quarantine": 3}: what a training manifest records).
@@ -47,6 +48,7 @@ class Summary:
     columns: str  # the columns it was built with (``,``-joined)
     files: tuple[str, ...]
     base_files: frozenset[str]  # the events files of `events_version`: rows the summary covers
+    conflict_files: tuple[str, ...] = ()  # the losing copies of conflicting ids at `events_version` (store/conflicts.py)
 
 
 @dataclass(frozen=True)
@@ -117,14 +119,15 @@ class Snapshots:
     # -- the per-trace summary ------------------------------------------------------------------
 
     def _summary_at(self, events_version: int, newest: bool) -> Summary | None:
-        """The newest summary built from an events version at most `events_version` (local stores;
-        None when there is none: the views then compute every trace from the events)."""
+        """The newest summary built from an events version at most `events_version` (None when there
+        is none: the views then compute every trace from the events)."""
         from deltalake import DeltaTable
 
-        if self.info.local is None or not (self.info.local / "trace_summary" / "_delta_log").is_dir():
-            return None
+        opts = self.info.options
         if self._summary_table is None:
-            self._summary_table = DeltaTable(self.info.summary_uri)
+            if not table_exists(self.info, self.info.summary_uri):
+                return None
+            self._summary_table = open_table(self.info, self.info.summary_uri)
         table = self._summary_table
         if newest:
             table.update_incremental()
@@ -135,11 +138,25 @@ class Snapshots:
             v = commit["version"]
             cached = self._summaries.get(v)
             if cached is None:
-                at = DeltaTable(self.info.summary_uri, version=v)
-                base = frozenset(DeltaTable(self.info.events_uri, version=int(ev)).file_uris())
-                cached = Summary(v, int(ev), commit.get(META_SUMMARY_COLUMNS, ""), tuple(at.file_uris()), base)
+                conflicts = self._conflicts_at(int(ev))
+                if conflicts is None:  # built by a kaelum without the conflicts set: not usable
+                    return None
+                at = DeltaTable(self.info.summary_uri, version=v, storage_options=opts)
+                base = frozenset(DeltaTable(self.info.events_uri, version=int(ev), storage_options=opts).file_uris())
+                cached = Summary(v, int(ev), commit.get(META_SUMMARY_COLUMNS, ""), tuple(at.file_uris()), base, conflicts)
                 self._summaries = {v: cached}  # one kept: a reader moves forward
             return cached
+        return None
+
+    def _conflicts_at(self, events_version: int) -> tuple[str, ...] | None:
+        """The files of the stored conflicts set of exactly `events_version` (None: there is none)."""
+        if not table_exists(self.info, self.info.conflicts_uri):
+            return None
+        table = open_table(self.info, self.info.conflicts_uri)
+        for commit in table.history():
+            if commit.get(META_EVENTS_VERSION) == str(events_version):
+                table.load_as_version(commit["version"])
+                return tuple(table.file_uris())
         return None
 
     def _pin(self, as_of: AsOf) -> None:
@@ -191,6 +208,29 @@ class Snapshots:
             return (delta_call(self.info, "reading the events table", self._events.to_pyarrow_dataset),
                     delta_call(self.info, "reading the quarantine table", self._quarantine.to_pyarrow_dataset))
 
+    def summary_datasets(self, summary: Summary) -> tuple[Any, Any]:
+        """pyarrow datasets of the summary and of its conflicts set (URL stores)."""
+        from deltalake import DeltaTable
+
+        opts = self.info.options
+        conflicts = open_table(self.info, self.info.conflicts_uri)
+        for commit in conflicts.history():
+            if commit.get(META_EVENTS_VERSION) == str(summary.events_version):
+                conflicts.load_as_version(commit["version"])
+                break
+        return (delta_call(self.info, "reading the trace summary",
+                           lambda: DeltaTable(self.info.summary_uri, version=summary.version, storage_options=opts).to_pyarrow_dataset()),
+                delta_call(self.info, "reading the conflicting-id set", conflicts.to_pyarrow_dataset))
+
+    def events_subset(self, dataset: Any, uris: frozenset[str]) -> Any:
+        """The part of an events dataset (``to_pyarrow_dataset``) in the files `uris` (``file_uris()``)."""
+        import pyarrow.dataset as pds
+
+        root = self.info.events_uri.rstrip("/") + "/"
+        rel = {u[len(root):] if u.startswith(root) else u for u in uris}
+        frags = [f for f in dataset.get_fragments() if f.path in rel or f.path in uris or f.path.lstrip("/") in rel]
+        return pds.FileSystemDataset(frags, dataset.schema, dataset.format, dataset.filesystem)
+
 
 class SnapshotFiles:
     """The ``kaelum_files(kind, txid)`` function of one local reader connection.
@@ -214,6 +254,10 @@ class SnapshotFiles:
         self.binding = False
         self.summary_schema: Path | None = None  # set by the views: the summary's zero-row file
         self.summary_columns: str | None = None  # the columns this reader's summary has
+        # The losing copies of conflicting ids, one small Parquet file per snapshot (store/conflicts.py).
+        self._conflicts: OrderedDict[tuple[int, int | None], Path] = OrderedDict()
+        self._conflicts_dir: Path | None = None
+        self._conflicts_con: Any = None
 
     def snapshot(self, txid: int) -> Snapshot:
         with self._lock:
@@ -231,7 +275,43 @@ class SnapshotFiles:
         s = snap.summary
         return s if s is not None and s.columns == self.summary_columns else None
 
+    def conflicts_file(self, snap: Snapshot) -> Path:
+        """The losing copies of `snap`, computed once per (events version, summary) and kept in a
+        temporary file: every reference to ``events`` in a query reads that small file."""
+        summary = self.usable_summary(snap)
+        key = (snap.events_version, summary.version if summary else None)
+        with self._lock:
+            path = self._conflicts.get(key)
+            if path is not None and path.exists():
+                return path
+            import duckdb
+            import pyarrow.parquet as pq
+
+            from .conflicts import compute_for_files
+
+            if self._conflicts_con is None:
+                self._conflicts_con = duckdb.connect(":memory:", config={"threads": "2"})
+                self._conflicts_con.execute("SET TimeZone = 'UTC'")
+                self._conflicts_dir = Path(tempfile.mkdtemp(prefix="kaelum-conflicts-"))
+                atexit.register(shutil.rmtree, self._conflicts_dir, True)
+            if summary is None:
+                table = compute_for_files(self._conflicts_con, snap.events_files)
+            else:
+                fresh = [f for f in snap.events_files if f not in summary.base_files]
+                table = compute_for_files(self._conflicts_con, snap.events_files, fresh, summary.conflict_files)
+            path = Path(self._conflicts_dir or tempfile.gettempdir()) / f"conflicts-{snap.events_version}-{key[1]}.parquet"
+            pq.write_table(table, path)
+            self._conflicts[key] = path
+            while len(self._conflicts) > 8:  # older snapshots' files: no query started now reads them
+                _, old = self._conflicts.popitem(last=False)
+                old.unlink(missing_ok=True)
+            return path
+
     def __call__(self, kind: str, txid: Any) -> list[str]:
+        if kind == "conflicts":
+            if self.binding:
+                return [str(conflicts_schema_file())]
+            return [str(self.conflicts_file(self.snapshot(int(txid))))]
         if kind == "summary":
             if self.summary_schema is None:
                 raise ValueError("kaelum_files('summary') needs the summary's schema file")
@@ -258,6 +338,21 @@ class SnapshotFiles:
 
 _SCHEMA_FILES: dict[str, Path] = {}
 _SCHEMA_LOCK = threading.Lock()
+
+
+def conflicts_schema_file() -> Path:
+    """A zero-row Parquet file of ``CONFLICTS_SCHEMA`` (what the views bind to)."""
+    from .conflicts import CONFLICTS_SCHEMA
+
+    with _SCHEMA_LOCK:
+        path = _SCHEMA_FILES.get("conflicts")
+        if path is None or not path.exists():
+            d = Path(tempfile.mkdtemp(prefix="kaelum-store-schema-"))
+            atexit.register(shutil.rmtree, d, True)
+            path = d / "s-conflicts.parquet"
+            pq.write_table(CONFLICTS_SCHEMA.empty_table(), path)
+            _SCHEMA_FILES["conflicts"] = path
+        return path
 
 
 def schema_file(kind: str) -> Path:

@@ -87,6 +87,15 @@ def create_tables(info: StoreInfo) -> None:
                 raise
 
 
+def table_exists(info: StoreInfo, uri: str) -> bool:
+    """Whether `uri` (a table of the store: the summary, the conflicts set) is a Delta table yet."""
+    from deltalake import DeltaTable
+
+    if info.local is not None:
+        return (info.local / uri[len(info.uri) + 1:] / "_delta_log").is_dir()
+    return delta_call(info, f"opening {uri}", lambda: DeltaTable.is_deltatable(uri, storage_options=info.options))
+
+
 def _is_table(info: StoreInfo, uri: str) -> bool:
     from deltalake import DeltaTable
 

@@ -23,8 +23,10 @@ import duckdb
 
 from kaelum.domains.base import CHECKED_METHODS
 
+from .conflicts import CONFLICT_COLUMNS, DEDUP_ORDER, compute_conflicts, conflicts_sql
 from .layout import StoreError, StoreInfo, open_store
-from .snapshot import AsOf, EMPTY_PARTITION, Snapshot, SnapshotFiles, Snapshots
+from .snapshot import AsOf, EMPTY_PARTITION, Snapshot, SnapshotFiles, Snapshots, conflicts_schema_file, schema_file
+from .tables import EVENTS_TABLE_SCHEMA
 from .upcast import CURRENT, Contract, method_sql
 
 DEFAULT_MIN_REWARD = 0.7
@@ -56,6 +58,8 @@ class Scans:
     With `summary` (local stores), per-trace views read the summary compaction derived for every
     trace that no newer events touch (`fresh`: the events files the summary does not cover), and
     recompute the others from all their events (`if_fresh`: every events file when any is fresh).
+    `conflicts` is the snapshot's losing copies of conflicting ids (store/conflicts.py), computed
+    outside the views; without it the views compute them from every stored row.
     """
 
     events: str
@@ -63,6 +67,7 @@ class Scans:
     summary: str | None = None
     fresh: str | None = None
     if_fresh: str | None = None
+    conflicts: str | None = None
 
     @staticmethod
     def snapshot_files() -> "Scans":
@@ -72,12 +77,13 @@ class Scans:
         def scan(kind: str, hive: bool = True) -> str:
             return f"read_parquet(kaelum_files('{kind}', txid_current()), {opts if hive else 'hive_partitioning = false'})"
 
-        return Scans(scan("events"), scan("quarantine"), scan("summary", hive=False), scan("events_fresh"), scan("events_if_fresh"))
+        return Scans(scan("events"), scan("quarantine"), scan("summary", hive=False), scan("events_fresh"), scan("events_if_fresh"),
+                     scan("conflicts", hive=False))
 
     @staticmethod
-    def registered(events: str, quarantine: str) -> "Scans":
+    def registered(events: str, quarantine: str, conflicts: str | None = None) -> "Scans":
         """Arrow datasets registered on the connection under these names (URL stores)."""
-        return Scans(events, quarantine)
+        return Scans(events, quarantine, conflicts=conflicts)
 
 
 def _events_up(scan: str, contract: Contract) -> str:
@@ -104,9 +110,6 @@ def _events_up(scan: str, contract: Contract) -> str:
     )
 
 
-# Which copy of a re-sent event (same id) the views keep; compaction never changes which.
-DEDUP_ORDER = 'writer, source, "offset"'
-
 Views = list[tuple[str, str]]
 
 
@@ -118,15 +121,28 @@ def _macro(name: str, body: str) -> tuple[str, str]:
     return name, f"CREATE OR REPLACE MACRO {name}(min_reward) AS TABLE {body}"
 
 
+def _without_losers(rel: str, where: str = "") -> str:
+    """The rows of `rel` that are not losing copies of a conflicting id, each (type, trace_id, id) once."""
+    # Losing copies are out first (an anti-join with the small `_conflicts`); what is left of an id
+    # is the winner's (type, trace_id), so de-duplicating on (type, trace_id, id) keeps each id
+    # once. That key rather than id alone lets DuckDB push a view's filter on type or trace_id
+    # below the de-duplication, down to the scan.
+    # An explicit ANTI JOIN, not NOT EXISTS: DuckDB turns the correlated subquery into a join over
+    # a materialised copy of the scan, which a view's filter on type then no longer reaches.
+    return (f"SELECT e.* FROM {rel} e ANTI JOIN _conflicts c ON c.id = e.id AND c.type = e.type AND c.trace_id = e.trace_id "
+            f"{'WHERE ' + where + ' ' if where else ''}"
+            f"QUALIFY row_number() OVER (PARTITION BY e.type, e.trace_id, e.id ORDER BY {', '.join('e.' + k.strip() for k in DEDUP_ORDER.split(','))}) = 1")
+
+
 def events_views(scans: Scans, contract: Contract, events_source: str | None) -> Views:
-    """``_events_all`` (every stored row) and ``events`` (each id once)."""
+    """``_events_all`` (every stored row), ``_conflicts`` (losing copies) and ``events`` (each id once)."""
     raw = events_source if events_source is not None else _events_up(scans.events, contract)
-    # Re-sent events share an id; the view keeps one. Partitioning by (type, trace_id, id) rather
-    # than id alone is the same for re-sent events (identical content) and lets DuckDB push a
-    # view's filter on type or trace_id below the de-duplication.
+    conflicts = (f"SELECT {CONFLICT_COLUMNS} FROM {scans.conflicts}" if scans.conflicts is not None
+                 else conflicts_sql("_events_all", None, live=False))
     return [
         _view("_events_all", raw),
-        _view("events", f"SELECT * FROM _events_all QUALIFY row_number() OVER (PARTITION BY type, trace_id, id ORDER BY {DEDUP_ORDER}) = 1"),
+        _view("_conflicts", conflicts),
+        _view("events", _without_losers("_events_all")),
     ]
 
 
@@ -218,10 +234,13 @@ def traces_views(scans: Scans, contract: Contract) -> Views:
         return defs + [_view("_trace_live", _summary_sql("")), _view("_trace_summary", "SELECT * FROM _trace_live"),
                        _view("traces", _trace_columns_sql(""))]
     defs += [
-        _view("_touched", f"SELECT DISTINCT trace_id FROM ({_events_up(scans.fresh, contract)})"),
+        # Traces with fresh events, and the traces of both sides of a conflict that fresh events
+        # started or changed (a fresh copy may win over one the summary kept).
+        _view("_touched", f"SELECT DISTINCT trace_id FROM ({_events_up(scans.fresh, contract)}) "
+                          "UNION SELECT trace_id FROM _conflicts WHERE live UNION SELECT winner_trace_id FROM _conflicts WHERE live"),
         # The filter on trace_id comes before the de-duplication, so the window sees only those traces.
-        _view("_events_live", f"SELECT * FROM ({_events_up(scans.if_fresh, contract)}) WHERE trace_id IN (SELECT trace_id FROM _touched) "
-                              f"QUALIFY row_number() OVER (PARTITION BY type, trace_id, id ORDER BY {DEDUP_ORDER}) = 1"),
+        _view("_events_live", _without_losers(f"({_events_up(scans.if_fresh, contract)})",
+                                              "trace_id IN (SELECT trace_id FROM _touched)")),
         *(_view(n, b) for n, b in _trace_views("_l", "_events_live")),
         _view("_trace_live", _summary_sql("_l")),
         _view("_trace_live_columns", _trace_columns_sql("_l")),
@@ -384,29 +403,15 @@ def preference_pairs_views(p: str = "") -> Views:
 
 def quarantine_views(scans: Scans) -> Views:
     """``quarantine``: refused lines, each (source, offset) once (the first quarantining wins), and
-    the copies of conflicting event ids (``_id_conflicts``)."""
+    the losing copies of conflicting event ids (``_conflicts``, store/conflicts.py)."""
     return [
-        # The same event id stored with another type or trace: a contract violation (ids are
-        # UUIDs). The copy that DEDUP_ORDER puts first is the event; every other (type, trace)
-        # copy is listed here with the reason. Computed only when quarantine is queried.
-        _view("_id_conflicts", f"""
-        SELECT e.source, e.source_path, e."offset",
-               'event id ' || e.id || ' conflicts with an earlier copy: that one is a ' || w.type || ' of trace ' || w.trace_id
-                 || ', this one a ' || e.type || ' of trace ' || e.trace_id AS reason,
-               json_object('v', e.v, 'id', e.id, 'type', e.type, 'trace_id', e.trace_id, 'seq', e.seq, 'data', e.data)::VARCHAR AS raw_text,
-               e.writer, e.date
-        FROM events e JOIN (
-            SELECT id, arg_min(type, ({DEDUP_ORDER})) AS type, arg_min(trace_id, ({DEDUP_ORDER})) AS trace_id
-            FROM events GROUP BY id HAVING count(*) > 1
-        ) w ON w.id = e.id AND (w.type <> e.type OR w.trace_id <> e.trace_id)
-        """),
         _view(
             "quarantine",
             f"SELECT {QUARANTINE_COLUMNS} FROM {scans.quarantine} "
             f"WHERE date <> DATE '{EMPTY_PARTITION[5:]}' "
             'QUALIFY row_number() OVER (PARTITION BY source, "offset" ORDER BY quarantined_at, writer) = 1 '
             'UNION ALL SELECT source, source_path, "offset", reason, raw_text, raw_text::BLOB AS raw, writer, '
-            "NULL::TIMESTAMPTZ AS quarantined_at, date FROM _id_conflicts",
+            "NULL::TIMESTAMPTZ AS quarantined_at, date FROM _conflicts",
         ),
     ]
 
@@ -512,15 +517,53 @@ def connect(
     else:
         files = None
         snap = snapshots.resolve()
-        ev, q = snapshots.datasets(snap)
-        con.register("_kaelum_events_dataset", ev)
-        con.register("_kaelum_quarantine_dataset", q)
-        scans = Scans.registered("_kaelum_events_dataset", "_kaelum_quarantine_dataset")
+        scans = _register_url_snapshot(con, snapshots, snap, contract)
         _SNAPSHOT_OF[con] = lambda: snap
     install_views(con, scans, contract, files=files)
     if files is not None:
         files.binding = False
     return con
+
+
+def _register_url_snapshot(con: duckdb.DuckDBPyConnection, snapshots: Snapshots, snap: Snapshot, contract: Contract) -> Scans:
+    """Register the relations of one snapshot of a URL store on `con` (one version per connection):
+    both tables, and, when the snapshot has a summary of this kaelum's columns, the summary, the
+    events files it does not cover, and its conflicts set; the losing copies are computed here, once."""
+    ev, q = snapshots.datasets(snap)
+    con.register("_kaelum_events_dataset", ev)
+    con.register("_kaelum_quarantine_dataset", q)
+    summary = snap.summary if snap.summary is not None and snap.summary.columns == _live_summary_columns(contract) else None
+    if summary is None:
+        con.register("_kaelum_conflicts", compute_conflicts(con, "_kaelum_events_dataset"))
+        return Scans.registered("_kaelum_events_dataset", "_kaelum_quarantine_dataset", "_kaelum_conflicts")
+    fresh = frozenset(snap.events_files) - summary.base_files
+    summary_ds, stored_conflicts = snapshots.summary_datasets(summary)
+    con.register("_kaelum_events_fresh", snapshots.events_subset(ev, fresh))
+    con.register("_kaelum_events_if_fresh", ev if fresh else EVENTS_TABLE_SCHEMA.empty_table())
+    con.register("_kaelum_summary", summary_ds)
+    con.register("_kaelum_conflicts_stored", stored_conflicts)
+    con.register("_kaelum_conflicts", compute_conflicts(con, "_kaelum_events_dataset", "_kaelum_events_fresh", "_kaelum_conflicts_stored"))
+    return Scans("_kaelum_events_dataset", "_kaelum_quarantine_dataset", summary="_kaelum_summary", fresh="_kaelum_events_fresh",
+                 if_fresh="_kaelum_events_if_fresh", conflicts="_kaelum_conflicts")
+
+
+_LIVE_SUMMARY_COLUMNS: dict[int, str] = {}
+
+
+def _live_summary_columns(contract: Contract) -> str:
+    """The columns of ``_trace_live`` under `contract` (what a usable summary was built with)."""
+    cols = _LIVE_SUMMARY_COLUMNS.get(id(contract))
+    if cols is None:
+        con = duckdb.connect(":memory:")
+        try:
+            hive = "hive_partitioning = true, hive_types = {'date': DATE}"
+            empty = Scans(f"read_parquet('{schema_file('events')}', {hive})", f"read_parquet('{schema_file('quarantine')}', {hive})",
+                          conflicts=f"read_parquet('{conflicts_schema_file()}')")
+            install_views(con, empty, contract)
+            cols = _LIVE_SUMMARY_COLUMNS[id(contract)] = ",".join(f"{r[0]} {r[1]}" for r in con.execute("DESCRIBE SELECT * FROM _trace_live").fetchall())
+        finally:
+            con.close()
+    return cols
 
 
 # Per connection (weakly held: the entry goes with the connection), what it read last.

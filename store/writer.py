@@ -44,6 +44,10 @@ META_WRITER = "kaelum.writer"
 META_SEQ = "kaelum.seq"
 META_POSITIONS = "kaelum.positions"
 META_RANGES = "kaelum.ranges"
+# The positions checkpoint (``checkpoint_positions``): every writer's newest seq and positions as of
+# events version ``base``, recorded by compaction in an empty commit of the events table, so that
+# readers of positions read only the commits after ``base`` instead of the whole log.
+META_CHECKPOINT = "kaelum.positions_checkpoint"
 
 
 @dataclass(frozen=True)
@@ -109,9 +113,9 @@ def _positions_json(positions: Mapping[str, SourcePosition]) -> str:
     )
 
 
-def _positions_of(text: str, writer: str) -> dict[str, SourcePosition]:
+def _positions_of(obj: str | dict[str, Any], writer: str) -> dict[str, SourcePosition]:
     out = {}
-    for fp, p in json.loads(text).items():
+    for fp, p in (json.loads(obj) if isinstance(obj, str) else obj).items():
         out[fp] = SourcePosition(fp, p["path"], p["offset"], p["events"], p["quarantined"], p["bytes"], _parse_iso(p["committed_at"]), writer)
     return out
 
@@ -127,13 +131,42 @@ def _history(table: Any) -> Iterable[dict[str, Any]]:
         seen, limit = len(chunk), limit * 4
 
 
+def _newest_per_writer(table: Any, upto: int | None = None, writer: str | None = None) -> dict[str, tuple[int, dict[str, Any]]]:
+    """{writer: (seq, positions as JSON objects)} of each writer's newest commit (at most version
+    `upto`), reading the log newest first and stopping at the newest positions checkpoint: the
+    commits after its base, then the checkpoint itself for the writers they do not name. With
+    `writer`, it stops as soon as that writer is found."""
+    found: dict[str, tuple[int, dict[str, Any]]] = {}
+    base: int | None = None
+    checkpoint: dict[str, Any] = {}
+    for commit in _history(table):
+        version = commit.get("version")
+        if upto is not None and version is not None and version > upto:
+            continue  # committed after the version asked about
+        if base is not None and version is not None and version <= base:
+            break
+        w = commit.get(META_WRITER)
+        if w and w not in found and commit.get(META_SEQ):
+            found[w] = (int(commit[META_SEQ]), json.loads(commit.get(META_POSITIONS, "{}")))
+            if w == writer:
+                return found
+        cp = commit.get(META_CHECKPOINT)
+        if cp is not None and base is None:
+            parsed = json.loads(cp)
+            base, checkpoint = int(parsed["base"]), parsed["writers"]
+    for w, entry in checkpoint.items():
+        found.setdefault(w, (int(entry["seq"]), entry["positions"]))
+    return found
+
+
 def writer_positions(table: Any, writer: str, seq: int) -> dict[str, SourcePosition]:
-    """The positions committed by `writer`'s commit number `seq` (from the commit's metadata)."""
+    """The positions committed by `writer`'s commit number `seq` (from the commit's metadata, or
+    from the positions checkpoint that recorded it)."""
     if seq <= 0:
         return {}
-    for commit in _history(table):
-        if commit.get(META_WRITER) == writer and commit.get(META_SEQ) == str(seq):
-            return _positions_of(commit.get(META_POSITIONS, "{}"), writer)
+    got = _newest_per_writer(table, writer=writer).get(writer)
+    if got is not None and got[0] == seq:
+        return _positions_of(got[1], writer)
     raise StoreError(
         f"writer {writer!r} committed seq {seq} but that commit is no longer in the Delta log of the events table "
         "(log retention expired?); its read positions are lost — use a new --writer-id to re-ingest"
@@ -143,20 +176,43 @@ def writer_positions(table: Any, writer: str, seq: int) -> dict[str, SourcePosit
 def positions(location: str | os.PathLike[str] | StoreInfo) -> dict[tuple[str, str], SourcePosition]:
     """Durable read positions of every writer of the store: {(writer_id, fingerprint): position}.
 
-    Each writer's newest commit holds its cumulative positions, so the newest one found per writer
-    (reading the log newest first) is the answer.
+    Each writer's newest commit holds its cumulative positions; the log is read newest first down
+    to the newest positions checkpoint (written by compaction), not further.
     """
     info = location if isinstance(location, StoreInfo) else open_store(location)
     table = open_table(info, info.events_uri)
+    newest = delta_call(info, "reading the events table's log", lambda: _newest_per_writer(table))
     out: dict[tuple[str, str], SourcePosition] = {}
-    seen: set[str] = set()
-    for commit in delta_call(info, "reading the events table's log", lambda: list(_history(table))):
-        w = commit.get(META_WRITER)
-        if w and w not in seen:
-            seen.add(w)
-            for fp, pos in _positions_of(commit.get(META_POSITIONS, "{}"), w).items():
-                out[(w, fp)] = pos
+    for w, (_seq, entry) in newest.items():
+        for fp, pos in _positions_of(entry, w).items():
+            out[(w, fp)] = pos
     return out
+
+
+def checkpoint_positions(location: str | os.PathLike[str] | StoreInfo) -> int | None:
+    """Record every writer's newest seq and positions in one empty commit of the events table
+    (``kaelum.positions_checkpoint``); returns its version, or None when no writer committed since
+    the last checkpoint. Positions stay where they always were (each writer's own commits, atomic
+    with its events); the checkpoint only shortens the part of the log that readers of positions
+    read. Safe beside concurrent writers: a commit after `base` is read before the checkpoint's entry.
+    """
+    from deltalake import CommitProperties, write_deltalake
+
+    info = location if isinstance(location, StoreInfo) else open_store(location)
+    table = open_table(info, info.events_uri)
+    base = table.version()
+    last = next(iter(table.history(limit=1)), {})
+    if last.get(META_CHECKPOINT) is not None:
+        return None  # nothing committed since the newest checkpoint
+    newest = delta_call(info, "reading the events table's log", lambda: _newest_per_writer(table, upto=base))
+    if not newest:
+        return None
+    meta = {META_CHECKPOINT: json.dumps({"base": base, "writers": {w: {"seq": seq, "positions": p} for w, (seq, p) in newest.items()}},
+                                        separators=(",", ":"))}
+    delta_call(info, "writing the positions checkpoint", lambda: write_deltalake(
+        table, EVENTS_TABLE_SCHEMA.empty_table(), mode="append", partition_by=[PARTITION],
+        commit_properties=CommitProperties(custom_metadata=meta)))
+    return table.version()
 
 
 class StoreWriter:

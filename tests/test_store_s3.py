@@ -318,3 +318,49 @@ def _feedback_event() -> dict:
 
     return {"v": 1, "id": new_event_id(), "type": "feedback", "trace_id": new_trace_id(), "seq": 0, "ts": utc_now(),
             "data": {"reward": 0.5, "label": "checked", "by": "test"}}
+
+
+def test_a_url_store_gets_the_per_trace_summary_and_the_conflicts_set_like_a_folder(s3, tmp_path: Path):
+    """Item 3 of issue 9 on S3: `--once` leaves a trace_summary (and id_conflicts) table on the URL
+    store, readers use it, and every view answers as on a local folder with the same events —
+    also with fresh commits (a new trace, a conflicting copy) on top of it."""
+    from store_traces import _traces
+
+    traces = _traces()
+    logs = tmp_path / "logs"
+    with TraceLogger(logs, fsync="never") as lg:
+        for _tid, evs in traces.values():
+            lg.log_many(evs)
+    local = tmp_path / "local"
+    for target in (s3, local):
+        ingest_once(logs, target, writer_id="host-a", progress=False)
+    assert DeltaTable.is_deltatable(f"{s3}/trace_summary", storage_options=_opts())
+    assert DeltaTable.is_deltatable(f"{s3}/id_conflicts", storage_options=_opts())
+    queries = ["select trace_id, reward, complete from trajectories order by trace_id",
+               "select trace_id, n_steps from training_examples order by trace_id",
+               "select trace_id, node_id, evaluations from nodes order by 1, 2",
+               "select count(*), count(distinct id) from events",
+               "select source_path, reason from quarantine order by 1, 2"]
+
+    def same() -> None:
+        cu, cl = store.connect(s3), store.connect(local)
+        assert store.snapshot_of(cu).summary is not None
+        for q in queries:
+            assert cu.execute(q).fetchall() == cl.execute(q).fetchall(), q
+
+    same()
+    # Fresh: a new trace and a copy of T1's completion id in T3's trace, from a later writer (it loses).
+    t1_done = next(e for e in traces["T1"][1] if e.type == "trace_completed").to_dict()
+    conflicting = {**t1_done, "trace_id": traces["T3"][0], "seq": 50}
+    logs2 = tmp_path / "logs2"
+    with TraceLogger(logs2, fsync="never") as lg:
+        lg.write_line(json.dumps(conflicting).encode() + b"\n")
+    for target in (s3, local):
+        with store.StoreWriter(target, "host-b") as w:
+            path = next(logs2.glob("*.jsonl"))
+            w.commit(store.events_from_dicts([conflicting], source="fp-2", source_path=str(path), offsets=[0]))
+    same()
+    cu = store.connect(s3)
+    assert cu.execute("select count(*) from _kaelum_events_fresh").fetchone()[0] == 1  # the summary covers the rest
+    assert cu.execute("select count(*) from quarantine where reason like '%conflicts with the copy kept in events%'").fetchone()[0] == 1
+    assert cu.execute("select count(*), count(distinct id) from events").fetchone()[0] == sum(len(e) for _t, e in traces.values())

@@ -168,6 +168,8 @@ def test_a_conflicting_event_id_is_listed_in_quarantine_with_its_reason(tmp_path
     con = store.connect(tmp_path / "s")
     (q,) = _rows(con, "SELECT * FROM quarantine")
     assert (q["source"], q["source_path"], q["offset"], q["writer"]) == ("fp-b", "/b.jsonl", 40, "b")
-    assert q["reason"] == (f"event id {first['id']} conflicts with an earlier copy: that one is a reflection of trace "
-                           f"{first['trace_id']}, this one a reflection of trace {other['trace_id']}")
+    assert q["reason"] == (f"event id {first['id']} conflicts with the copy kept in events: a reflection of trace "
+                           f"{first['trace_id']} (writer a, /a.jsonl offset 0); this copy is a reflection of trace {other['trace_id']}")
     assert json.loads(q["raw_text"])["data"]["text"] == "same id, another trace" and q["raw"] == q["raw_text"].encode()
+    # Never compacted (no stored conflicts set): the events view still holds the first copy only.
+    assert con.execute("SELECT count(*), count(DISTINCT id), min(writer) FROM events").fetchone() == (1, 1, "a")

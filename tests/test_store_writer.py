@@ -330,3 +330,59 @@ def test_commit_of_100k_events_is_fast(tmp_path: Path) -> None:
         elapsed = time.perf_counter() - t0
     # ~0.5 s on the 2-core dev machine; the bound leaves room for a loaded machine.
     assert elapsed < 3.0, elapsed
+
+
+def test_positions_checkpoint_bounds_the_log_that_positions_read(tmp_path: Path, monkeypatch) -> None:
+    """Compaction records every writer's positions in one commit; `store.positions` (what
+    `kaelum-ingest status` shows) and recovery then read the log back to it only, and agree with
+    the full log."""
+    import store.writer as writer_mod
+    from store.compact import compact
+
+    with StoreWriter(tmp_path, "host-a") as a, StoreWriter(tmp_path, "host-b") as b:
+        for i in range(30):
+            a.commit(sources=[SourceRange("fa", "/a", i * 10, i * 10 + 10, 0)])
+        for i in range(3):
+            b.commit(sources=[SourceRange("fb", "/b", i * 20, i * 20 + 20, 0)])
+    full = {k: (p.offset, p.bytes) for k, p in store.positions(tmp_path).items()}
+    assert full == {("host-a", "fa"): (300, 300), ("host-b", "fb"): (60, 60)}
+    compact(tmp_path, retention_s=0)
+    with StoreWriter(tmp_path, "host-a") as a, StoreWriter(tmp_path, "host-c") as c:
+        a.commit(sources=[SourceRange("fa", "/a", 300, 310, 0)])
+        c.commit(sources=[SourceRange("fc", "/c", 0, 5, 0)])
+    read = []
+    real = writer_mod._history
+    monkeypatch.setattr(writer_mod, "_history", lambda table: (read.append(c) or c for c in real(table)))
+    got = {k: (p.offset, p.bytes) for k, p in store.positions(tmp_path).items()}
+    assert got == {("host-a", "fa"): (310, 310), ("host-b", "fb"): (60, 60), ("host-c", "fc"): (5, 5)}
+    # The two commits after the checkpoint, the checkpoint, and the first commit below its base.
+    assert len(read) <= 4 and len(DeltaTable(str(tmp_path / "events")).history()) > 35
+    read.clear()
+    with StoreWriter(tmp_path, "host-b") as b:  # recovery from the checkpoint: host-b's own commits are below it
+        assert (b.last_seq, b.positions()["fb"].offset) == (3, 60)
+    assert len(read) <= 4
+    # Nothing new since the checkpoint: compacting again adds no second one.
+    assert writer_mod.checkpoint_positions(tmp_path) is not None  # host-a and host-c committed since
+    assert writer_mod.checkpoint_positions(tmp_path) is None
+
+
+def test_a_commit_made_while_a_checkpoint_was_written_wins_over_the_checkpoint(tmp_path: Path) -> None:
+    """A checkpoint records the log as of its `base`; a writer's commit after `base` but before the
+    checkpoint's own commit (it raced the compaction) is newer than the checkpoint's entry."""
+    from deltalake import CommitProperties, write_deltalake
+
+    from store.tables import EVENTS_TABLE_SCHEMA, PARTITION
+    from store.writer import META_CHECKPOINT
+
+    with StoreWriter(tmp_path, "host-a") as a:
+        for i in range(3):
+            a.commit(sources=[SourceRange("fa", "/a", i * 10, i * 10 + 10, 0)])  # versions 1, 2, 3
+    stale = {"fa": {"path": "/a", "offset": 10, "events": 0, "quarantined": 0, "bytes": 10, "committed_at": "2026-01-01T00:00:00.000000Z"}}
+    meta = {META_CHECKPOINT: json.dumps({"base": 1, "writers": {"host-a": {"seq": 1, "positions": stale},
+                                                                 "host-z": {"seq": 4, "positions": stale}}})}
+    write_deltalake(str(tmp_path / "events"), EVENTS_TABLE_SCHEMA.empty_table(), mode="append", partition_by=[PARTITION],
+                    commit_properties=CommitProperties(custom_metadata=meta))
+    got = {k: p.offset for k, p in store.positions(tmp_path).items()}
+    assert got == {("host-a", "fa"): 30, ("host-z", "fa"): 10}  # host-a from its own newer commit; host-z only in the checkpoint
+    with StoreWriter(tmp_path, "host-a") as a:
+        assert (a.last_seq, a.positions()["fa"].offset) == (3, 30)
