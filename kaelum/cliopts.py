@@ -179,8 +179,10 @@ def _click_kwargs(b: _Bound, f: dataclasses.Field, tp: Any) -> dict[str, Any]:
     if b.spec.from_field is not None:
         default = b.spec.from_field(default)
     if "flag_value" in kw:
-        # --lora / --qlora / --full: the option whose value is the field's default is the default.
-        kw.setdefault("default", kw["flag_value"] == default)
+        # --lora / --qlora / --full share one parameter: the option whose value is the field's
+        # default is marked the default; the others must carry none, or click would take theirs.
+        if kw["flag_value"] == default:
+            kw.setdefault("default", True)
         return kw
     kw.setdefault("default", default)
     is_switch = "/" in b.spec.name
@@ -192,7 +194,7 @@ def _click_kwargs(b: _Bound, f: dataclasses.Field, tp: Any) -> dict[str, Any]:
             kw["type"] = click.Choice([str(a) for a in typing.get_args(base)])
         elif base in (int, float):
             kw["type"] = base
-    if not is_switch and kw.get("default") is not None and not kw.get("is_flag") and "show_default" not in kw:
+    if not is_switch and kw.get("default") not in (None, "") and not kw.get("is_flag") and "show_default" not in kw:
         kw["show_default"] = True
     return kw
 
