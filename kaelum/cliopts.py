@@ -33,14 +33,20 @@ CLI = "kaelum.cli"  # the field-metadata key holding a field's option specs
 STORE_ENV = "KAELUM_STORE"
 DEFAULT_STORE = "./store"
 STORE_DEFAULT_SHOWN = f"${STORE_ENV} or {DEFAULT_STORE}"
+STORE_HELP = "The trace store: a folder or a URL such as s3://bucket/prefix."
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
+def store_from_env() -> str | None:
+    """$KAELUM_STORE, or None when it is unset or empty."""
+    return os.environ.get(STORE_ENV) or None
+
+
 def default_store_path() -> str:
     """The store a command uses without --store: $KAELUM_STORE, else ./store. The one place it is decided."""
-    return os.environ.get(STORE_ENV) or DEFAULT_STORE
+    return store_from_env() or DEFAULT_STORE
 
 
 # --- option specs ------------------------------------------------------------------------------
@@ -79,7 +85,7 @@ def flags(*specs: dict[str, Any]) -> dict[str, Any]:
     return {CLI: tuple(s for m in specs for s in m[CLI])}
 
 
-def store_flag(help: str = "The trace store: a folder or a URL such as s3://bucket/prefix.") -> dict[str, Any]:
+def store_flag(help: str = STORE_HELP) -> dict[str, Any]:
     """Field metadata for a store field: the shared --store option (honours $KAELUM_STORE)."""
     return flag("--store", help=help, **_STORE_KWARGS)
 
@@ -99,18 +105,15 @@ _STORE_KWARGS: dict[str, Any] = {"default": default_store_path, "show_default": 
 # --- shared options as decorators --------------------------------------------------------------
 
 
-def store_option(help: str = "The trace store: a folder or a URL such as s3://bucket/prefix.", dest: str = "store") -> Decorator:
-    """--store, defaulting to $KAELUM_STORE or ./store, for commands without a dataclass field for it."""
-    return click.option("--store", dest, help=help, **_STORE_KWARGS)
+def store_option(help: str = STORE_HELP, dest: str = "store", default: Callable[[], str | None] | None = default_store_path,
+                 shown: str = STORE_DEFAULT_SHOWN) -> Decorator:
+    """--store for a command without a dataclass field for it.
 
-
-def optional_store_option(help: str, fallback: str, dest: str = "store") -> Decorator:
-    """--store for a command whose own fallback comes after $KAELUM_STORE (kaelum improve: WORKDIR/store).
-
-    The value is None when neither --store nor $KAELUM_STORE is given; the command applies `fallback`.
+    `default` None: the value is None without --store, for a subcommand that first looks at its
+    group's --store (kaelum-sql), then at `default_store_path()`. `default=store_from_env`,
+    `shown="$KAELUM_STORE or WORKDIR/store"`: a command with its own fallback after the variable.
     """
-    return click.option("--store", dest, default=lambda: os.environ.get(STORE_ENV) or None,
-                        show_default=f"${STORE_ENV} or {fallback}", type=click.Path(file_okay=False), help=help)
+    return click.option("--store", dest, help=help, default=default, show_default=shown, type=click.Path(file_okay=False))
 
 
 def log_dir_option(help: str, **click_kwargs: Any) -> Decorator:

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from kaelum.cliopts import CONTEXT_SETTINGS, progress_option, store_from_env, store_option
 from kaelum.events import DOMAINS
 
 from .gate import DEFAULT_ALPHA, DEFAULT_MIN_GAIN
@@ -32,7 +33,7 @@ def _settings(pairs: tuple[str, ...], flag: str, defaults: dict[str, Any]) -> di
     return out
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--domain", type=click.Choice(DOMAINS), required=True)
 @click.option("--queries", default=None, type=click.Path(dir_okay=False), help="Queries to collect traces from each round (JSONL). Without it: train on the store's untrained traces.")
 @click.option("--held-out", "held_out", required=True, type=click.Path(dir_okay=False), help="Held-out queries (JSONL, with references where known); never trained on.")
@@ -42,7 +43,7 @@ def _settings(pairs: tuple[str, ...], flag: str, defaults: dict[str, Any]) -> di
 @click.option("--method", type=click.Choice(["sft", "dpo", "grpo"]), default="sft", show_default=True)
 @click.option("--min-gain", default=DEFAULT_MIN_GAIN, show_default=True, type=float, help="Points of held-out verified accuracy a candidate must gain.")
 @click.option("--alpha", default=DEFAULT_ALPHA, show_default=True, type=float, help="The exact McNemar p-value must be below this.")
-@click.option("--store", default=None, help="The store (default: WORKDIR/store).")
+@store_option(help="The store the rounds ingest into and train from.", default=store_from_env, shown="$KAELUM_STORE or WORKDIR/store")
 @click.option("--epochs", default=4.0, show_default=True, type=float)
 @click.option("--lr", default=4e-4, show_default=True, type=float)
 @click.option("--batch-size", default=8, show_default=True, type=int)
@@ -53,7 +54,7 @@ def _settings(pairs: tuple[str, ...], flag: str, defaults: dict[str, Any]) -> di
 @click.option("--eval-setting", "eval_settings", multiple=True, metavar="KEY=VALUE", help="A Settings field for both models' evaluation (repeatable).")
 @click.option("--grpo-generations", default=None, type=int, help="--method grpo: completions sampled per query.")
 @click.option("--grpo-max-steps", default=None, type=int, help="--method grpo: optimizer steps (default: --epochs over the queries).")
-@click.option("--progress/--no-progress", default=True)
+@progress_option()
 def improve(**kw: Any) -> None:
     """Gated rounds that keep a worker getting better: collect with the champion, ingest, train a
     candidate, evaluate both on held-out queries (same search settings and seeds, exact McNemar
