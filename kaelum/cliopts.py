@@ -268,9 +268,11 @@ def field_flag(cls: type, path: str) -> str:
 
 def _shown_default(param: click.Option, ctx: click.Context) -> str:
     if param.is_flag and not param.secondary_opts:
-        if param.flag_value is not True and param.flag_value is not False:  # --lora / --qlora / --full
+        if isinstance(param.flag_value, str):  # --lora / --qlora / --full: one value of a shared parameter
             return "default" if param.default is True else ""
         return "off"
+    if param.count:
+        return ""
     if isinstance(param.show_default, str):
         return param.show_default
     default = param.get_default(ctx, call=False)
@@ -292,10 +294,10 @@ def _flag_cell(param: click.Option) -> str:
 
 def flag_table(command: click.Command) -> str:
     """The Markdown table of `command`'s options (flag, default, meaning), as --help states them."""
-    ctx = click.Context(command)
+    ctx = click.Context(command, **command.context_settings)
     rows = ["| flag | default | meaning |", "|---|---|---|"]
     for param in command.get_params(ctx):
-        if not isinstance(param, click.Option) or param.hidden or param.name == "help":
+        if not isinstance(param, click.Option) or param.hidden or "--help" in param.opts:
             continue
         default = _shown_default(param, ctx)
         helptext = (param.help or "").replace("|", "\\|")
