@@ -168,3 +168,23 @@ def test_flag_table_lists_every_option_and_only_those():
     assert documented == expected
     assert "| `--min-reward` | `0.7` |" in table and "| `--store` | `$KAELUM_STORE or ./store` |" in table
     assert "| `--lora` | `default` |" in table and "| `--method sft\\|dpo\\|grpo` | `sft` |" in table
+
+
+def test_the_seed_guides_finetune_setup_flags_keep_their_meaning(monkeypatch):
+    """The seed guide's `finetune_setup.py` commands, as `kaelum-train` arguments, with its defaults."""
+    monkeypatch.delenv("KAELUM_STORE", raising=False)
+
+    def parse(argv):
+        params = dict(train_main.make_context("kaelum-train", argv).params)
+        params.pop("verbose")
+        return pop_dataclass(TrainArgs, params)
+
+    a = parse(["--model", "meta-llama/Llama-3.2-3B-Instruct", "--log-dir", "./logs", "--output-dir", "./finetuned_models",
+               "--epochs", "3", "--batch-size", "4", "--lr", "2e-5"])
+    assert (a.model, a.data.log_dir, a.output_dir, a.epochs, a.batch_size, a.lr, a.data.domain) == (
+        "meta-llama/Llama-3.2-3B-Instruct", "./logs", "./finetuned_models", 3, 4, 2e-5, None)
+    a = parse(["--model", "m", "--domain", "code", "--output-dir", "./finetuned_code", "--log-dir", "./production_logs",
+               "--min-reward", "0.85", "--epochs", "5", "--batch-size", "2", "--lr", "1e-5"])
+    assert (a.data.domain, a.data.min_reward, a.epochs, a.batch_size, a.lr, a.data.log_dir) == ("code", 0.85, 5, 2, 1e-5, "./production_logs")
+    d = parse(["--model", "m"])
+    assert (d.data.min_reward, d.epochs, d.batch_size, d.lr, d.output_dir) == (0.7, 3, 4, 2e-5, "./finetuned_models")
