@@ -255,14 +255,6 @@ def _construct(cls: type, path: tuple[str, ...], values: dict[tuple[str, ...], A
     return cls(**args)
 
 
-def field_flag(cls: type, path: str) -> str:
-    """The flag that sets the field at dotted `path` of `cls` ("data.min_reward" -> "--min-reward")."""
-    for b, _f, _tp in _bound(cls):
-        if ".".join(b.path) == path:
-            return b.spec.name
-    raise KeyError(f"{cls.__name__}.{path} has no flag")
-
-
 # --- docs --------------------------------------------------------------------------------------
 
 

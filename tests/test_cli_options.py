@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from ingest.cli import main as ingest_main
 from ingest.config import IngestConfig
 from kaelum.cli import main as kaelum_main
-from kaelum.cliopts import dataclass_options, field_flag, flag, flag_table, flag_table_blocks, pop_dataclass, render_flag_tables
+from kaelum.cliopts import dataclass_options, flag, flag_table, flag_table_blocks, pop_dataclass, render_flag_tables
 from store.cli import main as sql_main
 from store_traces import _simple  # complete, verified traces (tests/ is on sys.path)
 from train.cli import main as train_main
@@ -107,7 +107,6 @@ def test_kaelum_train_flags_reach_their_fields():
     args = pop_dataclass(TrainArgs, params)
     assert (args.model, args.data.store, args.data.domain, args.data.min_reward, args.adapter, args.lora.r) == ("m", "s", "code", 0.8, "qlora", 8)
     assert (args.method, args.grpo_num_generations, args.bf16, args.progress, args.epochs) == ("dpo", 6, False, False, 1.5)
-    assert field_flag(TrainArgs, "data.min_reward") == "--min-reward" and field_flag(TrainArgs, "grpo_num_generations") == "--grpo-generations"
 
 
 def test_kaelum_ingest_defaults_are_ingest_config_defaults(monkeypatch):
@@ -188,3 +187,14 @@ def test_the_seed_guides_finetune_setup_flags_keep_their_meaning(monkeypatch):
     assert (a.data.domain, a.data.min_reward, a.epochs, a.batch_size, a.lr, a.data.log_dir) == ("code", 0.85, 5, 2, 1e-5, "./production_logs")
     d = parse(["--model", "m"])
     assert (d.data.min_reward, d.epochs, d.batch_size, d.lr, d.output_dir) == (0.7, 3, 4, 2e-5, "./finetuned_models")
+
+
+@pytest.mark.parametrize("source, command", [("train/config.py", train_main), ("ingest/config.py", ingest_main)])
+def test_every_flag_a_validation_message_names_is_a_flag_of_the_command(source, command):
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / source).read_text(encoding="utf-8")
+    messages = re.findall(r'append\(f?"([^"\n]*)"', text)  # the problems validation reports
+    named = {flag for m in messages for flag in re.findall(r"--[a-z][a-z0-9-]+", m)}
+    real = {o for p in command.params if isinstance(p, click.Option) for o in p.opts + p.secondary_opts}
+    assert named and named <= real, named - real
