@@ -85,48 +85,53 @@ def flags(*specs: dict[str, Any]) -> dict[str, Any]:
     return {CLI: tuple(s for m in specs for s in m[CLI])}
 
 
-def store_flag(help: str = STORE_HELP) -> dict[str, Any]:
-    """Field metadata for a store field: the shared --store option (honours $KAELUM_STORE)."""
-    return flag("--store", help=help, **_STORE_KWARGS)
+# --- the shared options, each defined once: as field metadata (`*_flag`) or a decorator (`*_option`)
+
+
+def store_flag(help: str = STORE_HELP, default: Callable[[], str | None] | None = default_store_path,
+               shown: str = STORE_DEFAULT_SHOWN) -> dict[str, Any]:
+    """--store: $KAELUM_STORE, else ./store, unless `default` says otherwise.
+
+    `default=None`: None without --store, for a subcommand that first looks at its group's --store
+    (kaelum-sql). `default=store_from_env, shown="$KAELUM_STORE or WORKDIR/store"`: a command with a
+    fallback of its own after the variable (kaelum improve).
+    """
+    return flag("--store", help=help, default=default, show_default=shown, type=click.Path(file_okay=False))
+
+
+def log_dir_flag(help: str) -> dict[str, Any]:
+    return flag("--log-dir", help=help, default=None, type=click.Path(file_okay=False))
 
 
 def progress_flag(help: str = "Progress bars.", **click_kwargs: Any) -> dict[str, Any]:
     return flag("--progress/--no-progress", help=help, **click_kwargs)
 
 
-def log_dir_flag(help: str) -> dict[str, Any]:
-    return flag("--log-dir", help=help, type=click.Path(file_okay=False))
+def verbosity_flag(help: str = "More logging (-v info, -vv debug).") -> dict[str, Any]:
+    """-v/--verbose, counted; `log_level` turns the count into a level over the command's quiet level."""
+    return flag("-v", "--verbose", help=help, count=True)
 
 
-_STORE_KWARGS: dict[str, Any] = {"default": default_store_path, "show_default": STORE_DEFAULT_SHOWN,
-                                 "type": click.Path(file_okay=False)}
+def as_option(metadata: dict[str, Any], dest: str | None = None) -> Decorator:
+    """The click decorator of a one-option `*_flag(...)`, for a command without a dataclass field for it."""
+    (spec,) = metadata[CLI]
+    return click.option(*spec.decls, *((dest,) if dest else ()), help=spec.help, **spec.kwargs)
 
 
-# --- shared options as decorators --------------------------------------------------------------
+def store_option(help: str = STORE_HELP, dest: str = "store", **kw: Any) -> Decorator:
+    return as_option(store_flag(help, **kw), dest)
 
 
-def store_option(help: str = STORE_HELP, dest: str = "store", default: Callable[[], str | None] | None = default_store_path,
-                 shown: str = STORE_DEFAULT_SHOWN) -> Decorator:
-    """--store for a command without a dataclass field for it.
-
-    `default` None: the value is None without --store, for a subcommand that first looks at its
-    group's --store (kaelum-sql), then at `default_store_path()`. `default=store_from_env`,
-    `shown="$KAELUM_STORE or WORKDIR/store"`: a command with its own fallback after the variable.
-    """
-    return click.option("--store", dest, help=help, default=default, show_default=shown, type=click.Path(file_okay=False))
-
-
-def log_dir_option(help: str, **click_kwargs: Any) -> Decorator:
-    return click.option("--log-dir", type=click.Path(file_okay=False), default=None, help=help, **click_kwargs)
+def log_dir_option(help: str) -> Decorator:
+    return as_option(log_dir_flag(help))
 
 
 def progress_option(default: bool | None = True, help: str = "Progress bars.") -> Decorator:
-    return click.option("--progress/--no-progress", default=default, help=help)
+    return as_option(progress_flag(help, default=default))
 
 
 def verbosity_option(help: str = "More logging (-v info, -vv debug).") -> Decorator:
-    """-v/--verbose, counted; `log_level` turns the count into a level over the command's quiet level."""
-    return click.option("-v", "--verbose", count=True, help=help)
+    return as_option(verbosity_flag(help))
 
 
 def log_level(verbose: int, base: int = logging.WARNING) -> int:
