@@ -1,6 +1,6 @@
 """Command-line options written once: derived from dataclass fields, or shared by every command.
 
-A library dataclass (`train.config.TrainArgs`, `ingest.daemon.IngestConfig`) declares, on each
+A library dataclass (`train.config.TrainArgs`, `ingest.config.IngestConfig`) declares, on each
 field a user may set, the flag and its help as field metadata (`flag(...)`); `dataclass_options`
 turns those fields into click options whose defaults are the fields' defaults, and
 `pop_dataclass` turns the parsed values back into the dataclass. The flag, its help and its
@@ -149,10 +149,6 @@ class _Bound:
     dest: str  # the click parameter name
 
 
-def _type_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
@@ -167,13 +163,13 @@ def _field_default(f: dataclasses.Field) -> Any:
 
 def _bound(cls: type, path: tuple[str, ...] = ()) -> list[tuple[_Bound, dataclasses.Field, Any]]:
     out = []
-    hints = _type_hints(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if _is_dataclass_type(tp) and CLI not in f.metadata:
             out += _bound(tp, path + (f.name,))
             continue
-        for i, spec in enumerate(f.metadata.get(CLI, ())):
+        for spec in f.metadata.get(CLI, ()):
             # One parameter per field; several options (flag_value) share it. The dest is the
             # field's path, so nested fields with the same name (data.store) cannot collide.
             out.append((_Bound(spec, path + (f.name,), "__".join(path + (f.name,))), f, tp))
@@ -192,7 +188,7 @@ def _click_kwargs(b: _Bound, f: dataclasses.Field, tp: Any) -> dict[str, Any]:
         if kw["flag_value"] == default:
             kw.setdefault("default", True)
         return kw
-    kw.setdefault("default", default)
+    kw.setdefault("default", default)  # a shared option's own default (--store: $KAELUM_STORE) wins
     is_switch = "/" in b.spec.name
     base = _unwrap_optional(tp)
     if base is bool and not is_switch:
@@ -247,9 +243,8 @@ def pop_dataclass(cls: type, kw: dict[str, Any], **overrides: Any) -> Any:
     return _construct(cls, (), values)
 
 
-
 def _construct(cls: type, path: tuple[str, ...], values: dict[tuple[str, ...], Any]) -> Any:
-    hints = _type_hints(cls)
+    hints = typing.get_type_hints(cls)
     args = {}
     for f in dataclasses.fields(cls):
         p = path + (f.name,)
