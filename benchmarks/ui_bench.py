@@ -6,18 +6,21 @@ a start, a root and two terminal children (one passes its verification, one fail
 yields a preference pair), two verifications and a completion, and every 20th trace a feedback —
 7.05 events per trace. Then it starts the real server (uvicorn on 127.0.0.1, a free port) and times
 each page's API request over HTTP, side by side with a baseline on the same views through
-`store.connect` (e.g. a plain `select count(*) from traces`).
+`store.connect`: the reads the UI made before `store.reads` (every query over the views). Each page
+is timed on the compacted store, then again after one feedback (fresh events on top of the
+per-trace summary, as while kaelum-ingest runs). It prints p50 and p95 per page.
 
-    python benchmarks/ui_bench.py --traces 1000000 --workdir /tmp/kaelum-ui-bench
+    python benchmarks/ui_bench.py --traces 20000 --workdir /tmp/kaelum-ui-bench-20k      # small, a minute
+    python benchmarks/ui_bench.py --traces 1000000 --workdir /tmp/kaelum-ui-bench        # the issue's size
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import socket
-import statistics
 import threading
 import time
 from pathlib import Path
@@ -44,10 +47,10 @@ WITH s AS (
          ((t % 97) * (t % 89))::VARCHAR AS good
   FROM s
 )
-SELECT md5(t::VARCHAR || '-' || slot::VARCHAR)::UUID::VARCHAR AS id, 1::INT AS v,
+SELECT uuid7_at(t0 + to_microseconds(slot * 250000), t::VARCHAR || '-' || slot::VARCHAR) AS id, 1::INT AS v,
        CASE slot WHEN 0 THEN 'trace_started' WHEN 1 THEN 'node_expanded' WHEN 2 THEN 'node_expanded' WHEN 3 THEN 'node_expanded'
                  WHEN 4 THEN 'verification' WHEN 5 THEN 'verification' WHEN 6 THEN 'trace_completed' ELSE 'feedback' END AS type,
-       md5('trace-' || t::VARCHAR)::UUID::VARCHAR AS trace_id, slot::BIGINT AS seq,
+       uuid7_at(t0, 'trace-' || t::VARCHAR) AS trace_id, slot::BIGINT AS seq,
        t0 + to_microseconds(slot * 250000) AS ts,
        CASE slot
          WHEN 0 THEN json_object('query', query, 'domain', domain, 'router', json_object('domain', domain, 'confidence', 0.9, 'method', 'keywords'),
@@ -72,10 +75,21 @@ FROM j
 """
 
 
+# Ids as the runtime makes them (kaelum.events.new_event_id): UUIDv7, a millisecond timestamp then
+# random bits, so that ids, like the runtime's, grow with time (and the store's statistics on them
+# are as useful as in a real store); the random bits come from a hash of `seed`.
+UUID7_SQL = """
+CREATE MACRO uuid7_at(ts, seed) AS
+  substr(lower(lpad(to_hex(epoch_ms(ts)), 12, '0')), 1, 8) || '-' || substr(lower(lpad(to_hex(epoch_ms(ts)), 12, '0')), 9, 4)
+  || '-7' || substr(md5(seed), 1, 3) || '-8' || substr(md5(seed), 4, 3) || '-' || substr(md5(seed), 7, 12)
+"""
+
+
 def build(store_dir: Path, traces: int) -> dict[str, float]:
     shutil.rmtree(store_dir, ignore_errors=True)
     gen = duckdb.connect(":memory:")
     gen.execute("SET TimeZone = 'UTC'")
+    gen.execute(UUID7_SQL)
     t0 = time.perf_counter()
     events = 0
     with StoreWriter(store_dir, writer_id="ui-bench") as w:
@@ -107,24 +121,79 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def timed(fn, repeat: int) -> tuple[float, float]:
-    """(first call, median of the next `repeat`) in seconds."""
-    t = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(repeat):
+def timed(fn, repeat: int, limit_s: float | None = None) -> tuple[list[float], str | None]:
+    """One warm-up call, then `repeat` timed calls (seconds); with `limit_s`, a call that runs
+    longer is stopped (by `fn` itself) and the note says so."""
+    times: list[float] = []
+    for i in range(repeat + 1):
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return first, statistics.median(times)
+        note = fn()
+        dt = time.perf_counter() - t
+        if note:
+            return times or [dt], note
+        if i:
+            times.append(dt)
+    return times, None
+
+
+def pct(times: list[float], q: float) -> float:
+    """The q-quantile of `times` (nearest rank: with few samples p95 is the slowest)."""
+    ordered = sorted(times)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+class OldReads:
+    """The reads the UI made before store.reads (session 3's ui.reader): every query over the views,
+    filtered afterwards, so that each page's figure has the old way of reading beside it."""
+
+    LIMIT_S = 120.0
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def q(self, sql: str, *params: object) -> str | None:
+        from ui.reader import TooSlow, time_limit
+
+        try:
+            with time_limit(self.con, self.LIMIT_S, "the old read"):
+                self.con.execute(sql, list(params)).fetchall()
+        except TooSlow as exc:
+            return str(exc)
+        return None
+
+    def list(self, where: str = "true", sort: str = "started_at desc", offset: int = 0):
+        from ui.reader import LIST_COLUMNS
+
+        def call() -> str | None:
+            return self.q(f"select count(*), count(*) filter (where {where}) from traces") or self.q(
+                f"select {LIST_COLUMNS} from traces where {where} order by {sort} nulls last, trace_id limit 50 offset {offset}")
+        return call
+
+    def trace(self, tid: str):
+        def call() -> str | None:
+            return (self.q("select * from traces where trace_id = ?", tid)
+                    or self.q("select * from nodes where trace_id = ? order by seq", tid)
+                    or self.q("select type, seq, ts, node_id, data from events where trace_id = ? and type <> 'node_expanded' order by ts, seq", tid))
+        return call
+
+    def pairs(self, tid: str):
+        return lambda: self.q("select * from preference_pairs where trace_id = ? order by branch_node_id", tid)
+
+    def same(self, fn):
+        """A page whose reads did not change: the same reader function, in-process on this connection."""
+        def call() -> str | None:
+            with self.con.cursor() as cur:
+                fn(cur)
+            return None
+        return call
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--traces", type=int, default=1_000_000)
     ap.add_argument("--workdir", default="/tmp/kaelum-ui-bench")
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=20, help="Timed calls per page (after one warm-up).")
+    ap.add_argument("--baseline-repeat", type=int, default=3, help="Timed calls per old read (slow at 1M).")
     ap.add_argument("--reuse", action="store_true", help="Use the store already in --workdir.")
     args = ap.parse_args()
     store_dir = Path(args.workdir) / "store"
@@ -137,6 +206,7 @@ def main() -> None:
     import uvicorn
 
     import store
+    from ui import reader
     from ui.server import UIConfig, create_app
 
     port = free_port()
@@ -146,50 +216,61 @@ def main() -> None:
     th.start()
     while not server.started:
         time.sleep(0.05)
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
     con = store.connect(store_dir)
-    n_traces = con.execute("select count(*) from traces").fetchone()[0]
-    tid = con.execute("select trace_id from traces where domain = 'math' order by started_at desc limit 1 offset 1234").fetchone()[0]
-
-    refused: dict[str, str] = {}
+    n_traces = con.execute("select count(*) from traces").fetchall()[0][0]
+    tid = con.execute("select trace_id from traces where domain = 'math' order by started_at desc limit 1 offset 1234").fetchall()[0][0]
+    old = OldReads(con)
 
     def get(path: str, **params: str):
-        def call() -> None:
+        def call() -> str | None:
             r = http.get(path, params=params)
             if r.status_code == 503:  # a query past its time limit (ui.reader.time_limit)
-                refused[path] = r.json()["error"]
-                return
+                return "503: " + r.json()["error"]
             r.raise_for_status()
-
+            return None
         return call
 
-    def sql(q: str, *p: object):
-        return lambda: con.execute(q, list(p)).fetchall()
+    filt = "domain = 'math' and verified = true and reward >= 0.8"
+    csrf = http.get("/api/session").json()["csrf"]
 
-    filt = "domain = 'math' and verified and reward >= 0.8"
-    cases = [
-        ("/ list, first page", get("/api/traces"), "select count(*) from traces", sql("select count(*) from traces")),
-        ("/ list, 3 filters", get("/api/traces", domain="math", verified="true", reward_min="0.8"), f"count(*) where {filt}", sql(f"select count(*) from traces where {filt}")),
-        ("/ list, text search", get("/api/traces", q="times 42"), "count(*) where query ilike", sql("select count(*) from traces where query ilike '%times 42%'")),
-        ("/ list, sort by reward, page 200", get("/api/traces", sort="reward", order="asc", offset="10000"), "select count(*) from traces", sql("select count(*) from traces")),
-        ("/ facets (filter menus)", get("/api/facets"), "count(*) group by domain", sql("select domain, count(*) from traces group by 1")),
-        ("/traces/{id}", get(f"/api/traces/{tid}"), "count(*) from nodes where trace_id", sql("select count(*) from nodes where trace_id = ?", tid)),
-        ("/traces/{id} pairs", get(f"/api/traces/{tid}/pairs"), "count(*) from nodes where trace_id", sql("select count(*) from nodes where trace_id = ?", tid)),
-        ("/charts", get("/api/charts"), "count(*) group by domain", sql("select domain, count(*) from traces group by 1")),
-        ("/quarantine", get("/api/quarantine"), "count(*) from quarantine", sql("select count(*) from quarantine")),
-        ("/datasets (math, min 0.9)", get("/api/datasets", domain="math", min_reward="0.9", examples="3"), "count(*) from training_examples", sql("select count(*) from training_examples")),
-    ]
-    load = " ".join(open("/proc/loadavg").read().split()[:3])
-    print(f"\n{n_traces:,} traces; load average {load}; DuckDB threads default; medians of {args.repeat} warm runs (first run in brackets)\n")
-    print(f"{'page API':34} {'API':>16}  {'baseline':>16}  baseline query")
-    for name, call, base_name, base in cases:
-        f1, m1 = timed(call, args.repeat)
-        f2, m2 = timed(base, args.repeat)
-        mark = "" if m1 < 0.3 else "  > 300 ms"
-        path = next((p for p in refused if name.startswith("/traces") and p.endswith("/pairs") == name.endswith("pairs")), None)
-        if path is not None:
-            mark += f"  (503: {refused.pop(path)})"
-        print(f"{name:34} {m1 * 1000:7.0f} ms ({f1 * 1000:5.0f})  {m2 * 1000:7.0f} ms ({f2 * 1000:5.0f})  {base_name}{mark}", flush=True)
+    def cases():
+        return [
+            ("/ list, first page", get("/api/traces"), old.list()),
+            ("/ list, 3 filters", get("/api/traces", domain="math", verified="true", reward_min="0.8"), old.list(filt)),
+            ("/ list, text search", get("/api/traces", q="times 42"),
+             old.list("(contains(lower(query), 'times 42') or contains(lower(coalesce(final_answer, '')), 'times 42'))")),
+            ("/ list, by reward, page 201", get("/api/traces", sort="reward", order="asc", offset="10000"), old.list(sort="reward asc", offset=10000)),
+            ("/ facets (filter menus)", get("/api/facets"), old.same(reader.facets)),
+            ("/traces/{id}", get(f"/api/traces/{tid}"), old.trace(tid)),
+            ("/traces/{id} pairs", get(f"/api/traces/{tid}/pairs"), old.pairs(tid)),
+            ("/charts", get("/api/charts"), old.same(lambda cur: reader.charts(cur, {}))),
+            ("/quarantine", get("/api/quarantine"), old.same(lambda cur: reader.quarantine(cur, {}))),
+            ("/datasets (math, min 0.9)", get("/api/datasets", domain="math", min_reward="0.9", examples="3"), None),
+        ]
+
+    def measure(title: str) -> None:
+        load = " ".join(open("/proc/loadavg").read().split()[:3])
+        print(f"\n{title}: {n_traces:,} traces; load average {load}; {args.repeat} calls per page (old reads: "
+              f"{args.baseline_repeat}), after one warm-up\n")
+        print(f"{'page':30} {'API p50':>9} {'p95':>8}   {'old p50':>9} {'p95':>8}   note")
+        for name, call, base in cases():
+            t_new, note = timed(call, args.repeat)
+            row = f"{name:30} {pct(t_new, .5) * 1000:7.0f} ms {pct(t_new, .95) * 1000:5.0f} ms"
+            if base is None:
+                row += f"   {'(the same reads: the trainer selection)':>31}"
+            else:
+                t_old, old_note = timed(base, args.baseline_repeat)
+                row += f"   {pct(t_old, .5) * 1000:7.0f} ms {pct(t_old, .95) * 1000:5.0f} ms"
+                note = note or old_note and f"old: {old_note}"
+            mark = "" if pct(t_new, .95) < 0.3 else "> 300 ms"
+            print(f"{row}   {mark}{'  ' + note if note else ''}", flush=True)
+
+    measure("compacted store (every trace in the summary)")
+    # One feedback through the API: fresh events on top of the summary, as while kaelum-ingest runs.
+    r = http.post(f"/api/traces/{tid}/feedback", json={"reward": 0.5, "label": "bench"}, headers={"X-Kaelum-CSRF": csrf})
+    r.raise_for_status()
+    measure("after one feedback (fresh events: one trace recomputed from its events)")
     load = " ".join(open("/proc/loadavg").read().split()[:3])
     print(f"\nload average after: {load}")
     server.should_exit = True

@@ -234,35 +234,40 @@ def traces_views(scans: Scans, contract: Contract) -> Views:
     ]
 
 
-def nodes_views() -> Views:
-    """``nodes`` and its per-node helpers (latest value, latest verdict)."""
+def nodes_views(p: str = "", src: str = "events") -> Views:
+    """``nodes`` and its per-node helpers (latest value, latest verdict) over the event relation `src`.
+
+    The views build them over ``events`` with prefix ``""``; with a prefix (``nodes`` is then
+    ``{p}_nodes``) they are computed over another relation of the same columns, e.g. one trace's
+    events (store/reads.py), so the SQL of a node's value and verdict lives here only.
+    """
     defs: Views = []
     def view(name: str, body: str) -> None:
         defs.append(_view(name, body))
 
     view(
-        "_node_value",
+        f"{p}_node_value",
         "SELECT trace_id, node_id, arg_max(value, (ts, seq, id)) AS value, count(*) AS evaluations "
-        "FROM events WHERE type = 'node_evaluated' GROUP BY trace_id, node_id",
+        f"FROM {src} WHERE type = 'node_evaluated' GROUP BY trace_id, node_id",
     )
     view(
-        "_node_verdict",
+        f"{p}_node_verdict",
         "SELECT trace_id, node_id, arg_max(passed, (ts, seq, id)) AS passed, arg_max(score, (ts, seq, id)) AS score, "
         "arg_max(data->>'$.verifier', (ts, seq, id)) AS verifier, "
         f"arg_max_null({_verification_method()}, (ts, seq, id)) AS method "
-        "FROM events WHERE type = 'verification' GROUP BY trace_id, node_id",
+        f"FROM {src} WHERE type = 'verification' GROUP BY trace_id, node_id",
     )
     view(
-        "nodes",
-        """
+        f"{p}_nodes" if p else "nodes",
+        f"""
         SELECT n.trace_id, n.node_id, n.parent_id, n.depth, n.thought, n.terminal, n.answer,
                v.value, v.evaluations, r.passed, r.score AS verification_score, r.verifier, r.method AS verification_method,
                n.data->>'$.llm.model' AS llm_model, (n.data->>'$.llm.prompt_tokens')::BIGINT AS prompt_tokens,
                (n.data->>'$.llm.completion_tokens')::BIGINT AS completion_tokens,
                (n.data->>'$.llm.latency_ms')::DOUBLE AS latency_ms, n.ts AS expanded_at, n.seq
-        FROM _node_expanded n
-        LEFT JOIN _node_value v ON v.trace_id = n.trace_id AND v.node_id = n.node_id
-        LEFT JOIN _node_verdict r ON r.trace_id = n.trace_id AND r.node_id = n.node_id
+        FROM {p}_node_expanded n
+        LEFT JOIN {p}_node_value v ON v.trace_id = n.trace_id AND v.node_id = n.node_id
+        LEFT JOIN {p}_node_verdict r ON r.trace_id = n.trace_id AND r.node_id = n.node_id
         """,
     )
     return defs
@@ -310,8 +315,9 @@ def training_examples_views() -> Views:
     return defs
 
 
-def preference_pairs_views() -> Views:
-    """``preference_pairs``: one (chosen, rejected) continuation pair per branch node."""
+def preference_pairs_views(p: str = "") -> Views:
+    """``preference_pairs``: one (chosen, rejected) continuation pair per branch node, over the helpers
+    named with prefix `p` (``""``: the views'; see ``nodes_views``; the view is then ``{p}_preference_pairs``)."""
     defs: Views = []
     def view(name: str, body: str) -> None:
         defs.append(_view(name, body))
@@ -324,18 +330,18 @@ def preference_pairs_views() -> Views:
     # Paths are built from node ids only; thoughts are looked up for the chosen pairs at the end
     # (carrying every path's thought list through the pairing was 2.5x slower at 1M events).
     view(
-        "preference_pairs",
+        f"{p}_preference_pairs" if p else "preference_pairs",
         """
         WITH RECURSIVE
         leaves AS (
             SELECT n.trace_id, n.node_id, r.passed, v.value, n.answer
-            FROM _node_expanded n JOIN _node_verdict r ON r.trace_id = n.trace_id AND r.node_id = n.node_id
-            LEFT JOIN _node_value v ON v.trace_id = n.trace_id AND v.node_id = n.node_id
+            FROM """ + p + """_node_expanded n JOIN """ + p + """_node_verdict r ON r.trace_id = n.trace_id AND r.node_id = n.node_id
+            LEFT JOIN """ + p + """_node_value v ON v.trace_id = n.trace_id AND v.node_id = n.node_id
             WHERE n.terminal AND r.passed IS NOT NULL AND r.method IN (""" + _CHECKED_SQL + """)
         ),
         mixed AS (SELECT trace_id FROM leaves GROUP BY trace_id HAVING bool_or(passed) AND bool_or(NOT passed)),
         tree AS MATERIALIZED (
-            SELECT n.trace_id, n.node_id, n.parent_id, n.thought FROM _node_expanded n SEMI JOIN mixed m ON m.trace_id = n.trace_id
+            SELECT n.trace_id, n.node_id, n.parent_id, n.thought FROM """ + p + """_node_expanded n SEMI JOIN mixed m ON m.trace_id = n.trace_id
         ),
         up(trace_id, leaf, node_id, parent_id, k) AS (
             SELECT t.trace_id, t.node_id, t.node_id, t.parent_id, 0
@@ -371,7 +377,7 @@ def preference_pairs_views() -> Views:
                list_transform(p.cids[2:p.lcp], lambda i: th.m[i]) AS prompt_steps,
                list_transform(p.cids[p.lcp + 1:], lambda i: th.m[i]) AS chosen_steps, p.canswer AS chosen_answer, p.cvalue AS chosen_value, p.cnode AS chosen_node_id,
                list_transform(p.rids[p.lcp + 1:], lambda i: th.m[i]) AS rejected_steps, p.ranswer AS rejected_answer, p.rvalue AS rejected_value, p.rnode AS rejected_node_id
-        FROM chosen p JOIN _started s ON s.trace_id = p.trace_id JOIN thoughts th ON th.trace_id = p.trace_id
+        FROM chosen p JOIN """ + p + """_started s ON s.trace_id = p.trace_id JOIN thoughts th ON th.trace_id = p.trace_id
         """,
     )
     return defs
