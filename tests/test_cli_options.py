@@ -198,3 +198,15 @@ def test_every_flag_a_validation_message_names_is_a_flag_of_the_command(source, 
     named = {flag for m in messages for flag in re.findall(r"--[a-z][a-z0-9-]+", m)}
     real = {o for p in command.params if isinstance(p, click.Option) for o in p.opts + p.secondary_opts}
     assert named and named <= real, named - real
+
+
+def test_kaelum_improve_defaults_are_improve_args_defaults(monkeypatch):
+    from train.improve import ImproveArgs
+
+    monkeypatch.delenv("KAELUM_STORE", raising=False)
+    cmd = kaelum_main.get_command(click.Context(kaelum_main), "improve")
+    params = dict(cmd.make_context("improve", ["--domain", "math", "--held-out", "h.jsonl", "--workdir", "w"]).params)
+    for own in ("collect_settings", "eval_settings", "grpo_generations", "grpo_max_steps"):  # not ImproveArgs fields
+        params.pop(own)
+    assert pop_dataclass(ImproveArgs, params) == ImproveArgs(domain="math", held_out="h.jsonl", workdir="w")
+    assert params == {}
