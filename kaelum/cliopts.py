@@ -263,6 +263,8 @@ def _shown_default(param: click.Option, ctx: click.Context) -> str:
         if isinstance(param.flag_value, str):  # --lora / --qlora / --full: one value of a shared parameter
             return "default" if param.default is True else ""
         return "off"
+    if param.required:
+        return "required"
     if param.count:
         return ""
     if isinstance(param.show_default, str):
