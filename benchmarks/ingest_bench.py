@@ -33,10 +33,9 @@ import time
 import duckdb
 import orjson
 
-from kaelum.events import SCHEMA_VERSION, Event, new_event_id, utc_now
+from kaelum.events import DOMAINS, SCHEMA_VERSION, Event, new_event_id, utc_now  # DOMAINS: the domain registry's names
 from kaelum.tracelog import TraceLogger
 
-DOMAINS = ("math", "code", "logic", "factual", "creative", "analysis")
 WORDS = ("the of a to in is we that for it with as on by this be are from at an so let then sum total value step "
          "compute answer check carry remainder prime factor equation solve derivative integral variable").split()
 

@@ -152,24 +152,27 @@ def _chunks(gen: duckdb.DuckDBPyConnection, log_dir: Path, traces: int, lo_hi: l
         yield chunk, jsonl, table, hi - lo
 
 
-def build(workdir: Path, n_events: int) -> tuple[Path, Path, int]:
+def build(workdir: Path, n_events: int) -> tuple[Path, Path, int, list[tuple[int, float]]]:
+    """The store and its logs; also (events, seconds) of every StoreWriter.commit, to time commits alone."""
     store_dir, log_dir = workdir / "store", workdir / "logs"
     shutil.rmtree(workdir, ignore_errors=True)
     log_dir.mkdir(parents=True)
     traces = max(1, round(n_events / EVENTS_PER_TRACE))
     gen = duckdb.connect(":memory:")
     gen.execute("SET TimeZone = 'UTC'")
-    written = 0
+    written, commits = 0, []
     from tqdm import tqdm
 
     with StoreWriter(store_dir, writer_id="bench") as w, tqdm(total=traces, desc="generate+commit", unit="trace") as bar:
         ranges = [(lo, min(traces, lo + TRACES_PER_COMMIT)) for lo in range(0, traces, TRACES_PER_COMMIT)]
         for chunk, jsonl, table, n_traces in _chunks(gen, log_dir, traces, ranges):
             size = jsonl.stat().st_size
+            t0 = time.perf_counter()
             w.commit(table, sources=[SourceRange(f"{chunk:05d}", str(jsonl), 0, size, table.num_rows)])
+            commits.append((table.num_rows, time.perf_counter() - t0))
             written += table.num_rows
             bar.update(n_traces)
-    return store_dir, log_dir, written
+    return store_dir, log_dir, written, commits
 
 
 def timed(con: duckdb.DuckDBPyConnection, sql: str, repeat: int) -> tuple[float, object]:
@@ -194,7 +197,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     t0 = time.perf_counter()
-    store_dir, log_dir, n = build(args.workdir, args.events)
+    store_dir, log_dir, n, commits = build(args.workdir, args.events)
     build_s = time.perf_counter() - t0
     info = open_store(store_dir)
     store_mb = sum(p.stat().st_size for p in store_dir.rglob("*.parquet")) / 1e6
@@ -238,6 +241,9 @@ def main() -> None:
     print(f"\nload average (1/5/15 min) at the end: {load}")
     print(f"{n:,} events ({n / EVENTS_PER_TRACE:,.0f} traces): built in {build_s:.1f} s; "
           f"Parquet store {store_mb:,.0f} MB vs JSONL {jsonl_mb:,.0f} MB; DuckDB threads={args.threads}")
+    per_s = sorted(e / s for e, s in commits)
+    print(f"commit: {len(commits)} commits of ~{commits[0][0]:,} events, median {statistics.median(s for _e, s in commits):.2f} s each, "
+          f"{statistics.median(per_s):,.0f} events/s (slowest {per_s[0]:,.0f}/s)")
     print(f"data files: {seg_before} before compaction, {res.files_after} after ({compact_s:.1f} s)")
     if fresh_first is not None:
         print(f"+fresh: first query after the fresh commits {fresh_first:.3f} s (it also checks the fresh ids for conflicting copies)")

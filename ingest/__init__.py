@@ -4,10 +4,11 @@
     summary = ingest_once("./logs", "./store")   # same code path as `kaelum-ingest --once`
 
 Parts (each testable alone): ``source`` (file identity, complete lines), ``parse`` (bulk parse +
-contract check + quarantine reasons), ``tailer`` (rotation, truncation, removal), ``daemon``
-(batching, durable commits, the follow loop), ``status``, ``observe`` (one events interface).
+contract check + quarantine reasons), ``tailer`` (rotation, truncation, removal), ``config``
+(the settings and their flags), ``daemon`` (batching, durable commits, the follow loop), ``status``, ``observe`` (one events interface).
 """
 
-from .daemon import AlreadyRunning, ConfigError, Daemon, IngestConfig, IngestSummary, default_writer_id, ingest_once
+from .config import ConfigError, IngestConfig
+from .daemon import AlreadyRunning, Daemon, IngestSummary, default_writer_id, ingest_once
 
 __all__ = ["AlreadyRunning", "ConfigError", "Daemon", "IngestConfig", "IngestSummary", "default_writer_id", "ingest_once"]

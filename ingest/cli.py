@@ -1,4 +1,6 @@
-"""kaelum-ingest: stream the runtime's event logs into the trace store, exactly once."""
+"""kaelum-ingest: stream the runtime's event logs into the trace store, exactly once.
+
+The daemon's options are `IngestConfig`'s fields (ingest/config.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,15 @@ import os
 import signal
 import sys
 from dataclasses import asdict
+from typing import Any
 
 import click
 
+from kaelum.cliopts import CONTEXT_SETTINGS, dataclass_options, log_dir_option, pop_dataclass, store_option
 from store import StoreError
 
-from .daemon import AlreadyRunning, ConfigError, Daemon, IngestConfig
-from .parse import DEFAULT_MAX_LINE_BYTES
+from .config import ConfigError, IngestConfig
+from .daemon import AlreadyRunning, Daemon
 from .status import collect_status
 
 
@@ -29,22 +33,12 @@ def _setup_logging(level: str) -> None:
     )
 
 
-@click.group(invoke_without_command=True)
-@click.option("--log-dir", type=click.Path(file_okay=False), help="Directory of *.jsonl event logs to follow.")
-@click.option("--store", "store_path", type=click.Path(file_okay=False), default=lambda: os.environ.get("KAELUM_STORE", "./store"), show_default="$KAELUM_STORE or ./store", help="The trace store (created if missing).")
-@click.option("--writer-id", default=None, help="Writer id in the store (default: <host>-<hash of the log dir>). One per daemon.")
-@click.option("--once", is_flag=True, help="Catch up on everything in the directory, then exit (cron, tests).")
-@click.option("--batch-events", type=int, default=100_000, show_default=True, help="Commit when a batch holds this many events ...")
-@click.option("--flush-ms", type=int, default=200, show_default=True, help="... or when its oldest line has waited this long.")
-@click.option("--rescan-ms", type=int, default=1000, show_default=True, help="Periodic rescan, for file systems that send no change events.")
-@click.option("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES, show_default=True, help="Longer lines are quarantined.")
-@click.option("--compact-every-s", type=float, default=300.0, show_default=True, help="While following, compact the store this often when enough segments are uncompacted; with --once, compact at the end when enough are (0 = off).")
-@click.option("--compact-min-segments", type=int, default=8, show_default=True, help="Uncompacted segments that make a compaction worth it.")
-@click.option("--no-watchdog", is_flag=True, help="Do not use file-system events; rescan only.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar while catching up (default: when stderr is a terminal).")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.group(invoke_without_command=True, context_settings=CONTEXT_SETTINGS)
+@dataclass_options(IngestConfig)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True,
+              help="Structured logs (logfmt) on stderr.")
 @click.pass_context
-def main(ctx: click.Context, log_dir, store_path, writer_id, once, batch_events, flush_ms, rescan_ms, max_line_bytes, compact_every_s, compact_min_segments, no_watchdog, progress, log_level) -> None:  # noqa: ANN001
+def main(ctx: click.Context, log_level: str, **kw: Any) -> None:
     """Follow a log directory and stream every event into the store, exactly once.
 
     Catches up on what is already there (with a progress bar), then follows new lines, driven
@@ -63,14 +57,9 @@ def main(ctx: click.Context, log_dir, store_path, writer_id, once, batch_events,
     if ctx.invoked_subcommand is not None:
         return
     _setup_logging(log_level)
-    if not log_dir:
+    if not kw["log_dir"]:
         raise click.UsageError("--log-dir is required: the directory your Orchestrator(log_dir=...) writes to, e.g. --log-dir ./logs")
-    cfg = IngestConfig(
-        log_dir=log_dir, store=store_path, writer_id=writer_id, batch_events=batch_events, flush_ms=flush_ms,
-        rescan_ms=rescan_ms, max_line_bytes=max_line_bytes, once=once, use_watchdog=not no_watchdog,
-        compact_every_s=compact_every_s, compact_min_segments=compact_min_segments,
-        progress=sys.stderr.isatty() if progress is None else progress,
-    )
+    cfg = pop_dataclass(IngestConfig, kw, progress=sys.stderr.isatty() if kw["progress"] is None else kw["progress"])
     try:
         daemon = Daemon(cfg)
     except ConfigError as exc:
@@ -99,7 +88,7 @@ def main(ctx: click.Context, log_dir, store_path, writer_id, once, batch_events,
         raise click.ClickException(str(exc)) from exc
     except StoreError as exc:
         raise click.ClickException(f"{exc} (check --store)") from exc
-    if once:
+    if cfg.once:
         click.echo(json.dumps({k: v for k, v in asdict(summary).items() if k != "per_file"}))
         if summary.skipped:
             for path, why in sorted(summary.skipped.items()):
@@ -109,8 +98,8 @@ def main(ctx: click.Context, log_dir, store_path, writer_id, once, batch_events,
 
 
 @main.command()
-@click.option("--store", "store_path", type=click.Path(file_okay=False), default=lambda: os.environ.get("KAELUM_STORE", "./store"), show_default="$KAELUM_STORE or ./store")
-@click.option("--log-dir", type=click.Path(file_okay=False), default=None, help="Measure lag against the files there now.")
+@store_option(dest="store_path")
+@log_dir_option("Measure lag against the files there now.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(store_path, log_dir, as_json) -> None:  # noqa: ANN001
     """Per source file: bytes and events ingested, lag, quarantined lines, last error.

@@ -27,70 +27,19 @@ import pyarrow as pa
 from store import QuarantineRecord, StoreError, StoreInfo, StoreWriter, open_store
 
 from .compactor import Compactor
+from .config import IngestConfig
 from .emit import Batch, Committer
 from .observe import Hub, LogObserver
-from .parse import DEFAULT_MAX_LINE_BYTES, oversize_reason, parse_block
+from .parse import oversize_reason, parse_block
 from .source import Lines, Oversize, shown_path
 from .status import StatusModel, state_dir, write_status
-from .tailer import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Source, Tailer
+from .tailer import Source, Tailer
 
 log = logging.getLogger("kaelum.ingest")
 
 
-class ConfigError(ValueError):
-    """Invalid IngestConfig; the message lists every problem, each naming its flag."""
-
-
 class AlreadyRunning(RuntimeError):
     """Another daemon already ingests this log directory into this store."""
-
-
-@dataclass
-class IngestConfig:
-    log_dir: str
-    store: str
-    writer_id: str | None = None  # default: <host>-<hash of the log directory>
-    batch_events: int = 100_000  # flush at this many events ...
-    flush_ms: int = 200  # ... or when the oldest unflushed line has waited this long
-    rescan_ms: int = 1000  # periodic rescan, for file systems that send no events
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-    # Read and parse this much per call: each bulk query has a fixed cost (~30 ms of CPU), so 32 MiB
-    # (~80k events) measured ~4% less CPU per event than 16 MiB; memory stays ~4x the block.
-    block_bytes: int = 32 << 20
-    include: tuple[str, ...] = DEFAULT_INCLUDE
-    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
-    progress: bool = True
-    once: bool = False
-    use_watchdog: bool = True
-    # Automatic compaction (Delta OPTIMIZE + VACUUM): while following, every compact_every_s
-    # seconds; with --once, once at the end. Either only when at least compact_min_segments small
-    # files (the many small commits of following) are in the tables: the large files of a bulk
-    # catch-up are left as they are, so --once never spends longer compacting than ingesting.
-    # compact_every_s = 0 turns both off.
-    compact_every_s: float = 300.0
-    compact_min_segments: int = 8
-
-    def validate(self) -> "IngestConfig":
-        problems = []
-        if not os.path.isdir(self.log_dir):
-            problems.append(f"--log-dir {self.log_dir!r} is not a directory")
-        if self.batch_events < 1:
-            problems.append(f"--batch-events must be at least 1, got {self.batch_events}")
-        if self.flush_ms < 1:
-            problems.append(f"--flush-ms must be at least 1, got {self.flush_ms}")
-        if self.rescan_ms < 10:
-            problems.append(f"--rescan-ms must be at least 10, got {self.rescan_ms}")
-        if self.max_line_bytes < 1024:
-            problems.append(f"--max-line-bytes must be at least 1024, got {self.max_line_bytes}")
-        if self.compact_every_s < 0:
-            problems.append(f"--compact-every-s must be 0 (off) or a positive number of seconds, got {self.compact_every_s}")
-        if self.compact_min_segments < 1:
-            problems.append(f"--compact-min-segments must be at least 1, got {self.compact_min_segments}")
-        if self.writer_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", self.writer_id):
-            problems.append(f"--writer-id {self.writer_id!r} may hold only letters, digits, '_', '.', '-' (1-128, starting alphanumeric)")
-        if problems:
-            raise ConfigError("; ".join(problems))
-        return self
 
 
 def default_writer_id(log_dir: str) -> str:

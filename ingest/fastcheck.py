@@ -17,7 +17,7 @@ case undefined (RFC 8259 §4); the stored event is the first-wins reading and is
 
 from __future__ import annotations
 
-from kaelum.events import CURRENT_SPECS_CHECK, ENVELOPE_SPEC, PAYLOAD_SPECS, Field, _TS_RE
+from kaelum.events import CURRENT_SPECS_CHECK, ENVELOPE_SPEC, PAYLOAD_SPECS, TS_RE, Field
 
 # What DuckDB's JSON reader accepts but strict JSON (orjson) does not. Trailing commas are looked
 # for in the raw line. NaN/Infinity (any case) only matter inside the payload (the envelope's numbers are checked field by field, unknown top-level keys
@@ -240,7 +240,7 @@ def build_query(table: str) -> str:
     t = {n: env.at(f"$.{n}") for n in ENVELOPE_FIELDS}
     no_sub = lambda name: "NULL"  # the envelope has no objects with declared members
     env_ok = " AND ".join(_field_check(t[n], f, no_sub) for n, f in ENVELOPE_SPEC.items())
-    ts_pattern = _q('"' + _TS_RE.pattern.lstrip("^").rstrip("$") + '"')
+    ts_pattern = _q('"' + TS_RE.pattern.lstrip("^").rstrip("$") + '"')
     finite = " AND ".join(f"NOT regexp_matches({t['data']}, {_q(r)})" for r in NONFINITE_RES)
     return f"""
 WITH env AS (

@@ -3,10 +3,9 @@
 The tailer and the daemon call ``hub.emit(kind, **fields)`` for every decision that matters;
 logs, the status model and tests hang off the same calls by adding an observer.
 
-Kinds: started, file_added, renamed, switched (same content found under another file, e.g. the
-copy of copy-truncate), truncated, file_removed, quarantined, flushed, commit_failed,
-caught_up, stopping, stopped, error; compacted, compaction_skipped, compaction_failed, summary_built (the
-daemon's automatic compaction, ``ingest/compactor.py``).
+The kinds are ``KINDS``; ``switched`` is the same content found under another file (the copy of
+copy-truncate); compacted, compaction_skipped, compaction_failed and summary_built come from the
+daemon's automatic compaction (``ingest/compactor.py``).
 """
 
 from __future__ import annotations
@@ -18,8 +17,13 @@ from typing import Any, Callable, Protocol
 
 log = logging.getLogger("kaelum.ingest")
 
+KINDS = (
+    "started", "file_added", "file_skipped", "renamed", "switched", "truncated", "file_removed", "quarantined", "flushed",
+    "commit_failed", "caught_up", "stopping", "stopped", "compacted", "compaction_skipped", "compaction_failed", "summary_built",
+)
+
 # Decisions a user should see at the default level; the rest (each flush) at DEBUG/INFO.
-_WARN = {"truncated", "commit_failed", "error", "quarantined", "compaction_failed"}
+_WARN = {"truncated", "commit_failed", "quarantined", "compaction_failed"}
 
 
 class Observer(Protocol):

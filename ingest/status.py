@@ -99,7 +99,7 @@ class StatusModel:
             s = self._src(fields)
             if s is not None:
                 s.last_error = f"truncated to {fields['new_size']} bytes below position {fields['position']}"
-        elif kind in ("commit_failed", "error"):
+        elif kind == "commit_failed":
             self.last_error = fields.get("error")
 
     def snapshot(self, tailer) -> StatusSnapshot:  # noqa: ANN001 - a Tailer

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import click
 from pydantic import ValidationError
 
+from .cliopts import log_dir_option, log_level, verbosity_option
 from .config import Settings
 from .quiet import quiet_third_party
 from .events import DOMAINS
@@ -50,15 +51,14 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
-@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@verbosity_option()
 @click.version_option(package_name="kaelum")
 def main(verbose: int) -> None:
     """Kaelum: LATS reasoning with verified answers, logged as traces to fine-tune the workers.
 
     Example: kaelum run --queries examples/math.jsonl --log-dir ./logs
     """
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level(verbose), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_third_party()
 
 
@@ -171,7 +171,7 @@ def render_tree(result: Any) -> Any:
 @main.command()
 @click.argument("question")
 @click.option("--domain", type=click.Choice(DOMAINS), default=None, help="Skip routing and use this domain.")
-@click.option("--log-dir", type=click.Path(file_okay=False), default=None, help="Where the trace goes (default: Settings LOG_DIR, ./logs).")
+@log_dir_option("Where the trace goes (default: Settings LOG_DIR, ./logs).")
 @click.option("--no-log", is_flag=True, help="Keep no trace (its id can then not be looked up later).")
 @click.option("--test", "tests", multiple=True, help="A test snippet for code questions (repeatable).")
 @click.option("--reference", default=None, help="The known right answer (e.g. 85, $1,250.00, yes; code: a JSON list of "
@@ -222,7 +222,7 @@ def ask(ctx: click.Context, question: str, domain: str | None, log_dir: str | No
 @click.option("--queries", "queries_path", type=click.Path(exists=True, dir_okay=False), required=True,
               help='JSONL, one {"query", "domain"?, "tests"?, "reference"?, "id"?, "tags"?} per line ("question" and '
                    '"answer" accepted too: GSM8K files are read as they are).')
-@click.option("--log-dir", type=click.Path(file_okay=False), default=None, help="Where traces go (default: Settings LOG_DIR, ./logs).")
+@log_dir_option("Where traces go (default: Settings LOG_DIR, ./logs).")
 @click.option("--domain", type=click.Choice(DOMAINS), default=None, help="Domain for queries that name none (default: route each).")
 @search_options
 @click.pass_context

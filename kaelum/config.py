@@ -104,7 +104,6 @@ class Settings(BaseSettings):
 
     # --- locations ---------------------------------------------------------------------------
     LOG_DIR: Path = Field(Path("./logs"), description="where TraceLogger writes JSONL")
-    STORE_DIR: Path = Field(Path("./store"), description="the trace store used by kaelum-sql and kaelum-train")
 
     # --- domains -----------------------------------------------------------------------------
     SANDBOX_TIMEOUT_S: float = Field(10.0, gt=0, le=3600, description="code sandbox wall-clock limit per run")

@@ -217,7 +217,8 @@ def _read_by_current(version: int) -> bool:
 # Versions whose lines the ingester may check with the current payload specs (its fast path).
 CURRENT_SPECS_CHECK = tuple(v for v in PAYLOAD_SPECS_BY_VERSION if _read_by_current(v))
 
-_TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|\+00:00)$")
+# The one timestamp form of the envelope (UTC, microseconds); the ingester's bulk check reuses the pattern.
+TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|\+00:00)$")
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -282,7 +283,7 @@ def validate_event(obj: Any, max_version: int = SCHEMA_VERSION) -> None:
     if isinstance(v, int) and not isinstance(v, bool) and v > max_version:
         raise EventError(f"v: schema version {v} is newer than this reader knows ({max_version}); upgrade kaelum")
     _check(obj, ENVELOPE_SPEC, "")
-    if not _TS_RE.match(obj["ts"]):
+    if not TS_RE.match(obj["ts"]):
         raise EventError(f"ts: {obj['ts']!r} is not RFC 3339 UTC with microseconds")
     if v in PAYLOAD_SPECS_BY_VERSION:
         _check(obj["data"], PAYLOAD_SPECS_BY_VERSION[v][obj["type"]], "data.")
@@ -398,7 +399,7 @@ def json_schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of an event line of `version`, derived from the specs above."""
     envelope = _object_schema(ENVELOPE_SPEC, closed=False)
     envelope["properties"]["v"] = {"description": ENVELOPE_SPEC["v"].doc, "const": version}
-    envelope["properties"]["ts"]["pattern"] = _TS_RE.pattern
+    envelope["properties"]["ts"]["pattern"] = TS_RE.pattern
     variants = []
     for type_name, spec in PAYLOAD_SPECS_BY_VERSION[version].items():
         variants.append(

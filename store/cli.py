@@ -16,10 +16,12 @@ from typing import Any, Callable
 import click
 import duckdb
 
+from kaelum.cliopts import default_store_path, store_option as shared_store_option
+
 from .export import EXPORT_FORMATS
 from .layout import StoreError
 from .snapshot import AsOf, parse_as_of
-from .views import MACROS, PUBLIC_VIEWS, connect, default_store_path, describe_views
+from .views import MACROS, PUBLIC_VIEWS, connect, describe_views
 
 FORMATS = ("table", "csv", "json", "parquet")
 MAX_CELL = 80  # table cells longer than this are cut with an ellipsis; csv/json/parquet are never cut
@@ -29,13 +31,8 @@ def _views_line() -> str:
     return "views: " + ", ".join(PUBLIC_VIEWS) + "; table macros: " + ", ".join(f"{m}(min_reward)" for m in MACROS)
 
 
-def store_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--store",
-        "store_path",
-        default=None,
-        help="Store folder or URL, e.g. s3://bucket/prefix (default: $KAELUM_STORE or ./store).",
-    )(f)
+# A subcommand's --store defaults to None: the group's --store, then $KAELUM_STORE or ./store.
+store_option = shared_store_option(dest="store_path", default=None)
 
 
 def as_of_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -52,6 +49,11 @@ def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Write to this file instead of stdout (required for parquet).")(f)
     f = click.option("--format", "-f", "fmt", type=click.Choice(FORMATS), default=None, help="Output format (default: table).")(f)
     return f
+
+
+def _store_path(ctx: click.Context, store_path: str | None) -> str:
+    """A subcommand's store: its own --store, else the group's, else $KAELUM_STORE or ./store."""
+    return store_path or (ctx.obj or {}).get("store") or default_store_path()
 
 
 def _as_of(text: str | None) -> AsOf:
@@ -208,7 +210,7 @@ def views_cmd(ctx: click.Context, store_path: str | None) -> None:
 
     Example: kaelum-sql views --store ./store
     """
-    con = _open(store_path or (ctx.obj or {}).get("store"))
+    con = _open(_store_path(ctx, store_path))
     try:
         for v in describe_views(con):
             click.echo(f"{v.name}  ({v.kind})")
@@ -232,7 +234,7 @@ def history_cmd(ctx: click.Context, store_path: str | None, limit: int) -> None:
     from .layout import open_store
     from .tables import open_table
 
-    path = store_path or (ctx.obj or {}).get("store") or default_store_path()
+    path = _store_path(ctx, store_path)
     try:
         info = open_store(path)
         commits = open_table(info, info.events_uri).history(limit=limit)
@@ -261,7 +263,7 @@ def compact_cmd(ctx: click.Context, store_path: str | None, retention_s: float |
     """
     from .compact import DEFAULT_RETENTION_S, compact
 
-    path = store_path or (ctx.obj or {}).get("store") or default_store_path()
+    path = _store_path(ctx, store_path)
     try:
         res = compact(path, retention_s=DEFAULT_RETENTION_S if retention_s is None else retention_s, vacuum=not no_vacuum)
     except StoreError as exc:
@@ -284,7 +286,7 @@ def migrate_cmd(ctx: click.Context, store_path: str | None, keep_old: bool) -> N
     """
     from .legacy import migrate
 
-    path = store_path or (ctx.obj or {}).get("store") or default_store_path()
+    path = _store_path(ctx, store_path)
     try:
         res = migrate(path, keep_old=keep_old)
     except StoreError as exc:
@@ -307,7 +309,7 @@ def export_cmd(ctx: click.Context, store_path: Path | None, export_fmt: str, dom
     """
     from .export import ExportError, write_export
 
-    con = _open(store_path or (ctx.obj or {}).get("store"))
+    con = _open(_store_path(ctx, store_path))
     try:
         if output is None:
             n = write_export(con, export_fmt, sys.stdout, domain=domain, min_reward=min_reward)

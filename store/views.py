@@ -21,6 +21,7 @@ from typing import Callable
 
 import duckdb
 
+from kaelum.cliopts import default_store_path
 from kaelum.domains.base import CHECKED_METHODS
 
 from .conflicts import CONFLICT_COLUMNS, DEDUP_ORDER, compute_conflicts, conflicts_sql
@@ -577,10 +578,6 @@ def snapshot_of(con: duckdb.DuckDBPyConnection) -> Snapshot:
         return _SNAPSHOT_OF[con]()
     except KeyError:
         raise StoreError("this connection was not made by store.connect") from None
-
-
-def default_store_path() -> str:
-    return os.environ.get("KAELUM_STORE") or "./store"
 
 
 @dataclass(frozen=True)

@@ -288,29 +288,66 @@ def test_two_daemons_on_one_log_dir_refuse_and_two_writers_share_a_store(tmp_pat
     assert writers == {"host-a": len(h.ids), "host-b": len(h2.ids)}
 
 
-def test_second_signal_exits_at_once_and_nothing_is_lost(tmp_path):
+# The real daemon (python -m ingest.cli) with every store commit held until a file appears: the
+# commit itself is the store's, it only waits first. `held` is written when a commit is entered,
+# `stopping` when the daemon was asked to stop (the first signal's handler ran).
+_HELD_COMMIT = """
+import os, sys, time
+import ingest.daemon, store.writer
+held, release, stopping = sys.argv.pop(1), sys.argv.pop(1), sys.argv.pop(1)
+stop = ingest.daemon.Daemon.stop
+def noted_stop(self):
+    stop(self)
+    open(stopping, "w").close()
+ingest.daemon.Daemon.stop = noted_stop
+commit = store.writer.StoreWriter.commit
+def held_commit(self, *args, **kw):
+    open(held, "w").close()
+    while not os.path.exists(release):
+        time.sleep(0.01)
+    return commit(self, *args, **kw)
+store.writer.StoreWriter.commit = held_commit
+from ingest.cli import main
+sys.argv[0] = "kaelum-ingest"
+main()
+"""
+
+
+def test_second_signal_exits_at_once_without_waiting_for_the_flush_and_nothing_is_lost(tmp_path):
     logs, store = tmp_path / "logs", tmp_path / "store"
     logs.mkdir()
     h = Hostile(logs)
     with open(logs / "big.jsonl", "ab") as fh:
-        for _ in range(40000):
+        for _ in range(2000):
             fh.write(h.good())
-    log_file = tmp_path / "daemon.log"
-    proc = _daemon(logs, store, "--batch-events", "5000", log_file=log_file)
-    # Signal only once the daemon has installed its handlers (it logs `started` after that);
-    # a fixed sleep raced interpreter start-up on a loaded machine.
-    deadline = time.monotonic() + 60
-    while b"event=started" not in log_file.read_bytes():
-        assert proc.poll() is None and time.monotonic() < deadline, log_file.read_text(errors="replace")
-        time.sleep(0.05)
-    time.sleep(0.3)  # let it get into the catch-up
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    rc = proc.wait(timeout=30)
-    assert rc in (0, 128 + signal.SIGTERM)
-    summary = ingest_once(logs, store, progress=False)
-    assert summary.events + sum(_raw_ids(store).values()) >= len(h.ids)
+    harness, log_file = tmp_path / "held.py", tmp_path / "daemon.log"
+    held, release, stopping = tmp_path / "held", tmp_path / "release", tmp_path / "stopping"
+    harness.write_text(_HELD_COMMIT)
+    proc = subprocess.Popen([sys.executable, str(harness), str(held), str(release), str(stopping), "--log-dir", str(logs), "--store", str(store),
+                             "--flush-ms", "50", "--rescan-ms", "200", "--no-progress", "--compact-every-s", "0"],
+                            stdout=subprocess.PIPE, stderr=open(log_file, "ab"))
+    try:
+        deadline = time.monotonic() + 60
+        while not held.exists():  # the first commit is in progress, and held
+            assert proc.poll() is None and time.monotonic() < deadline, log_file.read_text(errors="replace")
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        # The first signal asks for a flush and a clean exit: the daemon waits for the held commit,
+        # so it is still running. (Wait for its handler: two signals sent together may arrive as one.)
+        while not stopping.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, log_file.read_text(errors="replace")
+            time.sleep(0.02)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        # The second signal leaves at once, with the documented status, while the commit is still held.
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        assert not release.exists() and _raw_ids(store) == collections.Counter()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # Nothing is lost: positions only advance after a commit, so a restart stores every event once.
+    assert ingest_once(logs, store, progress=False).events == len(h.ids)
     assert _raw_ids(store) == collections.Counter(h.ids)
     assert ingest_once(logs, store, progress=False).events == 0  # nothing new: nothing twice
 
@@ -344,3 +381,17 @@ def test_bad_flags_are_refused_with_every_problem(tmp_path):
     r = CliRunner().invoke(cli, ["--log-dir", str(tmp_path / "missing"), "--store", str(tmp_path / "s"), "--batch-events", "0", "--flush-ms", "0"])
     assert r.exit_code == 2
     assert "--log-dir" in r.output and "--batch-events must be at least 1" in r.output and "--flush-ms must be at least 1" in r.output
+
+
+def test_the_documented_event_kinds_are_the_emitted_ones():
+    """Every kind of ingest.observe.KINDS (and docs/ingest.md) is emitted somewhere, and nothing else is."""
+    import re
+    from pathlib import Path
+
+    import ingest.observe
+
+    root = Path(__file__).resolve().parents[1]
+    emitted = {m for f in (root / "ingest").glob("*.py") for m in re.findall(r'emit\(\s*"(\w+)"', f.read_text(encoding="utf-8"))}
+    row = next(line for line in (root / "docs" / "ingest.md").read_text(encoding="utf-8").splitlines() if line.startswith("| observe |"))
+    documented = set(re.findall(r"`(\w+)`", row.split("one events interface:", 1)[1].split(";", 1)[0]))
+    assert emitted == set(ingest.observe.KINDS) == documented

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -316,7 +315,8 @@ def test_a_store_is_never_laid_out_in_a_folder_holding_other_files(tmp_path: Pat
     assert open_store(half, create=True).layout_version == 2
 
 
-def test_commit_of_100k_events_is_fast(tmp_path: Path) -> None:
+def test_commit_of_100k_events_in_one_commit(tmp_path: Path) -> None:
+    """A large block commits whole (its speed is measured by benchmarks/store_bench.py, "commit")."""
     t = TraceEvents()
     base = t.make(
         "node_expanded", node_id="n1", parent_id="n0", depth=1, thought="Step 1: add the two numbers. " * 4,
@@ -324,12 +324,10 @@ def test_commit_of_100k_events_is_fast(tmp_path: Path) -> None:
     ).to_dict()
     table = events_from_dicts([dict(base, id=f"id-{i}", seq=i) for i in range(100_000)], "fp", "/l", list(range(100_000)))
     with StoreWriter(tmp_path, "w") as w:
-        w.commit(events_from_dicts([base]))  # warm up DuckDB's JSON extension
-        t0 = time.perf_counter()
         w.commit(table, sources=[SourceRange("fp", "/l", 0, 10_000_000, 100_000)])
-        elapsed = time.perf_counter() - t0
-    # ~0.5 s on the 2-core dev machine; the bound leaves room for a loaded machine.
-    assert elapsed < 3.0, elapsed
+        assert w.positions()["fp"].offset == 10_000_000
+    con = store.connect(tmp_path)
+    assert con.execute("SELECT count(*), count(DISTINCT id), min(seq), max(seq) FROM events").fetchone() == (100_000, 100_000, 0, 99_999)
 
 
 def test_positions_checkpoint_bounds_the_log_that_positions_read(tmp_path: Path, monkeypatch) -> None:

@@ -1,7 +1,8 @@
 """Typed configuration of a training run, validated once with every problem listed.
 
-Each field names the `kaelum-train` flag it comes from, so a validation message can tell the
-user exactly which flag to change. The defaults of the seed guide's `finetune_setup.py`
+Each field a user sets carries its `kaelum-train` flag, help and default as field metadata
+(`kaelum.cliopts.flag`): the CLI's options are derived from these dataclasses, and a validation
+message names exactly the flag to change. The defaults of the seed guide's `finetune_setup.py`
 (epochs 3, batch size 4, learning rate 2e-5, minimum reward 0.7) are kept.
 """
 
@@ -12,6 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import click
+
+from kaelum.cliopts import DEFAULT_STORE, flag, flags, log_dir_flag, progress_flag, store_flag
 from kaelum.events import DOMAINS
 
 Method = Literal["sft", "dpo", "grpo"]
@@ -30,10 +34,10 @@ class ConfigError(ValueError):
 class LoraArgs:
     """Adapter settings. `targets="all-linear"` puts LoRA on every linear layer except the LM head."""
 
-    r: int = 16  # --lora-r
-    alpha: int = 32  # --lora-alpha
-    dropout: float = 0.05  # --lora-dropout
-    targets: str = "all-linear"  # --lora-targets (comma-separated module names, or all-linear)
+    r: int = field(default=16, metadata=flag("--lora-r", help="LoRA rank."))
+    alpha: int = field(default=32, metadata=flag("--lora-alpha", help="LoRA alpha."))
+    dropout: float = field(default=0.05, metadata=flag("--lora-dropout", help="LoRA dropout."))
+    targets: str = field(default="all-linear", metadata=flag("--lora-targets", help="Comma-separated module names, or all-linear."))
 
     def problems(self) -> list[str]:
         out = []
@@ -57,16 +61,21 @@ class LoraArgs:
 class DataArgs:
     """Which traces become training examples and how they are tokenized."""
 
-    store: str = "./store"  # --store
-    log_dir: str | None = None  # --log-dir: ingested into --store first
-    domain: str | None = None  # --domain (None: all domains)
-    min_reward: float = 0.7  # --min-reward
-    where: str | None = None  # --where: SQL predicate over training_examples (preference_pairs with --method dpo)
-    include_unchecked: bool = False  # --include-unchecked: also traces verified only by consistency, judge or runs
-    max_seq_len: int = 1024  # --max-seq-len
-    eval_split: float = 0.1  # --eval-split: fraction of examples held out for eval_loss
-    packing: bool = False  # --packing
-    as_of: str | None = None  # --as-of: read the store as it was (a version, events=N,quarantine=M, or an RFC 3339 time)
+    store: str = field(default=DEFAULT_STORE, metadata=store_flag("The trace store to read training_examples from."))
+    log_dir: str | None = field(default=None, metadata=log_dir_flag("Ingest these logs into --store first (same as kaelum-ingest --once)."))
+    domain: str | None = field(default=None, metadata=flag("--domain", type=click.Choice(DOMAINS), help="Train on one domain only (default: all)."))
+    min_reward: float = field(default=0.7, metadata=flag("--min-reward", help="Minimum (effective) reward of a training example."))
+    where: str | None = field(default=None, metadata=flag(
+        "--where", help="SQL predicate over training_examples (preference_pairs with --method dpo), e.g. \"reward > 0.9\"."))
+    include_unchecked: bool = field(default=False, metadata=flag(
+        "--include-unchecked", help="Also train on traces verified only by agreement, a judge or a clean run "
+        "(verified_by consistency/judge/runs); by default only checked answers (reference, computed, tests, formal, constraints)."))
+    max_seq_len: int = field(default=1024, metadata=flag("--max-seq-len", help="Truncate examples to this many tokens."))
+    eval_split: float = field(default=0.1, metadata=flag("--eval-split", help="Fraction of examples held out for eval_loss."))
+    packing: bool = field(default=False, metadata=flag("--packing", help="Pack examples into --max-seq-len rows (no attention across examples)."))
+    as_of: str | None = field(default=None, metadata=flag(
+        "--as-of", help="Train on the store as it was: an events table version, events=N,quarantine=M "
+        "(what kaelum_manifest.json records), or an RFC 3339 timestamp."))
 
     def problems(self) -> list[str]:
         out = []
@@ -92,35 +101,42 @@ class DataArgs:
 class TrainArgs:
     """Everything a run needs. `validate()` raises one ConfigError listing every problem."""
 
-    model: str = ""  # --model: base model (hub id or local path)
-    output_dir: str = "./finetuned_models"  # --output-dir
+    model: str = field(default="", metadata=flag("--model", help="Base model: hub id or local directory (a Kaelum adapter directory continues from it)."))
+    output_dir: str = field(default="./finetuned_models", metadata=flag("--output-dir", help="Where the adapter, checkpoints and manifest go."))
+    epochs: float = field(default=3, metadata=flag("--epochs", help="Passes over the examples (fractions allowed)."))
+    batch_size: int = field(default=4, metadata=flag("--batch-size", help="Batch size per device."))
+    lr: float = field(default=2e-5, metadata=flag("--lr", help="Learning rate."))
     data: DataArgs = field(default_factory=DataArgs)
+    grad_accum: int = field(default=1, metadata=flag("--grad-accum", help="Gradient accumulation steps."))
+    adapter: Adapter = field(default="lora", metadata=flags(
+        flag("--lora", flag_value="lora", help="LoRA adapter on all linear layers (default)."),
+        flag("--qlora", flag_value="qlora", help="LoRA on a 4-bit base model (needs a CUDA GPU; says so on CPU)."),
+        flag("--full", flag_value="full", help="Train every weight."),
+    ))
     lora: LoraArgs = field(default_factory=LoraArgs)
-    adapter: Adapter = "lora"  # --lora / --qlora / --full
-    method: Method = "sft"  # --method
-    epochs: float = 3  # --epochs
-    batch_size: int = 4  # --batch-size (per device)
-    grad_accum: int = 1  # --grad-accum
-    lr: float = 2e-5  # --lr
-    weight_decay: float = 0.0  # --weight-decay
-    warmup_ratio: float = 0.0  # --warmup-ratio
-    lr_scheduler: str = "linear"  # --lr-scheduler
-    dpo_beta: float = 0.1  # --dpo-beta
-    grpo_num_generations: int = 4  # --grpo-generations: completions sampled per query (the group)
-    grpo_max_completion_length: int = 128  # --grpo-max-completion-length (tokens)
-    grpo_temperature: float = 1.0  # --grpo-temperature: sampling temperature of the completions
-    grpo_beta: float = 0.0  # --grpo-beta: KL penalty towards the starting model (0: none, TRL's default)
-    grpo_max_steps: int | None = None  # --grpo-max-steps (None: --epochs over the queries)
-    gradient_checkpointing: bool = False  # --gradient-checkpointing
-    save_steps: int | None = None  # --save-steps (None: a checkpoint at the end of every epoch)
-    save_total_limit: int = 2  # --save-total-limit
-    logging_steps: int = 10  # --logging-steps
-    resume: bool = False  # --resume
-    seed: int = 42  # --seed
-    merge: bool = False  # --merge: write a merged full model instead of the adapter
-    dry_run: bool = False  # --dry-run
-    bf16: bool | None = None  # --bf16/--no-bf16 (None: bf16 where the GPU supports it)
-    progress: bool = True  # --progress/--no-progress
+    method: Method = field(default="sft", metadata=flag(
+        "--method", help="sft trains on training_examples; dpo reads preference_pairs; grpo samples completions for the "
+        "queries of the store's traces and rewards them with the domain verifier."))
+    dpo_beta: float = field(default=0.1, metadata=flag("--dpo-beta", help="--method dpo: the DPO temperature beta."))
+    grpo_num_generations: int = field(default=4, metadata=flag("--grpo-generations", help="--method grpo: completions per query (the group)."))
+    grpo_max_completion_length: int = field(default=128, metadata=flag("--grpo-max-completion-length", help="--method grpo: tokens per completion."))
+    grpo_temperature: float = field(default=1.0, metadata=flag("--grpo-temperature", help="--method grpo: sampling temperature."))
+    grpo_beta: float = field(default=0.0, metadata=flag("--grpo-beta", help="--method grpo: KL penalty towards the starting model (0: none, TRL's default)."))
+    grpo_max_steps: int | None = field(default=None, metadata=flag("--grpo-max-steps", type=int, help="--method grpo: optimizer steps (default: --epochs over the queries)."))
+    gradient_checkpointing: bool = field(default=False, metadata=flag("--gradient-checkpointing", help="Trade compute for memory."))
+    save_steps: int | None = field(default=None, metadata=flag("--save-steps", type=int, help="Checkpoint (and evaluate) every N steps (default: every epoch)."))
+    save_total_limit: int = field(default=2, metadata=flag("--save-total-limit", help="Checkpoints kept in --output-dir."))
+    logging_steps: int = field(default=10, metadata=flag("--logging-steps", help="Log the loss every N optimizer steps."))
+    warmup_ratio: float = field(default=0.0, metadata=flag("--warmup-ratio", help="Fraction of the optimizer steps spent warming the learning rate up."))
+    weight_decay: float = field(default=0.0, metadata=flag("--weight-decay", help="AdamW weight decay."))
+    lr_scheduler: str = field(default="linear", metadata=flag("--lr-scheduler", help="transformers scheduler name (linear, cosine, constant, ...)."))
+    resume: bool = field(default=False, metadata=flag("--resume", help="Continue from the last checkpoint in --output-dir (optimizer, scheduler, RNG, step)."))
+    merge: bool = field(default=False, metadata=flag("--merge", help="Write a merged full model instead of the adapter."))
+    seed: int = field(default=42, metadata=flag("--seed", help="Seed of the data split, shuffling and initialisation."))
+    bf16: bool | None = field(default=None, metadata=flag("--bf16/--no-bf16", help="bfloat16 training (default: where the GPU supports it)."))
+    progress: bool = field(default=True, metadata=progress_flag())
+    dry_run: bool = field(default=False, metadata=flag(
+        "--dry-run", help="Print counts per domain, token-length statistics and two rendered examples; train nothing."))
 
     def problems(self) -> list[str]:
         out: list[str] = []

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from kaelum.cliopts import CONTEXT_SETTINGS, log_dir_option, progress_option, store_option
 from kaelum.quiet import quiet_third_party
 
 from .data import DataError
@@ -14,20 +15,20 @@ from .evaluate import EvalError, evaluate, format_answers, format_table, load_ev
 from .where import WhereError, check_where
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--model", "models", multiple=True, required=True, help="A model spec or directory; repeat to compare (first = baseline).")
 @click.option("--queries", default=None, type=click.Path(dir_okay=False), help="Held-out queries, JSONL: {\"query\", \"domain\"?, \"tests\"?, \"reference\"?} (\"question\"/\"answer\" too: GSM8K as it is).")
 @click.option("--where", default=None, help="Instead of --queries: a predicate over the store's training_examples for held-out traces.")
-@click.option("--store", default="./store", show_default=True, help="The store --where reads.")
+@store_option(help="The store --where reads.")
 @click.option("--limit", default=None, type=int, help="Evaluate on the first N queries only.")
 @click.option("--simulations", default=None, type=int, help="LATS_SIMULATIONS for every model (default: Settings).")
 @click.option("--temperature", default=None, type=float, help="TEMPERATURE for every model (default: Settings).")
 @click.option("--seed", default=None, type=int, help="SEED for every model, for reproducible searches.")
-@click.option("--log-dir", default=None, type=click.Path(file_okay=False), help="Also log the evaluation traces (tagged 'eval') here.")
+@log_dir_option("Also log the evaluation traces (tagged 'eval') here.")
 @click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False), help="Write each query's answer, verdict and reward per model as CSV.")
 @click.option("--show", is_flag=True, help="Also print each query's answer per model, ✓ verified / ✗ not.")
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a bar chart PNG.")
-@click.option("--progress/--no-progress", default=True)
+@progress_option()
 def main(models: tuple[str, ...], queries: str | None, where: str | None, store: str, limit: int | None, simulations: int | None,
          temperature: float | None, seed: int | None, log_dir: str | None, csv_path: str | None, show: bool, plot: str | None, progress: bool) -> None:
     """Run each model through the runtime on held-out queries; print verified and checked accuracy

@@ -45,8 +45,12 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+import click
+
+from kaelum.cliopts import flag, progress_flag, store_flag, store_from_env
 from kaelum.events import DOMAINS
 
+from .config import Method
 from .gate import DEFAULT_ALPHA, DEFAULT_MIN_GAIN, check_thresholds, decide
 
 log = logging.getLogger("kaelum.train.improve")
@@ -84,28 +88,33 @@ class ImproveError(ValueError):
 
 @dataclass
 class ImproveArgs:
-    domain: str
-    held_out: str  # --held-out: JSONL of held-out queries
-    workdir: str  # --workdir
-    queries: str | None = None  # --queries: JSONL to collect from (None: train on the store's untrained traces)
-    rounds: int = 1  # --rounds: the run has this many rounds in all (a rerun with more continues)
-    model: str = "default"  # --model: the first champion
-    method: str = "sft"  # --method sft | dpo | grpo
-    min_gain: float = DEFAULT_MIN_GAIN  # --min-gain (points)
-    alpha: float = DEFAULT_ALPHA  # --alpha
-    store: str | None = None  # --store (None: W/store)
-    epochs: float = 4  # --epochs
-    lr: float = 4e-4  # --lr
-    batch_size: int = 8  # --batch-size
-    min_reward: float = 0.7  # --min-reward (sft)
-    max_seq_len: int = 512  # --max-seq-len
-    lora_r: int = 16  # --lora-r
-    lora_alpha: int = 32  # --lora-alpha
-    seed: int = 0  # --seed: training seed; the search seeds derive from it
+    domain: str = field(metadata=flag("--domain", type=click.Choice(DOMAINS), required=True, help="The domain whose worker improves."))
+    held_out: str = field(metadata=flag("--held-out", type=click.Path(dir_okay=False), required=True,
+                                        help="Held-out queries (JSONL, with references where known); never trained on."))
+    workdir: str = field(metadata=flag("--workdir", type=click.Path(file_okay=False), required=True,
+                                       help="Where rounds, records, improve.json and the champion link live."))
+    queries: str | None = field(default=None, metadata=flag("--queries", type=click.Path(dir_okay=False),
+                                help="Queries to collect traces from each round (JSONL). Without it: train on the store's untrained traces."))
+    rounds: int = field(default=1, metadata=flag("--rounds", help="Rounds in all; rerun with more to continue."))
+    model: str = field(default="default", metadata=flag("--model", help="The first champion (default: the embedded model)."))
+    method: Method = field(default="sft", metadata=flag("--method", help="How each candidate is trained (kaelum-train --method)."))
+    min_gain: float = field(default=DEFAULT_MIN_GAIN, metadata=flag("--min-gain", help="Points of held-out verified accuracy a candidate must gain."))
+    alpha: float = field(default=DEFAULT_ALPHA, metadata=flag("--alpha", help="The exact McNemar p-value must be below this."))
+    # None: WORKDIR/store (store_path), after $KAELUM_STORE.
+    store: str | None = field(default=None, metadata=store_flag(
+        "The store the rounds ingest into and train from.", default=store_from_env, shown="$KAELUM_STORE or WORKDIR/store"))
+    epochs: float = field(default=4, metadata=flag("--epochs", help="Epochs of each candidate's training."))
+    lr: float = field(default=4e-4, metadata=flag("--lr", help="Learning rate of each candidate's training."))
+    batch_size: int = field(default=8, metadata=flag("--batch-size", help="Batch size per device."))
+    min_reward: float = field(default=0.7, metadata=flag("--min-reward", help="Minimum (effective) reward of a training example (sft)."))
+    max_seq_len: int = field(default=512, metadata=flag("--max-seq-len", help="Truncate examples to this many tokens."))
+    lora_r: int = 16
+    lora_alpha: int = 32
+    seed: int = field(default=0, metadata=flag("--seed", help="Training seed; search seeds derive from it."))
     collect_settings: dict[str, Any] = field(default_factory=lambda: dict(COLLECT_SETTINGS))  # --collect-setting
     eval_settings: dict[str, Any] = field(default_factory=lambda: dict(EVAL_SETTINGS))  # --eval-setting
     train_options: dict[str, Any] = field(default_factory=dict)  # further TrainArgs fields (grpo_*, grad_accum, ...)
-    progress: bool = True
+    progress: bool = field(default=True, metadata=progress_flag())
 
     @property
     def store_path(self) -> str:

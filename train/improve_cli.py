@@ -1,16 +1,17 @@
-"""`kaelum improve`: a thin click layer over `train.improve.improve`."""
+"""`kaelum improve`: a thin click layer over `train.improve.improve`; most options are `ImproveArgs`'s fields."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import Any
 
 import click
 
-from kaelum.events import DOMAINS
+from kaelum.cliopts import CONTEXT_SETTINGS, dataclass_options, pop_dataclass
 
-from .gate import DEFAULT_ALPHA, DEFAULT_MIN_GAIN
+from .improve import ImproveArgs
 
 
 def _settings(pairs: tuple[str, ...], flag: str, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -32,28 +33,12 @@ def _settings(pairs: tuple[str, ...], flag: str, defaults: dict[str, Any]) -> di
     return out
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--domain", type=click.Choice(DOMAINS), required=True)
-@click.option("--queries", default=None, type=click.Path(dir_okay=False), help="Queries to collect traces from each round (JSONL). Without it: train on the store's untrained traces.")
-@click.option("--held-out", "held_out", required=True, type=click.Path(dir_okay=False), help="Held-out queries (JSONL, with references where known); never trained on.")
-@click.option("--rounds", default=1, show_default=True, type=int, help="Rounds in all; rerun with more to continue.")
-@click.option("--workdir", required=True, type=click.Path(file_okay=False), help="Where rounds, records, improve.json and the champion link live.")
-@click.option("--model", default="default", show_default=True, help="The first champion (default: the embedded model).")
-@click.option("--method", type=click.Choice(["sft", "dpo", "grpo"]), default="sft", show_default=True)
-@click.option("--min-gain", default=DEFAULT_MIN_GAIN, show_default=True, type=float, help="Points of held-out verified accuracy a candidate must gain.")
-@click.option("--alpha", default=DEFAULT_ALPHA, show_default=True, type=float, help="The exact McNemar p-value must be below this.")
-@click.option("--store", default=None, help="The store (default: WORKDIR/store).")
-@click.option("--epochs", default=4.0, show_default=True, type=float)
-@click.option("--lr", default=4e-4, show_default=True, type=float)
-@click.option("--batch-size", default=8, show_default=True, type=int)
-@click.option("--min-reward", default=0.7, show_default=True, type=float)
-@click.option("--max-seq-len", default=512, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int, help="Training seed; search seeds derive from it.")
+@click.command(context_settings=CONTEXT_SETTINGS)
+@dataclass_options(ImproveArgs)
 @click.option("--collect-setting", "collect_settings", multiple=True, metavar="KEY=VALUE", help="A Settings field for collection, e.g. LATS_BRANCHING=8 (repeatable).")
 @click.option("--eval-setting", "eval_settings", multiple=True, metavar="KEY=VALUE", help="A Settings field for both models' evaluation (repeatable).")
 @click.option("--grpo-generations", default=None, type=int, help="--method grpo: completions sampled per query.")
 @click.option("--grpo-max-steps", default=None, type=int, help="--method grpo: optimizer steps (default: --epochs over the queries).")
-@click.option("--progress/--no-progress", default=True)
 def improve(**kw: Any) -> None:
     """Gated rounds that keep a worker getting better: collect with the champion, ingest, train a
     candidate, evaluate both on held-out queries (same search settings and seeds, exact McNemar
@@ -67,7 +52,7 @@ def improve(**kw: Any) -> None:
         KAELUM_MATH_WORKER_MODEL=./improve/champion kaelum run --queries more.jsonl
     """
     from .config import ConfigError
-    from .improve import COLLECT_SETTINGS, EVAL_SETTINGS, ImproveArgs, ImproveError, improve as run
+    from .improve import COLLECT_SETTINGS, EVAL_SETTINGS, ImproveError, improve as run
     from .trainer import TrainError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -76,28 +61,9 @@ def improve(**kw: Any) -> None:
         options["grpo_num_generations"] = kw["grpo_generations"]
     if kw["grpo_max_steps"] is not None:
         options["grpo_max_steps"] = kw["grpo_max_steps"]
-    args = ImproveArgs(
-        domain=kw["domain"],
-        held_out=kw["held_out"],
-        workdir=kw["workdir"],
-        queries=kw["queries"],
-        rounds=kw["rounds"],
-        model=kw["model"],
-        method=kw["method"],
-        min_gain=kw["min_gain"],
-        alpha=kw["alpha"],
-        store=kw["store"],
-        epochs=kw["epochs"],
-        lr=kw["lr"],
-        batch_size=kw["batch_size"],
-        min_reward=kw["min_reward"],
-        max_seq_len=kw["max_seq_len"],
-        seed=kw["seed"],
-        collect_settings=_settings(kw["collect_settings"], "--collect-setting", COLLECT_SETTINGS),
-        eval_settings=_settings(kw["eval_settings"], "--eval-setting", EVAL_SETTINGS),
-        train_options=options,
-        progress=kw["progress"],
-    )
+    collect = _settings(kw.pop("collect_settings"), "--collect-setting", COLLECT_SETTINGS)
+    evaluate = _settings(kw.pop("eval_settings"), "--eval-setting", EVAL_SETTINGS)
+    args = dataclasses.replace(pop_dataclass(ImproveArgs, kw), collect_settings=collect, eval_settings=evaluate, train_options=options)
     try:
         rounds = run(args, echo=click.echo)
     except (ImproveError, ConfigError, TrainError) as exc:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import click
+
+from kaelum.cliopts import store_option
 
 
 @click.command("ui")
-@click.option("--store", default=lambda: os.environ.get("KAELUM_STORE") or "./store", show_default="$KAELUM_STORE or ./store",
-              help="The trace store to explore (a path, or a URL the store understands).")
+@store_option(help="The trace store to explore (a path, or a URL the store understands).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; anything but loopback needs --token.")
 @click.option("--port", default=8642, show_default=True, type=int, help="Port to listen on (0: any free port).")
 @click.option("--token", default=None, envvar="KAELUM_UI_TOKEN", help="Require this token on every request (Authorization: Bearer T or ?token=T). Env: KAELUM_UI_TOKEN.")
