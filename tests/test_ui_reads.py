@@ -172,3 +172,16 @@ def test_a_deep_page_in_two_steps_is_the_page_of_one_query(built, monkeypatch, p
     monkeypatch.setattr(reader, "DEEP_PAGE", 0)  # every page in two steps
     two = reader.list_traces(con.cursor(), params)
     assert two == one and one["traces"]
+
+
+def test_quarantine_pages_are_the_whole_list_in_order_conflicting_ids_included(built):
+    from ui import reader
+
+    store_dir, _, reused = built
+    con = store.connect(store_dir)
+    whole = reader.quarantine(con.cursor(), {"limit": "500"})
+    assert whole["total"] == whole["matched"] == len(whole["lines"]) >= 2
+    assert any(line["reason"].startswith(f"event id {reused} conflicts with") for line in whole["lines"])
+    pages = [line for i in range(0, whole["total"], 2) for line in reader.quarantine(con.cursor(), {"limit": "2", "offset": str(i)})["lines"]]
+    assert pages == whole["lines"]
+    con.close()
