@@ -80,13 +80,14 @@ def test_scoped_reads_equal_the_views(built):
 @pytest.fixture(scope="module")
 def fresh_copy(built, tmp_path_factory):
     """A compacted copy of the store (the views read the per-trace summary), then fresh events on
-    top: a new reflection of the branch trace and a new trace."""
+    top, committed without compaction: a new reflection of the branch trace, a new trace, and an
+    event of it reusing an id of the branch trace (a conflict fresh events start; the fresh copy
+    wins, its writer sorting first)."""
     import shutil
 
-    from ingest import ingest_once
     from ui_stores import simple_trace
 
-    store_dir, ids, _ = built
+    store_dir, ids, reused = built
     tmp = tmp_path_factory.mktemp("ui-reads-fresh")
     copy = tmp / "store"
     shutil.copytree(store_dir, copy)
@@ -97,10 +98,14 @@ def fresh_copy(built, tmp_path_factory):
     con.close()
     compacted = tmp / "compacted"
     shutil.copytree(copy, compacted)
-    more = [Event(type="reflection", trace_id=ids["branch"], seq=200, data={"node_id": "n4", "text": "Seven is wrong too."})]
-    logs = tmp / "fresh-logs"
-    write_logs(logs, {"new": simple_trace("Fresh one?", "analysis", True, 0.9), "refl": (ids["branch"], more)}, garbage=False)
-    ingest_once(logs, copy, writer_id="ui-test-fresh", progress=False)
+    con = store.connect(copy)
+    other = con.execute("select id from events where trace_id = ? and type = 'node_evaluated' and id <> ? order by id limit 1",
+                        [ids["branch"], reused]).fetchall()[0][0]
+    con.close()
+    new_tid, new_events = simple_trace("Fresh one?", "analysis", True, 0.9)
+    more = [Event(type="reflection", trace_id=ids["branch"], seq=200, data={"node_id": "n4", "text": "Seven is wrong too."}).to_dict(),
+            value(TraceEvents(trace_id=new_tid), "n1", 0.05).to_dict() | {"id": other, "seq": 99}]
+    store.append_events(copy, [e.to_dict() for e in new_events] + more, writer_id="ui-test-fresh")
     return compacted, copy
 
 
