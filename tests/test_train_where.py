@@ -103,7 +103,7 @@ def test_aliases_are_refused():
 
 def test_column_names_are_every_name_a_column_reference_uses():
     assert column_names("n_steps >= 2 and Reward > 0.8") == {"n_steps", "reward"}
-    assert column_names("training_examples.reward > 0.5 or query ilike '%x%'") == {"training_examples", "reward", "query"}
+    assert column_names("selected.reward > 0.5 or query ilike '%x%'") == {"selected", "reward", "query"}  # a qualifier too
     assert column_names("1 = 1") == set()
     with pytest.raises(WhereError, match="may not contain subqueries"):
         column_names("reward > (select 0)")  # checked first, like check_where

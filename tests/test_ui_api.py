@@ -224,7 +224,7 @@ def test_dataset_empty_selection_names_the_filter(env):
         {"min_reward": None, "where": "n_steps >= 2 and Reward > 0.8"},
         {"min_reward": None, "where": "verified_by = 'consistency' or reward > 0.5"},  # reads training_examples_all
         {"min_reward": None, "where": "len(list_filter(steps, lambda s: contains(s, 'six'))) = 0"},  # a lambda's parameter
-        {"min_reward": None, "where": "training_examples.reward >= 0"},  # qualified by the view's name
+        {"min_reward": None, "where": "query ilike '%what%'"},
         {"include_unchecked": True, "min_reward": None},
         {"method": "dpo"},
         {"method": "dpo", "domain": "math", "where": "branch_node_id <> ''"},
