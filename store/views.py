@@ -230,10 +230,12 @@ def traces_views(scans: Scans, contract: Contract) -> Views:
     them from all events of the traces that fresh events touch, and the summary's rows stand for
     every other trace (what compaction stores as the summary is ``_trace_live`` over all events).
 
-    ``traces`` and ``_trace_summary`` carry the live part as CTEs of their own, the touched traces
-    and their events materialized: every helper then reads those rows, not a scan of every events
-    file each (four scans per query over views; 106 ms against 2 ms for the summary alone with one
-    fresh trace at 20k traces). The same helpers stay views too, to look into.
+    The live branch of ``traces`` and ``_trace_summary`` carries its helpers as CTEs of its own, the
+    touched traces and their events materialized: every helper then reads those rows, not a scan of
+    every events file each (four scans per query over views). The CTEs are the live branch's only:
+    over the whole UNION they kept the summary branch from reading just the columns a query needs
+    (`count(*) from traces` at 1M traces, one CPU: 386 ms, against 220 ms before and 132 ms so).
+    The same helpers stay views too, to look into; the summary branch's ``_touched`` is that view.
     """
     defs = [_view(n, b) for n, b in _trace_views("", "events")]
     if scans.summary is None:
@@ -255,8 +257,8 @@ def traces_views(scans: Scans, contract: Contract) -> Views:
     ctes = "WITH " + ",\n".join(f"{n} AS {'MATERIALIZED ' if m else ''}({b})" for n, b, m in live) + "\n"
     kept = f"{scans.summary} d WHERE NOT EXISTS (SELECT 1 FROM _touched t WHERE t.trace_id = d.trace_id)"
     return defs + [
-        _view("_trace_summary", f"{ctes}SELECT * FROM {kept} UNION ALL SELECT * FROM ({_summary_sql('_l')})"),
-        _view("traces", f"{ctes}SELECT {TRACE_COLUMNS} FROM {kept} UNION ALL SELECT {TRACE_COLUMNS} FROM ({_trace_columns_sql('_l')})"),
+        _view("_trace_summary", f"SELECT * FROM {kept} UNION ALL SELECT * FROM ({ctes}SELECT * FROM ({_summary_sql('_l')}))"),
+        _view("traces", f"SELECT {TRACE_COLUMNS} FROM {kept} UNION ALL SELECT {TRACE_COLUMNS} FROM ({ctes}SELECT * FROM ({_trace_columns_sql('_l')}))"),
     ]
 
 
