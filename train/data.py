@@ -235,14 +235,16 @@ def _key_columns(view: str) -> tuple[str, ...]:
     return ("trace_id", "branch_node_id") if view == "preference_pairs" else ("trace_id",)
 
 
-def _stage_counts_sql(rel: str, filters: list[tuple[str, str, list[Any]]]) -> tuple[str, list[Any]]:
+def _stage_counts_sql(rel: str, filters: list[tuple[str, str, list[Any]]], by: str | None = None) -> tuple[str, list[Any]]:
     """One scan of `rel`: its rows, then the rows left after each cumulative filter (so that an
-    empty result can name the first culprit)."""
+    empty result can name the first culprit); per value of the column `by`, when given."""
     counts, params = ["count(*)"], []
     for i in range(1, len(filters) + 1):
         counts.append("count(*) filter (where " + " and ".join(f[1] for f in filters[:i]) + ")")
         params += [p for f in filters[:i] for p in f[2]]
-    return f"select {', '.join(counts)} from {rel}", params
+    if by is None:
+        return f"select {', '.join(counts)} from {rel}", params
+    return f"select {by}, {', '.join(counts)} from {rel} group by {by} order by {by}", params
 
 
 def _where_stage(pred: str) -> str:
@@ -331,8 +333,8 @@ def count_selection(
     cursor of one; run it in one transaction, so that all its queries read one snapshot), without
     reading every example: only the first `limit` examples are read whole.
 
-    Without `where`, SFT's stage counts come from one aggregate scan of the view and the examples
-    per domain from a GROUP BY. With one (and for DPO, whose view is computed over every tree at
+    Without `where`, SFT's stage counts and examples per domain come from one aggregate scan of the
+    view (per domain), the first examples from one query by their keys. With one (and for DPO, whose view is computed over every tree at
     each read: once, here), ``select_rows``' own selection runs over the view's key, domain and
     reward columns and the columns the predicate names, the predicate as the trainer runs it
     (``where.filter_rows``, in a child process, over the rows the other filters kept).
@@ -348,13 +350,16 @@ def count_selection(
         filters = _sql_filters(view, domain, min_reward)
         params = [p for f in filters for p in f[2]]
         cond = " and ".join(f[1] for f in filters) or "true"
-        sql, count_params = _stage_counts_sql(source, filters)
-        n = con.execute(sql, count_params).fetchall()[0]
-        stages = [(_first_stage(view), int(n[0]))] + [(f[0], int(c)) for f, c in zip(filters, n[1:])]
-        per_domain = {d: int(c) for d, c in con.execute(
-            f"select domain, count(*) from {source} where {cond} group by domain order by domain", params).fetchall()}
-        # The first examples' keys, then those rows whole: the sort carries no steps or query.
-        first = con.sql(f"select {order} from {source} where {cond} order by {order} limit {limit}", params=params).to_arrow_table().to_pylist()
+        # Every stage's count and the examples per domain in one scan (each read of the view also
+        # recomputes the traces fresh events touch): the stage counts per domain, summed.
+        sql, count_params = _stage_counts_sql(source, filters, by="domain")
+        groups = con.execute(sql, count_params).fetchall()
+        totals = [sum(int(g[i]) for g in groups) for i in range(1, len(filters) + 2)]
+        stages = [(_first_stage(view), totals[0])] + [(f[0], n) for f, n in zip(filters, totals[1:])]
+        per_domain = {g[0]: int(g[-1]) for g in groups if g[-1]}
+        # The first examples whole, found by their keys alone: the sort carries no steps or query.
+        head = con.sql(f"select * from {source} where trace_id in (select trace_id from {source} where {cond} order by {order} limit {limit}) "
+                       f"order by {order}", params=params).to_arrow_table().to_pylist() if limit else []
     else:
         columns = [r[0] for r in con.execute(f"describe select * from {source}").fetchall()]
         named = column_names(pred) if pred is not None else set()
@@ -367,10 +372,10 @@ def count_selection(
         narrow = con.sql("select " + ", ".join('"' + c.replace('"', '""') + '"' for c in wanted) + f" from {source}").to_arrow_table()
         kept, stages = _select_table(narrow, view=view, domain=domain, min_reward=min_reward, where=where)
         per_domain = dict(sorted(Counter(kept.column("domain").to_pylist()).items()))
-        first = kept.select(list(keys)).slice(0, limit).to_pylist()
+        head = _rows_of(con, source, keys, kept.select(list(keys)).slice(0, limit).to_pylist())
     stages[0] = (_first_stage(view, source), stages[0][1])
     make = PreferencePair.from_row if view == "preference_pairs" else Trace.from_row
-    return SelectionCounts(stages=stages, per_domain=per_domain, examples=[make(r) for r in _rows_of(con, source, keys, first)], view=view)
+    return SelectionCounts(stages=stages, per_domain=per_domain, examples=[make(r) for r in head], view=view)
 
 
 def _rows_of(con: duckdb.DuckDBPyConnection, source: str, keys: tuple[str, ...], wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
