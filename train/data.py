@@ -334,7 +334,7 @@ def count_selection(
     reading every example: only the first `limit` examples are read whole.
 
     Without `where`, SFT's stage counts and examples per domain come from one aggregate scan of the
-    view (per domain), the first examples from one query by their keys. With one (and for DPO, whose view is computed over every tree at
+    view (per domain), the first examples from one top-N query. With one (and for DPO, whose view is computed over every tree at
     each read: once, here), ``select_rows``' own selection runs over the view's key, domain and
     reward columns and the columns the predicate names, the predicate as the trainer runs it
     (``where.filter_rows``, in a child process, over the rows the other filters kept).
@@ -357,9 +357,9 @@ def count_selection(
         totals = [sum(int(g[i]) for g in groups) for i in range(1, len(filters) + 2)]
         stages = [(_first_stage(view), totals[0])] + [(f[0], n) for f, n in zip(filters, totals[1:])]
         per_domain = {g[0]: int(g[-1]) for g in groups if g[-1]}
-        # The first examples whole, found by their keys alone: the sort carries no steps or query.
-        head = con.sql(f"select * from {source} where trace_id in (select trace_id from {source} where {cond} order by {order} limit {limit}) "
-                       f"order by {order}", params=params).to_arrow_table().to_pylist() if limit else []
+        # The first examples whole: a top-N over one read of the view (finding their keys first and
+        # then their rows reads the view twice: 173 against 112 ms CPU over 700k examples).
+        head = con.sql(f"select * from {source} where {cond} order by {order} limit {limit}", params=params).to_arrow_table().to_pylist() if limit else []
     else:
         columns = [r[0] for r in con.execute(f"describe select * from {source}").fetchall()]
         named = column_names(pred) if pred is not None else set()
