@@ -63,8 +63,8 @@ SELECT uuid7_at(t0 + to_microseconds(slot * 250000), t::VARCHAR || '-' || slot::
              'terminal', true, 'answer', good, 'llm', json_object('model', 'SmolLM2-135M', 'prompt_tokens', 120 + h % 40, 'completion_tokens', 20 + h % 10, 'latency_ms', 30.5))
          WHEN 3 THEN json_object('node_id', 'n2', 'parent_id', 'n0', 'depth', 1, 'thought', 'Add the two numbers instead, which gives ' || (t % 97 + t % 89)::VARCHAR || '.',
              'terminal', true, 'answer', (t % 97 + t % 89)::VARCHAR, 'llm', json_object('model', 'SmolLM2-135M', 'prompt_tokens', 120 + h % 40, 'completion_tokens', 20 + h % 10, 'latency_ms', 31.5))
-         WHEN 4 THEN json_object('node_id', 'n1', 'answer', good, 'passed', true, 'score', 1.0, 'verifier', domain || '.check', 'details', json_object())
-         WHEN 5 THEN json_object('node_id', 'n2', 'answer', (t % 97 + t % 89)::VARCHAR, 'passed', false, 'score', 0.0, 'verifier', domain || '.check', 'details', json_object())
+         WHEN 4 THEN json_object('node_id', 'n1', 'answer', good, 'passed', true, 'score', 1.0, 'verifier', domain || CASE WHEN t % 4 = 0 THEN '.consistency' ELSE '.reference' END, 'details', json_object())
+         WHEN 5 THEN json_object('node_id', 'n2', 'answer', (t % 97 + t % 89)::VARCHAR, 'passed', false, 'score', 0.0, 'verifier', domain || '.reference', 'details', json_object())
          WHEN 6 THEN json_object('status', CASE WHEN u < 92 THEN 'ok' ELSE 'failed' END, 'final_answer', good,
              'best_path', ['n0', 'n1'], 'verified', u < 70, 'reward', r, 'reward_components', json_object('verifier', 1.0),
              'node_stats', [json_object('node_id', 'n0', 'visits', 3, 'value', 0.6)],
