@@ -104,8 +104,10 @@ def run_backend(label: str, settings: Settings, queries: list[dict]) -> dict:
     try:
         llm = orch.llm_for("math")  # load (and for the embedded model convert) before the clock
         loaded = time.perf_counter()
-        for q in queries:
-            r = orch.run(q["query"], domain=q.get("domain"), tags=["server_check"])
+        from tqdm import tqdm
+
+        for q in tqdm(queries, desc=label, unit="query", file=sys.stderr):
+            r = orch.run(q["query"], domain=q.get("domain"), tests=q.get("tests"), reference=q.get("reference"), tags=["server_check"])
             rows.append({"id": q.get("id"), "answer": r.answer, "verified": bool(r.verified), "reward": round(float(r.reward), 4),
                          "prompt_tokens": r.usage.get("prompt_tokens", 0), "completion_tokens": r.usage.get("completion_tokens", 0)})
     finally:
@@ -148,6 +150,7 @@ def main() -> None:
 
     common = {"SEED": args.seed}
     results = [run_backend("embedded", Settings(_env_file=None, DEFAULT_WORKER_MODEL="default", **common), queries)]
+    print(f"embedded: {results[0]['verified']}/{results[0]['queries']} verified in {results[0]['seconds']:.0f} s", file=sys.stderr, flush=True)
     proc = None
     try:
         url = args.base_url
@@ -157,6 +160,8 @@ def main() -> None:
             settings = Settings(_env_file=None, OPENAI_BASE_URL=url, DEFAULT_WORKER_MODEL=args.served_model, LLM_PREFIX_MODE=mode,
                                 LLM_TOKENIZER="default" if mode == "completions" else None, **common)
             results.append(run_backend(f"server, {mode}", settings, queries))
+            r = results[-1]
+            print(f"{r['backend']}: {r['verified']}/{r['queries']} verified in {r['seconds']:.0f} s", file=sys.stderr, flush=True)
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
