@@ -120,7 +120,7 @@ def build_summary(info: StoreInfo, props=None) -> int | None:  # noqa: ANN001 - 
     events = open_table(info, info.events_uri)
     version = events.version()
     uri = info.summary_uri
-    con = connect(info, as_of={"events": version, "quarantine": open_table(info, info.quarantine_uri).version()})
+    con = connect(info, as_of={"events": version, "quarantine": open_table(info, info.quarantine_uri).version()}, through="_trace_summary")
     try:
         columns = summary_schema_file(con)[1]
         if table_exists(info, uri):
