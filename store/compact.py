@@ -121,6 +121,8 @@ def build_summary(info: StoreInfo, props=None) -> int | None:  # noqa: ANN001 - 
     version = events.version()
     uri = info.summary_uri
     con = connect(info, as_of={"events": version, "quarantine": open_table(info, info.quarantine_uri).version()}, through="_trace_summary")
+    # No progress bar: a background or cron job's stderr is a log, not a terminal.
+    con.execute("SET enable_progress_bar = false")
     try:
         columns = summary_schema_file(con)[1]
         if table_exists(info, uri):
