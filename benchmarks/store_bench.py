@@ -92,7 +92,8 @@ SELECT lpad(lower(to_hex(epoch_ms(t0 + to_microseconds(slot * 150000)))), 12, '0
              'signals', json_object('llm', (h % 1000) / 1000.0, 'consistency', 0.5))
          WHEN 'verification' THEN json_object('node_id', 'n' || node::VARCHAR, 'answer', (h % 100)::VARCHAR,
              'passed', node = leaf OR h % 3 = 0, 'score', CASE WHEN node = leaf OR h % 3 = 0 THEN 1.0 ELSE 0.0 END,
-             'verifier', domain || '.check', 'details', json_object('checked', true))
+             -- three in four verdicts checked against a reference, one in four by agreement (out of the default training_examples)
+             'verifier', domain || CASE WHEN h % 4 = 0 THEN '.consistency' ELSE '.reference' END, 'details', json_object('checked', true))
          WHEN 'reflection' THEN json_object('node_id', 'n1' || (slot - 51)::VARCHAR, 'text', 'The previous attempt made an arithmetic slip; recompute carefully.')
          WHEN 'trace_completed' THEN json_object('status', CASE WHEN u < 92 THEN 'ok' ELSE 'failed' END,
              'final_answer', (hash(t * 1000 + 40 + leaf - 9) % 100)::VARCHAR,
