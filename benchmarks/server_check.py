@@ -37,6 +37,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,14 +71,22 @@ def start_server(gguf: Path, threads: int, timeout_s: float = 120.0) -> tuple[su
     port = _free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
            "--n_threads", str(threads), "--n_ctx", "2048", "--model_alias", "smol"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The server logs a lot to stderr at load (every tensor, the chat template): into a file, since a
+    # pipe nobody reads fills up and blocks the server before it answers.
+    log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}/v1"
+
+    def log_tail() -> str:
+        with open(log.name, "rb") as fh:
+            return fh.read()[-2000:].decode(errors="replace")
+
     import httpx
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"the server exited with {proc.returncode}: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+            sys.exit(f"the server exited with {proc.returncode} (log {log.name}): {log_tail()}")
         try:
             if httpx.get(url + "/models", timeout=2).status_code == 200:
                 return proc, url
@@ -85,7 +94,7 @@ def start_server(gguf: Path, threads: int, timeout_s: float = 120.0) -> tuple[su
             pass
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
-    sys.exit(f"the server did not answer on {url} within {timeout_s:.0f} s")
+    sys.exit(f"the server did not answer on {url} within {timeout_s:.0f} s (log {log.name}): {log_tail()}")
 
 
 def run_backend(label: str, settings: Settings, queries: list[dict]) -> dict:

@@ -88,6 +88,15 @@ def main(ctx: click.Context, log_level: str, **kw: Any) -> None:
         raise click.ClickException(str(exc)) from exc
     except StoreError as exc:
         raise click.ClickException(f"{exc} (check --store)") from exc
+    if daemon.compactor is not None and daemon.compactor.running:
+        # A compaction abandoned at stop is still inside delta-rs or DuckDB native code: finalising the
+        # interpreter under it aborts the process ("terminate called ... exception not rethrown", exit
+        # -6). Everything read is committed and logged and the compaction commits nothing, so leave
+        # without finalisation.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     if cfg.once:
         click.echo(json.dumps({k: v for k, v in asdict(summary).items() if k != "per_file"}))
         if summary.skipped:

@@ -62,6 +62,11 @@ class Compactor:
         if self._thread.is_alive():
             log.warning("event=compaction_abandoned reason=\"still running %.0f s after stop; nothing of it is committed\"", wait_s)
 
+    @property
+    def running(self) -> bool:
+        """Whether the thread is still alive (after `stop`: a compaction was abandoned)."""
+        return self._thread.is_alive()
+
     def _run(self) -> None:
         try:  # per-thread on Linux; threads created by this thread inherit it
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE_INCREMENT)

@@ -44,6 +44,22 @@ def _search_field(param: str, **constraints: Any) -> Any:
     return Field(getattr(_SEARCH_DEFAULTS, param), json_schema_extra={"lats_param": param}, **constraints)
 
 
+# `KAELUM_*` variables that commands read themselves, not Settings fields. A `.env` may hold them
+# beside the Settings (one file for a deployment's variables); Settings skips them instead of
+# refusing them as unknown. Any other unknown `KAELUM_*` name in `.env` is still an error, so a
+# misspelt setting is never ignored. tests/test_settings.py checks this list against the code.
+COMMAND_VARIABLES = (
+    "KAELUM_STORE",  # kaelum.cliopts.STORE_ENV: the store of every command
+    "KAELUM_STORE_OPTIONS",  # store.layout.STORE_OPTIONS_ENV: delta-rs storage options (JSON)
+    "KAELUM_UI_TOKEN",  # kaelum ui --token
+    "KAELUM_UI_USER",  # kaelum ui --user
+    "KAELUM_IMPROVE_KILL_AT",  # train.improve.KILL_ENV: a testing hook
+    "KAELUM_HOME",  # kaelum.llm.models: the model cache's root
+    "KAELUM_THREADS",  # kaelum.llm.engines: threads per local engine
+    "KAELUM_ENGINE_REPLICAS",  # kaelum.llm.engines: CTranslate2 generators per engine
+)
+
+
 class Settings(BaseSettings):
     """Runtime configuration. See docs/runtime.md for what each LATS knob does and why its default."""
 
@@ -111,6 +127,14 @@ class Settings(BaseSettings):
     SANDBOX_MEMORY_MB: int = Field(512, ge=32, le=65_536, description="code sandbox address-space limit")
     SANDBOX_FILE_SIZE_MB: int = Field(16, ge=1, le=65_536, description="code sandbox largest file it may write")
     FACTUAL_REFERENCE_FILE: Path | None = Field(None, description="JSON/JSONL of reference answers for factual questions")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _skip_command_variables(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            skip = {v.lower() for v in COMMAND_VARIABLES}
+            data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.lower() in skip)}
+        return data
 
     @model_validator(mode="after")
     def _cross_field(self) -> "Settings":

@@ -124,3 +124,35 @@ def test_the_defaults_docs_runtime_md_names_are_the_defaults():
     defaults = Settings()
     for name, shown in quoted.items():
         assert getattr(Settings(**{name: shown}), name) == getattr(defaults, name), f"docs/runtime.md shows {name}={shown}"
+
+
+def test_dotenv_may_hold_the_commands_variables_but_not_a_misspelt_setting(tmp_path, monkeypatch):
+    """One `.env` for a deployment: $KAELUM_STORE and the other command-level variables beside the
+    Settings are skipped, while an unknown KAELUM_ name (a typo of a setting) is still refused."""
+    from kaelum.config import Settings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("KAELUM_STORE=s3://bucket/traces\nKAELUM_UI_TOKEN=t0k\nKAELUM_HOME=/tmp/h\nKAELUM_SEED=3\n")
+    assert Settings().SEED == 3
+    (tmp_path / ".env").write_text("KAELUM_STORE=./traces\nKAELUM_SEEED=3\n")
+    with pytest.raises(ValidationError, match="kaelum_seeed"):
+        Settings()
+
+
+def test_every_kaelum_variable_the_code_reads_is_a_setting_or_a_command_variable():
+    """The list of command-level variables (kaelum.config.COMMAND_VARIABLES) is complete: otherwise a
+    `.env` holding a variable some command reads would make Settings refuse to start."""
+    import pathlib
+    import re
+
+    from kaelum.config import COMMAND_VARIABLES, Settings
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    found = set()
+    for pkg in ("kaelum", "store", "ingest", "train", "ui"):
+        for f in (root / pkg).rglob("*.py"):
+            found |= set(re.findall(r"KAELUM_[A-Z][A-Z0-9_]*[A-Z0-9]", f.read_text(encoding="utf-8")))
+    settings = {f"KAELUM_{name}" for name in Settings.model_fields}
+    assert found - settings - set(COMMAND_VARIABLES) == set()
+    assert {"KAELUM_STORE", "KAELUM_UI_TOKEN"} <= found  # the scan sees the code
+    assert not set(COMMAND_VARIABLES) & settings
