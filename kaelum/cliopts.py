@@ -9,7 +9,7 @@ default therefore live in one place, next to the validation that names the flag.
 The options several commands take (`--store`, `--log-dir`, `--progress/--no-progress`,
 `-v/--verbose`) are defined here once, for the five commands and `kaelum ui` / `kaelum improve`.
 `flag_table` renders a command's options as the Markdown table the docs carry; `python -m
-kaelum.cliopts docs/training.md docs/ingest.md` regenerates every table between
+kaelum.cliopts docs/training.md docs/ingest.md docs/ui.md` regenerates every table between
 `<!-- flags:COMMAND:begin -->` and `<!-- flags:COMMAND:end -->`, and a test keeps them equal.
 
 Only click and the standard library: the `kaelum` runtime stays light, and the packages above it
@@ -331,7 +331,7 @@ def flag_table_blocks(text: str) -> list[str]:
     return [m.group("cmd") for m in _MARKER.finditer(text)]
 
 
-if __name__ == "__main__":  # python -m kaelum.cliopts docs/training.md docs/ingest.md
+if __name__ == "__main__":  # python -m kaelum.cliopts docs/training.md docs/ingest.md docs/ui.md
     import sys
 
     for doc in sys.argv[1:]:

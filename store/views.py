@@ -229,27 +229,36 @@ def traces_views(scans: Scans, contract: Contract) -> Views:
     Without a summary scan both are computed from ``events``. With one, ``_trace_live`` computes
     them from all events of the traces that fresh events touch, and the summary's rows stand for
     every other trace (what compaction stores as the summary is ``_trace_live`` over all events).
+
+    The live branch of ``traces`` and ``_trace_summary`` carries its helpers as CTEs of its own, the
+    touched traces and their events materialized: every helper then reads those rows, not a scan of
+    every events file each (four scans per query over views). The CTEs are the live branch's only:
+    over the whole UNION they kept the summary branch from reading just the columns a query needs
+    (`count(*) from traces` at 1M traces, one CPU: 386 ms, against 220 ms before and 132 ms so).
+    The same helpers stay views too, to look into; the summary branch's ``_touched`` is that view.
     """
     defs = [_view(n, b) for n, b in _trace_views("", "events")]
     if scans.summary is None:
         return defs + [_view("_trace_live", _summary_sql("")), _view("_trace_summary", "SELECT * FROM _trace_live"),
                        _view("traces", _trace_columns_sql(""))]
-    defs += [
+    # (name, SELECT, materialized) of the live part, in dependency order.
+    live = [
         # Traces with fresh events, and the traces of both sides of a conflict that fresh events
         # started or changed (a fresh copy may win over one the summary kept).
-        _view("_touched", f"SELECT DISTINCT trace_id FROM ({_events_up(scans.fresh, contract)}) "
-                          "UNION SELECT trace_id FROM _conflicts WHERE live UNION SELECT winner_trace_id FROM _conflicts WHERE live"),
+        ("_touched", f"SELECT DISTINCT trace_id FROM ({_events_up(scans.fresh, contract)}) "
+                     "UNION SELECT trace_id FROM _conflicts WHERE live UNION SELECT winner_trace_id FROM _conflicts WHERE live", True),
         # The filter on trace_id comes before the de-duplication, so the window sees only those traces.
-        _view("_events_live", _without_losers(f"({_events_up(scans.if_fresh, contract)})",
-                                              "trace_id IN (SELECT trace_id FROM _touched)")),
-        *(_view(n, b) for n, b in _trace_views("_l", "_events_live")),
-        _view("_trace_live", _summary_sql("_l")),
-        _view("_trace_live_columns", _trace_columns_sql("_l")),
+        ("_events_live", _without_losers(f"({_events_up(scans.if_fresh, contract)})",
+                                         "trace_id IN (SELECT trace_id FROM _touched)"), True),
+        *((n, b, False) for n, b in _trace_views("_l", "_events_live")),
     ]
+    defs += [_view(n, b) for n, b, _m in live]
+    defs += [_view("_trace_live", _summary_sql("_l")), _view("_trace_live_columns", _trace_columns_sql("_l"))]
+    ctes = "WITH " + ",\n".join(f"{n} AS {'MATERIALIZED ' if m else ''}({b})" for n, b, m in live) + "\n"
     kept = f"{scans.summary} d WHERE NOT EXISTS (SELECT 1 FROM _touched t WHERE t.trace_id = d.trace_id)"
     return defs + [
-        _view("_trace_summary", f"SELECT * FROM {kept} UNION ALL SELECT * FROM _trace_live"),
-        _view("traces", f"SELECT {TRACE_COLUMNS} FROM {kept} UNION ALL SELECT {TRACE_COLUMNS} FROM _trace_live_columns"),
+        _view("_trace_summary", f"SELECT * FROM {kept} UNION ALL SELECT * FROM ({ctes}SELECT * FROM ({_summary_sql('_l')}))"),
+        _view("traces", f"SELECT {TRACE_COLUMNS} FROM {kept} UNION ALL SELECT {TRACE_COLUMNS} FROM ({ctes}SELECT * FROM ({_trace_columns_sql('_l')}))"),
     ]
 
 

@@ -89,6 +89,22 @@ def test_kaelum_ui_and_improve_resolve_kaelum_store(command, monkeypatch, tmp_pa
     assert cmd.make_context(command, list(args)).params["store"] == ("./store" if command == "ui" else None)
 
 
+def test_kaelum_ui_defaults_are_ui_config_defaults(monkeypatch):
+    """`kaelum ui` states its defaults itself (its module must load without the ui extra, which
+    `ui.server.UIConfig` needs); they are UIConfig's."""
+    from ui.server import UIConfig
+
+    for name in ("KAELUM_STORE", "KAELUM_UI_TOKEN", "KAELUM_UI_USER"):
+        monkeypatch.delenv(name, raising=False)
+    cmd = kaelum_main.get_command(click.Context(kaelum_main), "ui")
+    params = cmd.make_context("ui", []).params
+    want = UIConfig()
+    assert {k: params[k] for k in ("store", "host", "port", "token", "model", "refresh_s", "poll_s")} == {
+        "store": want.store, "host": want.host, "port": want.port, "token": want.token, "model": want.model,
+        "refresh_s": want.refresh_s, "poll_s": want.poll_s}
+    assert params["user"] is None  # then UIConfig's own default: the login name
+
+
 def test_kaelum_train_defaults_are_train_args_defaults(monkeypatch):
     monkeypatch.delenv("KAELUM_STORE", raising=False)
     ctx = train_main.make_context("kaelum-train", [])
@@ -151,7 +167,7 @@ def test_dataclass_options_of_a_small_dataclass():
     assert CliRunner().invoke(cmd, ["--size", "big"]).exit_code == 2
 
 
-@pytest.mark.parametrize("doc", ["training.md", "ingest.md"])
+@pytest.mark.parametrize("doc", ["training.md", "ingest.md", "ui.md"])
 def test_the_docs_flag_tables_are_the_commands_options(doc):
     text = (DOCS / doc).read_text(encoding="utf-8")
     assert flag_table_blocks(text), f"docs/{doc} carries no generated flag table"

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from train.data import DataError, select_rows
-from train.where import WhereError, check_where, filter_rows
+from train.where import WhereError, check_where, column_names, filter_rows
 
 
 def _table(rows):
@@ -99,3 +99,11 @@ def test_filter_rows_keeps_order_and_types():
 def test_aliases_are_refused():
     with pytest.raises(WhereError, match="not a named column"):
         check_where("reward > 0.9 as good")
+
+
+def test_column_names_are_every_name_a_column_reference_uses():
+    assert column_names("n_steps >= 2 and Reward > 0.8") == {"n_steps", "reward"}
+    assert column_names("selected.reward > 0.5 or query ilike '%x%'") == {"selected", "reward", "query"}  # a qualifier too
+    assert column_names("1 = 1") == set()
+    with pytest.raises(WhereError, match="may not contain subqueries"):
+        column_names("reward > (select 0)")  # checked first, like check_where

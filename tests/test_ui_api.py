@@ -215,6 +215,38 @@ def test_dataset_empty_selection_names_the_filter(env):
     assert d["selected"] == 0 and d["problem"].startswith("no examples left: --domain creative removed them all")
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"domain": "math", "min_reward": 0.9},
+        {"where": "reward < 0.95"},
+        {"min_reward": None, "where": "n_steps >= 2 and Reward > 0.8"},
+        {"min_reward": None, "where": "verified_by = 'consistency' or reward > 0.5"},  # reads training_examples_all
+        {"min_reward": None, "where": "len(list_filter(steps, lambda s: contains(s, 'six'))) = 0"},  # a lambda's parameter
+        {"min_reward": None, "where": "query ilike '%what%'"},
+        {"include_unchecked": True, "min_reward": None},
+        {"method": "dpo"},
+        {"method": "dpo", "domain": "math", "where": "branch_node_id <> ''"},
+    ],
+)
+def test_count_selection_is_the_trainers_selection_counted(env, kw):
+    """`train.data.count_selection` (the dataset page's read) = `select_examples`: stages, examples per
+    domain, view, and its first examples, without reading every example."""
+    from train.data import count_selection, select_examples
+
+    _, _, store_dir, _ = env
+    sel = select_examples(str(store_dir), **kw)
+    con = store.connect(store_dir)
+    try:
+        counts = count_selection(con, limit=2, **kw)
+    finally:
+        con.close()
+    assert counts.stages == sel.stages and counts.per_domain == sel.per_domain() and counts.view == sel.view
+    assert counts.selected == len(sel.examples) > 0
+    assert counts.examples == sel.examples[:2]
+
+
 def test_dataset_dpo(env):
     http, ids, _, _ = env
     d = http.get("/api/datasets", params={"method": "dpo", "examples": "5"}).json()

@@ -77,28 +77,84 @@ def test_scoped_reads_equal_the_views(built):
     assert checked["preference_pairs"] >= 2 and checked["traces"] == len(ids) and checked["nodes"] > 2000
 
 
-def test_scoped_reads_equal_the_views_after_compaction_and_with_fresh_events(built, tmp_path):
+@pytest.fixture(scope="module")
+def fresh_copy(built, tmp_path_factory):
+    """A compacted copy of the store (the views read the per-trace summary), then fresh events on
+    top, committed without compaction: a new reflection of the branch trace, a new trace, and an
+    event of it reusing an id of the branch trace (a conflict fresh events start; the fresh copy
+    wins, its writer sorting first)."""
     import shutil
 
-    from ingest import ingest_once
+    from ui_stores import simple_trace
 
-    store_dir, ids, _ = built
-    copy = tmp_path / "store"
+    store_dir, ids, reused = built
+    tmp = tmp_path_factory.mktemp("ui-reads-fresh")
+    copy = tmp / "store"
     shutil.copytree(store_dir, copy)
     compact(copy, retention_s=0)
     con = store.connect(copy)
     con.execute("select count(*) from traces").fetchall()
     assert store.snapshot_of(con).summary is not None  # the views now read the per-trace summary
     con.close()
-    _check_all(copy, list(ids.values()))
-    # Fresh events on top of the summary: a new reflection of the branch trace and a new trace.
-    more = [Event(type="reflection", trace_id=ids["branch"], seq=200, data={"node_id": "n4", "text": "Seven is wrong too."})]
-    logs = tmp_path / "fresh-logs"
-    from ui_stores import simple_trace
+    compacted = tmp / "compacted"
+    shutil.copytree(copy, compacted)
+    con = store.connect(copy)
+    other = con.execute("select id from events where trace_id = ? and type = 'node_evaluated' and id <> ? order by id limit 1",
+                        [ids["branch"], reused]).fetchall()[0][0]
+    con.close()
+    new_tid, new_events = simple_trace("Fresh one?", "analysis", True, 0.9)
+    more = [Event(type="reflection", trace_id=ids["branch"], seq=200, data={"node_id": "n4", "text": "Seven is wrong too."}).to_dict(),
+            value(TraceEvents(trace_id=new_tid), "n1", 0.05).to_dict() | {"id": other, "seq": 99}]
+    store.append_events(copy, [e.to_dict() for e in new_events] + more, writer_id="ui-test-fresh")
+    return compacted, copy
 
-    write_logs(logs, {"new": simple_trace("Fresh one?", "analysis", True, 0.9), "refl": (ids["branch"], more)}, garbage=False)
-    ingest_once(logs, copy, writer_id="ui-test-fresh", progress=False)
-    _check_all(copy, list(ids.values()))
+
+def test_scoped_reads_equal_the_views_after_compaction_and_with_fresh_events(built, fresh_copy):
+    _, ids, _ = built
+    compacted, fresh = fresh_copy
+    _check_all(compacted, list(ids.values()))
+    _check_all(fresh, list(ids.values()))
+
+
+def _views_from_events(con):
+    """A connection whose views compute every trace from the events of `con`'s last snapshot:
+    no per-trace summary, no stored conflicts set (the views' definitions, nothing precomputed)."""
+    import duckdb
+
+    from store.reads import sql_string
+    from store.snapshot import schema_file
+    from store.views import Scans, install_views
+
+    snap = store.snapshot_of(con)
+    hive = "hive_partitioning = true, hive_types = {'date': DATE}"
+
+    def scan(files, table):
+        return "read_parquet([" + ", ".join(sql_string(str(f)) for f in [*files, schema_file(table)]) + f"], {hive})"
+
+    raw = duckdb.connect(":memory:")
+    raw.execute("SET TimeZone = 'UTC'")
+    install_views(raw, Scans(scan(snap.events_files, "events"), scan(snap.quarantine_files, "quarantine")))
+    return raw
+
+
+@pytest.mark.parametrize("view", ["traces", "_trace_summary", "trajectories", "training_examples_all"])
+def test_traces_with_fresh_events_over_the_summary_are_the_traces_of_all_events(fresh_copy, view):
+    """The live part of `traces` / `_trace_summary` (touched traces recomputed, read once per query)
+    gives the rows the views give without any summary, for re-sent, conflicting and fresh events."""
+    _, fresh = fresh_copy
+    con = store.connect(fresh)
+    with con.cursor() as cur:
+        cur.execute("BEGIN TRANSACTION")  # the two reads below and the snapshot looked up: one snapshot
+        touched = cur.execute("select count(*) from _touched").fetchall()[0][0]
+        got = _sorted(cur.execute(f"select * from {view}").fetchall())
+        snap = store.snapshot_of(con)
+        cur.execute("ROLLBACK")
+    assert snap.summary is not None and snap.fresh_files and touched >= 2
+    raw = _views_from_events(con)
+    want = _sorted(raw.execute(f"select * from {view}").fetchall())
+    assert got == want and got
+    con.close()
+    raw.close()
 
 
 def test_scoped_sql_reads_one_snapshot_and_quotes_the_id(built):
@@ -121,3 +177,16 @@ def test_a_deep_page_in_two_steps_is_the_page_of_one_query(built, monkeypatch, p
     monkeypatch.setattr(reader, "DEEP_PAGE", 0)  # every page in two steps
     two = reader.list_traces(con.cursor(), params)
     assert two == one and one["traces"]
+
+
+def test_quarantine_pages_are_the_whole_list_in_order_conflicting_ids_included(built):
+    from ui import reader
+
+    store_dir, _, reused = built
+    con = store.connect(store_dir)
+    whole = reader.quarantine(con.cursor(), {"limit": "500"})
+    assert whole["total"] == whole["matched"] == len(whole["lines"]) >= 2
+    assert any(line["reason"].startswith(f"event id {reused} conflicts with") for line in whole["lines"])
+    pages = [line for i in range(0, whole["total"], 2) for line in reader.quarantine(con.cursor(), {"limit": "2", "offset": str(i)})["lines"]]
+    assert pages == whole["lines"]
+    con.close()

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -19,7 +20,7 @@ import pyarrow as pa
 
 from kaelum.prompts import format_completion, format_continuation, format_partial, worker_messages
 
-from .where import WhereError, check_where, filter_rows, lock_down
+from .where import WhereError, check_where, column_names, filter_rows, lock_down
 
 log = logging.getLogger("kaelum.train.data")
 
@@ -207,6 +208,58 @@ def snapshot(store_path: str, con: duckdb.DuckDBPyConnection, as_of: Any = None)
                          as_of=None if as_of is None else str(as_of))
 
 
+def view_for(method: str) -> str:
+    """The view `method` trains on (GRPO learns from its own samples: every complete trace's query, failed ones included)."""
+    return {"dpo": "preference_pairs", "grpo": "trajectories"}.get(method, "training_examples")
+
+
+def _first_stage(view: str, source: str | None = None) -> str:
+    """The name of the first stage: every row of the view read (`source`: the view read for `view`)."""
+    if source is not None and source != view:
+        return f"{source} (complete and verified traces, unchecked methods included)"
+    return f"{view} (complete and verified traces)" if view == "training_examples" else view
+
+
+def _sql_filters(view: str, domain: str | None, min_reward: float | None) -> list[tuple[str, str, list[Any]]]:
+    """(stage name, SQL clause, its parameters) of the filters before --where, applied cumulatively."""
+    filters: list[tuple[str, str, list[Any]]] = []
+    if domain is not None:
+        filters.append((f"--domain {domain}", "domain = ?", [domain]))
+    if min_reward is not None and view == "training_examples":
+        filters.append((f"--min-reward {min_reward}", "reward >= ?", [min_reward]))
+    return filters
+
+
+def _key_columns(view: str) -> tuple[str, ...]:
+    """What identifies an example of `view`; the examples are in this order."""
+    return ("trace_id", "branch_node_id") if view == "preference_pairs" else ("trace_id",)
+
+
+def _stage_counts_sql(rel: str, filters: list[tuple[str, str, list[Any]]], by: str | None = None) -> tuple[str, list[Any]]:
+    """One scan of `rel`: its rows, then the rows left after each cumulative filter (so that an
+    empty result can name the first culprit); per value of the column `by`, when given."""
+    counts, params = ["count(*)"], []
+    for i in range(1, len(filters) + 1):
+        counts.append("count(*) filter (where " + " and ".join(f[1] for f in filters[:i]) + ")")
+        params += [p for f in filters[:i] for p in f[2]]
+    if by is None:
+        return f"select {', '.join(counts)} from {rel}", params
+    return f"select {by}, {', '.join(counts)} from {rel} group by {by} order by {by}", params
+
+
+def _where_stage(pred: str) -> str:
+    return f"--where {pred!r}"
+
+
+def _apply_where(kept: pa.Table, pred: str, view: str) -> pa.Table:
+    # Never in the WHERE clause of the other filters: the predicate filters the rows they kept,
+    # in an outer query of its own (and a process of its own, with time and memory limits).
+    try:
+        return filter_rows(kept, pred, view=view)
+    except WhereError as exc:
+        raise DataError(str(exc)) from None
+
+
 def select_rows(
     table: pa.Table,
     *,
@@ -221,41 +274,127 @@ def select_rows(
     child process holding nothing but those rows, with external access switched off, the
     configuration locked, and a time and memory limit.
     """
+    kept, counted = _select_table(table, view=view, domain=domain, min_reward=min_reward, where=where)
+    return kept.to_pylist(), counted
+
+
+def _select_table(
+    table: pa.Table, *, view: str, domain: str | None, min_reward: float | None, where: str | None
+) -> tuple[pa.Table, list[tuple[str, int]]]:
+    """``select_rows``, the kept rows as a table (of `table`'s columns)."""
     pred = check_where(where) if where else None
+    filters = _sql_filters(view, domain, min_reward)
     con = duckdb.connect(":memory:")
     try:
         con.register(view, table)
         lock_down(con)
-        first = f"{view} (complete and verified traces)" if view == "training_examples" else view
-        # (stage name, SQL clause, its parameters), applied cumulatively.
-        filters: list[tuple[str, str, list[Any]]] = []
-        if domain is not None:
-            filters.append((f"--domain {domain}", "domain = ?", [domain]))
-        if min_reward is not None and view == "training_examples":
-            filters.append((f"--min-reward {min_reward}", "reward >= ?", [min_reward]))
-        # Count after each cumulative filter so that an empty result can name the first culprit.
-        counted: list[tuple[str, int]] = [(first, table.num_rows)]
-        for i in range(1, len(filters) + 1):
-            sql = f"select count(*) from {view} where " + " and ".join(f[1] for f in filters[:i])
-            n = con.execute(sql, [p for f in filters[:i] for p in f[2]]).fetchall()[0][0]
-            counted.append((filters[i - 1][0], int(n)))
+        sql, params = _stage_counts_sql(view, filters)
+        n = con.execute(sql, params).fetchall()[0]
+        counted = [(_first_stage(view), int(n[0]))] + [(f[0], int(c)) for f, c in zip(filters, n[1:])]
         sql = f"select * from {view}"
         if filters:
             sql += " where " + " and ".join(f[1] for f in filters)
-        sql += " order by trace_id" + (", branch_node_id" if view == "preference_pairs" else "")
+        sql += " order by " + ", ".join(_key_columns(view))
         kept = con.sql(sql, params=[p for f in filters for p in f[2]]).to_arrow_table()
     finally:
         con.close()
     if pred is not None:
-        # Never in the WHERE clause above: the predicate filters the rows the other filters kept,
-        # in an outer query of its own (and a process of its own, with time and memory limits).
-        try:
-            kept = filter_rows(kept, pred, view=view)
-        except WhereError as exc:
-            raise DataError(str(exc)) from None
-        counted.append((f"--where {pred!r}", kept.num_rows))
-    rows = kept.to_pylist()
-    return rows, counted
+        kept = _apply_where(kept, pred, view)
+        counted.append((_where_stage(pred), kept.num_rows))
+    return kept, counted
+
+
+@dataclass
+class SelectionCounts:
+    """What ``select_examples`` would select, without its examples: the stage counts, the examples
+    per domain and the first few examples (the `kaelum ui` dataset page)."""
+
+    stages: list[tuple[str, int]]  # as Selection.stages
+    per_domain: dict[str, int]  # as Selection.per_domain()
+    examples: list[Any]  # the first examples of the selection, in its order (Trace / PreferencePair)
+    view: str = "training_examples"
+
+    @property
+    def selected(self) -> int:
+        return self.stages[-1][1]
+
+
+def count_selection(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    method: str = "sft",
+    domain: str | None = None,
+    min_reward: float | None = 0.7,
+    where: str | None = None,
+    include_unchecked: bool = False,
+    limit: int = 3,
+) -> SelectionCounts:
+    """``select_examples``' selection over the store `con` reads (a ``store.connect`` connection or a
+    cursor of one; run it in one transaction, so that all its queries read one snapshot), without
+    reading every example: only the first `limit` examples are read whole.
+
+    Without `where`, SFT's stage counts and examples per domain come from one aggregate scan of the
+    view (per domain), the first examples from one top-N query. With one (and for DPO, whose view is computed over every tree at
+    each read: once, here), ``select_rows``' own selection runs over the view's key, domain and
+    reward columns and the columns the predicate names, the predicate as the trainer runs it
+    (``where.filter_rows``, in a child process, over the rows the other filters kept).
+    The caller applies ``check_stage_counts`` to the counts.
+    """
+    pred = check_where(where) if where else None
+    view = view_for(method)
+    source = examples_source(where, include_unchecked) if view == "training_examples" else view
+    keys = _key_columns(view)
+    order = ", ".join(keys)
+    limit = max(0, int(limit))
+    if pred is None and view != "preference_pairs":
+        filters = _sql_filters(view, domain, min_reward)
+        params = [p for f in filters for p in f[2]]
+        cond = " and ".join(f[1] for f in filters) or "true"
+        # Every stage's count and the examples per domain in one scan (each read of the view also
+        # recomputes the traces fresh events touch): the stage counts per domain, summed.
+        sql, count_params = _stage_counts_sql(source, filters, by="domain")
+        groups = con.execute(sql, count_params).fetchall()
+        totals = [sum(int(g[i]) for g in groups) for i in range(1, len(filters) + 2)]
+        stages = [(_first_stage(view), totals[0])] + [(f[0], n) for f, n in zip(filters, totals[1:])]
+        per_domain = {g[0]: int(g[-1]) for g in groups if g[-1]}
+        # The first examples whole: a top-N over one read of the view (finding their keys first and
+        # then their rows reads the view twice: 173 against 112 ms CPU over 700k examples).
+        head = con.sql(f"select * from {source} where {cond} order by {order} limit {limit}", params=params).to_arrow_table().to_pylist() if limit else []
+    else:
+        columns = [r[0] for r in con.execute(f"describe select * from {source}").fetchall()]
+        named = column_names(pred) if pred is not None else set()
+        # A name that is no column (a lambda's parameter, a typo) and the predicate gets every
+        # column: it then fails, or reads, exactly as over the trainer's rows.
+        if not named <= {c.lower() for c in columns}:
+            wanted = columns
+        else:
+            wanted = [c for c in columns if c in keys or c in ("domain", "reward") or c.lower() in named]
+        narrow = con.sql("select " + ", ".join('"' + c.replace('"', '""') + '"' for c in wanted) + f" from {source}").to_arrow_table()
+        kept, stages = _select_table(narrow, view=view, domain=domain, min_reward=min_reward, where=where)
+        per_domain = dict(sorted(Counter(kept.column("domain").to_pylist()).items()))
+        head = _rows_of(con, source, keys, kept.select(list(keys)).slice(0, limit).to_pylist())
+    stages[0] = (_first_stage(view, source), stages[0][1])
+    make = PreferencePair.from_row if view == "preference_pairs" else Trace.from_row
+    return SelectionCounts(stages=stages, per_domain=per_domain, examples=[make(r) for r in head], view=view)
+
+
+def _rows_of(con: duckdb.DuckDBPyConnection, source: str, keys: tuple[str, ...], wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of `source` with the key values `wanted`, in that order (read in the snapshot of the
+    query that found the keys: the caller's transaction; a key gone since is left out).
+
+    By literal trace ids, which reach the scan's trace_id statistics; a preference pair through
+    ``store.reads`` (its trace's pairs computed over its events: the view walks every tree)."""
+    if not wanted:
+        return []
+    from store.reads import PAIRS, scoped_sql, sql_string
+
+    tids = list(dict.fromkeys(w["trace_id"] for w in wanted))
+    if source == "preference_pairs":
+        found_rows = [r for t in tids for r in con.sql(scoped_sql(t, f"select * from {PAIRS}")).to_arrow_table().to_pylist()]
+    else:
+        found_rows = con.sql(f"select * from {source} where trace_id in ({', '.join(sql_string(t) for t in tids)})").to_arrow_table().to_pylist()
+    found = {tuple(r[k] for k in keys): r for r in found_rows}
+    return [found[k] for k in (tuple(w[c] for c in keys) for w in wanted) if k in found]
 
 
 # A --where that names the verdict method asks for traces by method, so it sees every method.
@@ -290,8 +429,7 @@ def select_examples(
     """
     if where:
         check_where(where)  # before the store is touched
-    # GRPO learns from its own samples: every complete trace's query is a prompt, failed ones included.
-    view = {"dpo": "preference_pairs", "grpo": "trajectories"}.get(method, "training_examples")
+    view = view_for(method)
     source = examples_source(where, include_unchecked) if view == "training_examples" else view
     con = open_store(store_path, as_of)
     try:
@@ -303,8 +441,7 @@ def select_examples(
     finally:
         con.close()
     rows, stages = select_rows(table, view=view, domain=domain, min_reward=min_reward, where=where)
-    if source != view:
-        stages[0] = (f"{source} (complete and verified traces, unchecked methods included)", stages[0][1])
+    stages[0] = (_first_stage(view, source), stages[0][1])
     make = PreferencePair.from_row if view == "preference_pairs" else Trace.from_row
     sel = Selection(examples=[make(r) for r in rows], stages=stages, snapshot=snap, view=view)
     check_counts(sel)
@@ -313,22 +450,27 @@ def select_examples(
 
 def check_counts(sel: Selection) -> None:
     """Zero examples is an error naming the filter that removed the last ones; few is a warning."""
-    if not sel.examples:
-        first, total = sel.stages[0]
+    check_stage_counts(sel.stages, sel.per_domain(), sel.view)
+
+
+def check_stage_counts(stages: Sequence[tuple[str, int]], per_domain: dict[str, int], view: str = "training_examples") -> None:
+    """``check_counts`` from the counts alone (a Selection's or a SelectionCounts')."""
+    if not sum(per_domain.values()):
+        first, total = stages[0]
         if total == 0:
             hint = (
                 "run the orchestrator with enable_logging=True, then `kaelum-ingest --once`"
-                if sel.view == "training_examples"
+                if view == "training_examples"
                 else "preference pairs come from searches whose branches ended differently; run more queries"
             )
             raise DataError(f"no examples: the store's {first} is empty — {hint}")
-        culprit = next((name for name, n in sel.stages[1:] if n == 0), sel.stages[-1][0])
+        culprit = next((name for name, n in stages[1:] if n == 0), stages[-1][0])
         raise DataError(
             f"no examples left: {culprit} removed them all ({total} in {first}; "
-            + ", ".join(f"{n} after {name}" for name, n in sel.stages[1:])
+            + ", ".join(f"{n} after {name}" for name, n in stages[1:])
             + "); relax that filter"
         )
-    for dom, n in sel.per_domain().items():
+    for dom, n in per_domain.items():
         if n < RECOMMENDED_PER_DOMAIN:
             log.warning(
                 "only %d training examples for domain %s; the guide recommends %d+ high-quality traces per domain",

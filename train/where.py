@@ -118,6 +118,18 @@ def _too_deep() -> WhereError:
 
 def check_where(predicate: str) -> str:
     """Return the predicate unchanged if it is one safe expression; raise WhereError otherwise."""
+    return _checked(predicate)[0]
+
+
+def column_names(predicate: str) -> set[str]:
+    """The names the (checked) predicate's column references use, lower-cased: columns, their
+    qualifiers and lambda parameters alike. Whoever hands `filter_rows` only some columns keeps those
+    of the view among these names, so the predicate reads what it would read over every column."""
+    return {str(n).lower() for e in _checked(predicate)[1] if e["class"] == "COLUMN_REF" for n in e.get("column_names") or ()}
+
+
+def _checked(predicate: str) -> tuple[str, list[dict[str, Any]]]:
+    """The predicate and its expression nodes, once it is known to be one safe expression."""
     global _SCALARS
     pred = predicate.strip()
     if not pred:
@@ -210,7 +222,7 @@ def check_where(predicate: str) -> str:
                 raise WhereError(
                     f"--where may not call {name}(): only scalar functions that read nothing outside the row are allowed"
                 )
-    return pred
+    return pred, found
 
 
 def lock_down(con: duckdb.DuckDBPyConnection) -> None:

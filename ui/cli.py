@@ -1,4 +1,9 @@
-"""`kaelum ui`: a thin click layer over `ui.server.serve`."""
+"""`kaelum ui`: a thin click layer over `ui.server.serve`.
+
+The options' defaults are `ui.server.UIConfig`'s (a test keeps them equal: the server module needs
+the ui extra, which `kaelum ui --help` must not); docs/ui.md's flag table is generated from them
+(`python -m kaelum.cliopts docs/ui.md`).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,17 @@ from kaelum.cliopts import store_option
 
 
 @click.command("ui")
-@store_option(help="The trace store to explore (a path, or a URL the store understands).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; anything but loopback needs --token.")
+@store_option(help="The trace store to read (only through store.connect) and to write feedback to: a folder or a URL such as s3://bucket/prefix.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; anything that is not loopback is refused without --token.")
 @click.option("--port", default=8642, show_default=True, type=int, help="Port to listen on (0: any free port).")
-@click.option("--token", default=None, envvar="KAELUM_UI_TOKEN", help="Require this token on every request (Authorization: Bearer T or ?token=T). Env: KAELUM_UI_TOKEN.")
-@click.option("--user", default=None, envvar="KAELUM_UI_USER", help="Name written as `by` in feedback events (default: your login name). Env: KAELUM_UI_USER.")
+@click.option("--token", default=None, envvar="KAELUM_UI_TOKEN",
+              help="Every request must carry this token: Authorization: Bearer T or ?token=T. Env: KAELUM_UI_TOKEN.")
+@click.option("--user", default=None, envvar="KAELUM_UI_USER", show_default="your login name",
+              help="Written as `by` in feedback events. Env: KAELUM_UI_USER.")
 @click.option("--model", default=None, help="Render /datasets examples with this model's chat template (needs the train extra).")
-@click.option("--refresh", "refresh_s", default=10.0, show_default=True, type=float, help="Reopen the store connection after this many seconds.")
-@click.option("--poll", "poll_s", default=5.0, show_default=True, type=float, help="Seconds between the pages' checks for new traces.")
+@click.option("--refresh", "refresh_s", default=10.0, show_default=True, type=float,
+              help="Seconds after which the store connection is reopened in the background (a URL store then shows new commits).")
+@click.option("--poll", "poll_s", default=5.0, show_default=True, type=float, help="Seconds between the list's checks for new traces.")
 def ui(store: str, host: str, port: int, token: str | None, user: str | None, model: str | None, refresh_s: float, poll_s: float) -> None:
     """Serve a local web app over the trace store: traces and their search trees, datasets, charts,
     quarantine, and feedback that corrects a trace's reward.

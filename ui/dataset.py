@@ -1,6 +1,7 @@
 """The `/datasets` page's selection: what `kaelum-train` would train on, by the trainer's own code.
 
-The filters (`--domain`, `--min-reward`, `--where`) run through `train.data.select_rows` after
+The filters (`--domain`, `--min-reward`, `--where`) are counted by `train.data.count_selection`
+(the trainer's selection, counted in SQL: only the examples shown are read whole) after
 `train.where.check_where`, the examples are `train.data.Trace` / `PreferencePair`, and their text
 is the trainer's: with a tokenizer (`kaelum ui --model`), `train.dataset.render_sft` /
 `render_dpo` with the model's chat template, exactly the strings the trainer tokenizes; without
@@ -18,9 +19,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .reader import BadRequest, jsonable, time_limit
+from .reader import BadRequest, jsonable, one_snapshot, time_limit
 
-READ_LIMIT_S = 120.0  # the trainer reads the whole view too; past this the page gives up and says so
+READ_LIMIT_S = 120.0  # DPO's counts compute every tree's pairs; past this the page gives up and says so
 
 
 class DatasetUnavailable(RuntimeError):
@@ -127,7 +128,7 @@ def _example_text(method: str, ex: Any) -> dict[str, Any]:
 def select(cur: Any, q: DatasetQuery, store: str, renderer: Renderer) -> dict[str, Any]:
     """Counts after each filter, the examples per domain, the first `q.examples` rendered, the command."""
     try:
-        from train.data import DataError, PreferencePair, Selection, Trace, check_counts, select_rows
+        from train.data import DataError, check_stage_counts, count_selection
         from train.where import WhereError, check_where
     except ImportError as exc:
         raise DatasetUnavailable(f"the dataset page needs kaelum's train package and its data dependencies ({exc}); pip install 'kaelum[train]'") from None
@@ -136,26 +137,23 @@ def select(cur: Any, q: DatasetQuery, store: str, renderer: Renderer) -> dict[st
             check_where(q.where)
         except WhereError as exc:
             raise BadRequest(str(exc)) from None
-    view = "preference_pairs" if q.method == "dpo" else "training_examples"
-    with time_limit(cur, READ_LIMIT_S, f"reading {view} for the selection"):
-        table = cur.sql(f"select * from {view}").to_arrow_table()
-    try:
-        selected, stages = select_rows(table, view=view, domain=q.domain, min_reward=q.min_reward, where=q.where)
-    except (DataError, WhereError) as exc:
-        raise BadRequest(str(exc)) from None
-    make = PreferencePair.from_row if view == "preference_pairs" else Trace.from_row
-    sel = Selection(examples=[make(r) for r in selected], stages=stages, view=view)
+    # The trainer's selection, counted in SQL; only the examples shown are read whole.
+    with time_limit(cur, READ_LIMIT_S, "counting the selection"), one_snapshot(cur):
+        try:
+            sel = count_selection(cur, method=q.method, domain=q.domain, min_reward=q.min_reward, where=q.where, limit=q.examples)
+        except (DataError, WhereError) as exc:
+            raise BadRequest(str(exc)) from None
     problem = None
     notes = _Notes()
     data_log = logging.getLogger("kaelum.train.data")
     data_log.addHandler(notes)
     try:
-        check_counts(sel)  # the trainer's own verdict: an error when empty, warnings when few
+        check_stage_counts(sel.stages, sel.per_domain, sel.view)  # the trainer's own verdict: an error when empty, warnings when few
     except DataError as exc:
         problem = str(exc)
     finally:
         data_log.removeHandler(notes)
-    shown = sel.examples[: q.examples]
+    shown = sel.examples
     rendered = renderer.render(q.method, shown)
     examples = [_example_text(q.method, ex) for ex in shown]
     if rendered is not None:
@@ -163,11 +161,11 @@ def select(cur: Any, q: DatasetQuery, store: str, renderer: Renderer) -> dict[st
             ex["rendered"] = r
     return jsonable(
         {
-            "view": view,
+            "view": sel.view,
             "method": q.method,
             "stages": [{"filter": name, "count": n} for name, n in sel.stages],
-            "per_domain": sel.per_domain(),
-            "selected": len(sel.examples),
+            "per_domain": sel.per_domain,
+            "selected": sel.selected,
             "problem": problem,
             "warnings": notes.messages,
             "examples": examples,
