@@ -57,6 +57,9 @@ class IngestSummary:
     bytes: int = 0
     commits: int = 0
     seconds: float = 0.0
+    # Of `seconds`, the end-of-run compaction or per-trace summary build of --once (issue 9 item 6:
+    # never longer than the ingest itself).
+    compaction_seconds: float = 0.0
     per_file: dict[str, dict[str, int]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # path -> why it could not be read (latest scan)
     links_not_followed: dict[str, str] = field(default_factory=dict)  # symbolic links out of the log directory
@@ -150,7 +153,9 @@ class Daemon:
                     if following:
                         compactor.stop()
                 if compactor is not None and cfg.once and not self._stop.is_set():
+                    t0 = time.monotonic()
                     compactor.run_once(summary_anyway=True)  # --once: one compaction (or the summary) after the last commit
+                    summary.compaction_seconds = time.monotonic() - t0
             finally:
                 writer.close()
         finally:
@@ -281,8 +286,8 @@ class Daemon:
         n = parsed.events.num_rows
         if n:
             t = parsed.events
-            t = t.append_column("source", pa.array([src.fingerprint] * n, pa.string()))
-            t = t.append_column("source_path", pa.array([src.shown_path] * n, pa.string()))
+            t = t.append_column("source", pa.repeat(pa.scalar(src.fingerprint, pa.string()), n))
+            t = t.append_column("source_path", pa.repeat(pa.scalar(src.shown_path, pa.string()), n))
             batch.tables.append(t)
             batch.events += n
             r.events += n

@@ -120,7 +120,9 @@ def build_summary(info: StoreInfo, props=None) -> int | None:  # noqa: ANN001 - 
     events = open_table(info, info.events_uri)
     version = events.version()
     uri = info.summary_uri
-    con = connect(info, as_of={"events": version, "quarantine": open_table(info, info.quarantine_uri).version()})
+    con = connect(info, as_of={"events": version, "quarantine": open_table(info, info.quarantine_uri).version()}, through="_trace_summary")
+    # No progress bar: a background or cron job's stderr is a log, not a terminal.
+    con.execute("SET enable_progress_bar = false")
     try:
         columns = summary_schema_file(con)[1]
         if table_exists(info, uri):
@@ -131,7 +133,7 @@ def build_summary(info: StoreInfo, props=None) -> int | None:  # noqa: ANN001 - 
                 same = built_on == version or set(open_table(info, info.events_uri, built_on).file_uris()) == set(events.file_uris())
                 if same and _has_conflicts_of(info, built_on):
                     return built_on
-        rows = con.sql("SELECT * FROM _trace_summary ORDER BY trace_id").to_arrow_table()
+        rows = con.sql(f"SELECT * FROM {_summary_relation(con, columns)} ORDER BY trace_id").to_arrow_table()
         # Stored as of this version: nothing in it is newer than the set itself (live = false).
         conflicts = con.sql(f"SELECT {CONFLICT_COLUMNS} FROM (SELECT * REPLACE (false AS live) FROM _conflicts) ORDER BY id").to_arrow_table().cast(CONFLICTS_SCHEMA)
     finally:
@@ -146,6 +148,28 @@ def build_summary(info: StoreInfo, props=None) -> int | None:  # noqa: ANN001 - 
         storage_options=info.options,
         commit_properties=CommitProperties(custom_metadata=meta)))
     return version
+
+
+def _summary_relation(con, columns: str) -> str:  # noqa: ANN001 - a store.connect connection
+    """What to read the new summary from: ``_trace_summary`` when the connection has a summary of
+    these columns (it then recomputes only the traces newer files touch), else the per-trace SQL
+    over all events (the first build, e.g. after a bulk ``--once`` into a new store).
+
+    The full build reads ``events``, or ``_events_all`` when no id has a second copy: then the two
+    hold the same rows (no re-sent copy to drop, no conflicting copy), and the de-duplicating window
+    over every event is skipped. At 1M events (2 cores) that measured 2.5 s of CPU against 3.8 s
+    over ``events`` and 4.8-5.4 s through ``_trace_summary``, for 0.23 s of CPU for the check.
+    """
+    from .views import _summary_sql, _trace_views, snapshot_of
+
+    summary = snapshot_of(con).summary
+    if summary is not None and summary.columns == columns:
+        return "_trace_summary"
+    ((copies,),) = con.execute("SELECT count(*) FROM (SELECT id FROM _events_all GROUP BY id HAVING count(*) > 1)").fetchall()
+    src = "_events_all" if copies == 0 else "events"
+    for name, body in _trace_views("_full", src):
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {body}")
+    return f"({_summary_sql('_full')})"
 
 
 def _has_conflicts_of(info: StoreInfo, events_version: int) -> bool:

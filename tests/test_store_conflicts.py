@@ -10,8 +10,12 @@ commits on top of a compacted store, and whatever order concurrent writers commi
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
 
 import store
 from ingest.daemon import ingest_once
@@ -148,3 +152,35 @@ def test_conflicts_from_concurrent_writers_end_with_one_copy_per_id(tmp_path: Pa
     con = store.connect(st)
     assert con.execute("SELECT count(*), count(DISTINCT id), min(writer), max(writer) FROM events").fetchone() == (200, 200, "h1", "h1")
     assert con.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 400
+
+
+@pytest.mark.parametrize("copies", [False, True])
+def test_a_first_summary_equals_the_summary_the_views_compute_without_one(tmp_path: Path, copies: bool):
+    """The first summary of a store (the end of a bulk --once) is built over all events, skipping
+    the de-duplication when no id has a second copy: with or without re-sent and conflicting
+    copies, it holds the rows the views compute from the events themselves."""
+    t1_id, t1 = _simple("What is 2+3?", True, 0.9)
+    t2_id, t2 = _simple("What is 4+4?", True, 0.8, "8")
+    t1, t2 = [e.to_dict() for e in t1], [e.to_dict() for e in t2]
+    lines = t1 + t2
+    if copies:
+        t1_done = next(e for e in t1 if e["type"] == "trace_completed")
+        t2_n1 = next(e for e in t2 if e["type"] == "node_expanded" and e["data"]["node_id"] == "n1")
+        # A re-sent start of T1, a later conflicting copy of T1's completion, and T2's node n1 sent
+        # again with another thought (a re-sent id: the first copy's thought must be the step).
+        lines += [t1[0], _copy(t1_done, t2_id, "node_evaluated", node_id="n1", value=0.01, signals={}),
+                  {**t2_n1, "data": {**t2_n1["data"], "thought": "a later copy"}}]
+    _write(tmp_path / "logs", lines)
+    st = tmp_path / "store"
+    ingest_once(tmp_path / "logs", st, progress=False)  # builds the first summary
+    stored = DeltaTable(str(st / "trace_summary")).to_pyarrow_table().sort_by("trace_id")
+    # The same store without its summary: the views compute every trace from its events.
+    bare = tmp_path / "bare"
+    shutil.copytree(st, bare)
+    shutil.rmtree(bare / "trace_summary")
+    shutil.rmtree(bare / "id_conflicts")
+    live = store.connect(bare).sql("SELECT * FROM _trace_summary ORDER BY trace_id").to_arrow_table()
+    assert stored.num_rows == 2
+    assert stored.to_pylist() == live.to_pylist()
+    steps = dict(zip(stored.column("trace_id").to_pylist(), stored.column("steps").to_pylist()))
+    assert "a later copy" not in steps[t2_id]
