@@ -149,7 +149,6 @@ def evaluate_model(
     progress: bool = True,
 ) -> ModelScore:
     from kaelum import Orchestrator
-    from kaelum.domains.base import CHECKED_METHODS
 
     settings = settings_for(model, **(settings_overrides or {}))
     make = orchestrator_factory or (
@@ -175,7 +174,6 @@ def evaluate_model(
             res = orch.run(q["query"], domain=q.get("domain"), tests=q.get("tests"), tags=["eval"], reference=q.get("reference"))
             score.queries += 1
             score.verified += int(bool(res.verified))
-            score.checked += int(bool(res.verified) and getattr(res, "verified_by", None) in CHECKED_METHODS)
             score.reward_sum += float(res.reward)
             score.tokens += int(res.usage.get("prompt_tokens", 0)) + int(res.usage.get("completion_tokens", 0))
             score.errors += int(res.status == "error")
@@ -184,6 +182,7 @@ def evaluate_model(
                 "answer": res.answer, "verified": bool(res.verified), "verified_by": getattr(res, "verified_by", None),
                 "reward": round(float(res.reward), 4), "status": res.status, "reference": q.get("reference"),
             })
+            score.checked += int(checked_outcomes(score.answers[-1:])[0])  # the gate's rule, written once
     finally:
         score.seconds = time.perf_counter() - t0
         close = getattr(orch, "close", None)
