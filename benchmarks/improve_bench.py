@@ -43,7 +43,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from loop_bench import make_questions  # noqa: E402  (the one-round benchmark's held-out construction)
+from loop_bench import checked_by_family, make_questions  # noqa: E402  (the one-round benchmark's questions and per-family count)
 
 log = logging.getLogger("improve_bench")
 
@@ -59,16 +59,6 @@ def subtraction_questions(n: int, seed: int, max_operand: int, family: str) -> l
     """Non-negative subtractions: the template held out from every round (in the rounds' family)."""
     _, test = make_questions(0, n, seed + 10_000, max_operand, ops="-", family=family)
     return test
-
-
-def by_family(questions: list[dict[str, Any]], answers: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Per family: questions, and answers verified against their reference (agreement never counts)."""
-    out: dict[str, dict[str, int]] = {}
-    for q, a in zip(questions, answers, strict=True):
-        row = out.setdefault(q["family"], {"questions": 0, "correct": 0})
-        row["questions"] += 1
-        row["correct"] += int(bool(a["verified"]) and a.get("verified_by") == "reference")
-    return out
 
 
 def family_line(fams: dict[str, dict[str, int]]) -> str:
@@ -135,7 +125,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: str) -> dict[str, Any]:
     out["rounds_by_family"] = []
     for r in rounds:
         rdir = os.path.join(iargs.workdir, "rounds", f"round-{r['round']:03d}")
-        out["rounds_by_family"].append({m: by_family(held_q, json.load(open(os.path.join(rdir, f"eval-{m}.json")))["answers"])
+        out["rounds_by_family"].append({m: checked_by_family(held_q, json.load(open(os.path.join(rdir, f"eval-{m}.json")))["answers"])
                                         for m in ("champion", "candidate")})
     base = json.load(open(os.path.join(iargs.workdir, "run.json")))["base_dir"]
     champion = os.path.realpath(os.path.join(iargs.workdir, "champion"))
@@ -147,7 +137,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: str) -> dict[str, Any]:
         sub_base = score_of(base, sub_q, eval_settings)
         sub_champ = score_of(champion, sub_q, eval_settings) if champion != os.path.realpath(base) else sub_base
         out["subtraction"] = {"base": sub_base["row"], "champion": sub_champ["row"],
-                              "by_family": {"base": by_family(sub_q, sub_base["answers"]), "champion": by_family(sub_q, sub_champ["answers"])},
+                              "by_family": {"base": checked_by_family(sub_q, sub_base["answers"]), "champion": checked_by_family(sub_q, sub_champ["answers"])},
                               "gate": gate_row(sub_base["verified"], sub_champ["verified"], 0.0, args.alpha), "seconds": time.perf_counter() - t0}
 
     # 3. the gate against a sabotaged candidate (from the base, on round 1's examples with wrong answers)

@@ -180,10 +180,10 @@ def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, c - h), min(1.0, c + h)
 
 
-def checked_by_family(questions: list[dict], score: Any) -> dict[str, dict[str, int]]:
+def checked_by_family(questions: list[dict], answers: list[dict]) -> dict[str, dict[str, int]]:
     """Per family: questions, and answers verified against their reference (never by agreement)."""
     out: dict[str, dict[str, int]] = {}
-    for q, a in zip(questions, score.answers):
+    for q, a in zip(questions, answers, strict=True):
         row = out.setdefault(q["family"], {"questions": 0, "correct": 0})
         row["questions"] += 1
         row["correct"] += int(bool(a["verified"]) and a.get("verified_by") == "reference")
@@ -195,7 +195,7 @@ def family_accuracy(questions: list[dict], scores: list[Any]) -> list[str]:
     lines = []
     for s in scores:
         parts = [f"{fam} {r['correct']}/{r['questions']} ({100 * r['correct'] / r['questions']:.1f}%)"
-                 for fam, r in sorted(checked_by_family(questions, s).items())]
+                 for fam, r in sorted(checked_by_family(questions, s.answers).items())]
         lines.append(f"  {s.model}: correct against references: " + ", ".join(parts))
     return lines
 
@@ -321,7 +321,7 @@ def main() -> None:
     with open(os.path.join(work, "loop_results.json"), "w", encoding="utf-8") as fh:
         json.dump({"args": vars(args), "timings": timings, "collect_verified": n_verified, "trace_count": manifest["data"]["trace_count"],
                    "scores": [s.row() for s in scores], "answers": {s.model: s.answers for s in scores},
-                   "by_family": {s.model: checked_by_family(test_q, s) for s in scores}}, fh, indent=1)
+                   "by_family": {s.model: checked_by_family(test_q, s.answers) for s in scores}}, fh, indent=1)
 
 
 if __name__ == "__main__":
