@@ -98,7 +98,7 @@ class Lines:
     """Complete lines read from a file: bytes [start, end) of it; `data` ends with a newline."""
 
     start: int
-    data: bytes
+    data: bytes | bytearray
 
     @property
     def end(self) -> int:
@@ -126,10 +126,18 @@ def read_lines(fd: int, start: int, size: int, block_bytes: int, max_line_bytes:
         return None
     want = min(block_bytes, size - start)
     if scanned_to <= start:
-        data = os.pread(fd, want, start)
+        # Read into a bytearray and cut the partial last line off in place: slicing bytes would
+        # copy the whole block into fresh memory (a page fault per 4 KiB), about a third of the
+        # read's cost at 32 MiB blocks.
+        data = bytearray(want)
+        got = os.preadv(fd, [data], start)
+        if got < want:
+            del data[got:]
         cut = data.rfind(b"\n")
         if cut >= 0:
-            return Lines(start, data[: cut + 1])
+            del data[cut + 1 :]
+            return Lines(start, data)
+        data = bytes(data)
         if len(data) <= max_line_bytes:
             return None  # a partial line: it waits for its newline, however long that takes
         head = data[:max_line_bytes]
