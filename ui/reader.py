@@ -217,11 +217,17 @@ def _time(params: Mapping[str, str], name: str) -> datetime | None:
 
 @dataclass
 class TraceFilter:
-    """The list's filters as SQL over `traces`: a WHERE clause and its parameters."""
+    """The list's filters as SQL over `source`: a WHERE clause and its parameters.
+
+    `source` is ``traces``, or, for a free-text search, ``_trace_summary``: the same rows with
+    every column of ``traces`` and ``search_text``, the query and answer lower-cased once when the
+    summary was built (store.views.SEARCH_TEXT_SQL), so that a search does not lower-case every
+    trace's text again."""
 
     clauses: list[str] = field(default_factory=list)
     params: list[Any] = field(default_factory=list)
     applied: dict[str, Any] = field(default_factory=dict)
+    source: str = "traces"
 
     def add(self, name: str, value: Any, clause: str, *params: Any) -> None:
         self.applied[name] = jsonable(value)
@@ -269,7 +275,10 @@ class TraceFilter:
         if until is not None:
             f.add("until", until, "started_at < ?", until)
         text = (p.get("q") or "").strip().lower()
-        if text:
+        if text and "\n" not in text:  # search_text holds the query and the answer on one line each
+            f.source = "_trace_summary"
+            f.add("q", text, "contains(search_text, ?)", text)
+        elif text:
             f.add("q", text, "(contains(lower(query), ?) or contains(lower(coalesce(final_answer, '')), ?))", text, text)
         return f
 
@@ -288,17 +297,17 @@ def list_traces(cur: duckdb.DuckDBPyConnection, p: Mapping[str, str]) -> dict[st
     extra = ", verified_by" if "verified_by" in columns else ""
     with one_snapshot(cur):  # the counts and the page agree
         # Both counts in one scan: the filtered count and the store's total.
-        total, matched = cur.execute(f"select count(*), count(*) filter (where {f.where}) from traces", f.params).fetchall()[0]
+        total, matched = cur.execute(f"select count(*), count(*) filter (where {f.where}) from {f.source}", f.params).fetchall()[0]
         order_by = f"order by {sort} {order} nulls last, trace_id limit {limit} offset {offset}"
         if offset + limit <= DEEP_PAGE:
-            items = rows(cur, f"select {LIST_COLUMNS}{extra} from traces where {f.where} {order_by}", f.params)
+            items = rows(cur, f"select {LIST_COLUMNS}{extra} from {f.source} where {f.where} {order_by}", f.params)
         else:
             # A deep page in two steps: its sorted ids (only the sort and filter columns of every
             # trace), then the shown columns of those ids alone (the summary is sorted by trace_id,
             # so they are a few row groups). Keeping offset + limit whole rows in the sort instead
             # took 1.4-1.7x longer at 1M traces; a shallow page is cheaper in one query (each read
             # of `traces` also recomputes the traces that fresh events touch).
-            ids = [r[0] for r in cur.execute(f"select trace_id from traces where {f.where} {order_by}", f.params).fetchall()]
+            ids = [r[0] for r in cur.execute(f"select trace_id from {f.source} where {f.where} {order_by}", f.params).fetchall()]
             found = {r["trace_id"]: r for r in rows(
                 cur, f"select {LIST_COLUMNS}{extra} from traces where trace_id in ({', '.join(sql_string(i) for i in ids)})")} if ids else {}
             items = [found[i] for i in ids]
@@ -452,24 +461,40 @@ def charts(cur: duckdb.DuckDBPyConnection, p: Mapping[str, str]) -> dict[str, An
     bucket = (p.get("bucket") or "").strip()
     if bucket and bucket not in BUCKETS:
         raise BadRequest(f"bucket must be one of {', '.join(BUCKETS)}, got {bucket!r}")
-    if not bucket:
-        lo, hi = cur.execute(f"select min(started_at), max(started_at) from traces where {f.where}", f.params).fetchone()
-        span = (hi - lo).total_seconds() if lo is not None and hi is not None else 0
-        bucket = "hour" if span <= 3 * 86400 else "day" if span <= 120 * 86400 else "week"
-    series = rows(
-        cur,
-        f"select domain, date_trunc('{bucket}', started_at) as bucket, count(*) as traces, "
-        "avg(case when verified then 1.0 else 0.0 end) as verified_rate, avg(reward) as mean_reward "
-        f"from traces where started_at is not null and {f.where} group by all order by bucket, domain",
+    # One scan of the traces for everything: per (domain, hour) and per reward bin at once (grouping
+    # sets), then the hours rolled up into the bucket, which the span of the hours chooses when the
+    # request names none. Three scans (span, series, histogram) measured 2.5x as long at 1M traces
+    # with fresh events (benchmarks/README.md).
+    chosen = f"'{bucket}'" if bucket else (
+        "(SELECT CASE WHEN max(hi) - min(lo) <= INTERVAL 3 DAY OR min(lo) IS NULL THEN 'hour' "
+        "WHEN max(hi) - min(lo) <= INTERVAL 120 DAY THEN 'day' ELSE 'week' END FROM g WHERE is_series AND h IS NOT NULL)"
+    )
+    found = cur.execute(
+        f"""
+        WITH g AS MATERIALIZED (
+            SELECT grouping(b) = 1 AS is_series, domain, h, b, count(*) AS n, count(*) FILTER (WHERE verified) AS nv,
+                   sum(reward) AS rs, count(reward) AS rc, min(started_at) AS lo, max(started_at) AS hi
+            FROM (SELECT domain, date_trunc('hour', started_at) AS h, least(floor(reward * {HISTOGRAM_BINS}), {HISTOGRAM_BINS - 1})::int AS b,
+                         started_at, verified, reward
+                  FROM {f.source} WHERE {f.where})
+            GROUP BY GROUPING SETS ((domain, h), (b))
+        ), pick AS (SELECT {chosen} AS bucket)
+        SELECT 'series' AS kind, (SELECT bucket FROM pick) AS bucket_name, domain, date_trunc((SELECT bucket FROM pick), h) AS bucket,
+               sum(n)::BIGINT AS traces, sum(nv) / sum(n) AS verified_rate, sum(rs) / nullif(sum(rc), 0) AS mean_reward, NULL::INT AS b
+        FROM g WHERE is_series AND h IS NOT NULL GROUP BY domain, date_trunc((SELECT bucket FROM pick), h)
+        UNION ALL
+        SELECT 'histogram', (SELECT bucket FROM pick), NULL, NULL, sum(n)::BIGINT, NULL, NULL, b FROM g WHERE NOT is_series AND b IS NOT NULL GROUP BY b
+        """,
         f.params,
+    ).fetchall()
+    bucket = next((r[1] for r in found), None) or bucket or "hour"
+    series = sorted(
+        ({"domain": r[2], "bucket": r[3], "traces": int(r[4]), "verified_rate": float(r[5]), "mean_reward": None if r[6] is None else float(r[6])}
+         for r in found if r[0] == "series"),
+        key=lambda x: (x["bucket"], x["domain"] or ""),
     )
-    hist = dict(
-        cur.execute(
-            f"select least(floor(reward * {HISTOGRAM_BINS}), {HISTOGRAM_BINS - 1})::int as b, count(*) from traces "
-            f"where reward is not null and {f.where} group by 1",
-            f.params,
-        ).fetchall()
-    )
+    series = [{k: jsonable(v) for k, v in x.items()} for x in series]
+    hist = {int(r[7]): int(r[4]) for r in found if r[0] == "histogram"}
     bins = [{"lo": i / HISTOGRAM_BINS, "hi": (i + 1) / HISTOGRAM_BINS, "count": int(hist.get(i, 0))} for i in range(HISTOGRAM_BINS)]
     return {"bucket": bucket, "filters": f.applied, "series": series, "histogram": bins}
 
