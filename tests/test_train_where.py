@@ -107,3 +107,45 @@ def test_column_names_are_every_name_a_column_reference_uses():
     assert column_names("1 = 1") == set()
     with pytest.raises(WhereError, match="may not contain subqueries"):
         column_names("reward > (select 0)")  # checked first, like check_where
+
+
+def test_a_worker_keeps_its_child_between_requests_and_replaces_one_that_ran_away():
+    """``WhereWorker`` (kaelum ui's dataset page): one child for many requests, each with the same
+    limits; a request past its time or memory limit kills the child, and the next starts a new one."""
+    from train.where import WhereWorker
+
+    with WhereWorker() as worker:
+        kept = worker.filter_rows(ROWS, "reward > 0.8 and domain <> 'code'")
+        assert kept.column("trace_id").to_pylist() == ["a", "e"] and kept.schema == ROWS.schema
+        first = worker._proc.pid
+        assert worker.filter_rows(ROWS, "query = '日本語'").column("trace_id").to_pylist() == ["d", "e"]
+        assert worker._proc.pid == first  # the same child answered
+        # DuckDB refusing a predicate is that request's error; the child goes on.
+        with pytest.raises(WhereError, match=r"--where failed on training_examples: Binder Error: .*no_such_column"):
+            worker.filter_rows(ROWS, "no_such_column > 1")
+        assert worker.filter_rows(ROWS, "reward < 0.6").column("trace_id").to_pylist() == ["d"]
+        assert worker._proc.pid == first
+        started = time.monotonic()
+        with pytest.raises(WhereError, match=r"ran longer than 1 s on 5 rows of training_examples and was stopped"):
+            worker.filter_rows(ROWS, "len(list_filter(range(2000000000), lambda x: x % 7 = 0)) > 0", time_limit_s=1, memory_limit_bytes=8 << 30)
+        assert time.monotonic() - started < 10
+        assert worker._proc is None  # killed, not reused
+        with pytest.raises(WhereError, match=r"used more than 256 MiB evaluating 5 rows of training_examples and was stopped"):
+            worker.filter_rows(ROWS, "len(list_transform(range(200000000), lambda x: x + 1)) > 0", memory_limit_bytes=256 << 20)
+        assert worker.filter_rows(ROWS, "reward > 0.9").column("trace_id").to_pylist() == ["a", "c"]
+        last = worker._proc
+        assert last.pid != first and last.poll() is None
+    assert last.poll() is not None  # close() stopped the child
+
+
+def test_a_worker_restarts_a_child_that_died_between_requests():
+    import os
+    import signal
+
+    from train.where import WhereWorker
+
+    with WhereWorker() as worker:
+        assert worker.filter_rows(ROWS, "reward > 0.9").num_rows == 2
+        os.kill(worker._proc.pid, signal.SIGKILL)
+        worker._proc.wait()
+        assert worker.filter_rows(ROWS, "reward > 0.9").num_rows == 2

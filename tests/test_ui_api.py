@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -207,6 +208,28 @@ def test_dataset_where_uses_the_trainers_guard(env):
     d = http.get("/api/datasets", params={"where": "n_steps >= 2 and reward > 0.8", "min_reward": ""}).json()
     # 3, not 4: the big logic trace's verifier "logic.check" names no method, so it is no checked example.
     assert [s["count"] for s in d["stages"]] == [3, 2] and "--where 'n_steps >= 2 and reward > 0.8'" in d["command"]
+
+
+def test_dataset_where_runs_in_one_kept_child_stopped_with_the_server(tmp_path_factory):
+    """The page's predicates run in one child for the server's life (train.where.WhereWorker), with
+    the same answers as the trainer's one-shot child; stopping the server stops it."""
+    from train.data import select_examples
+
+    store_dir, _, _ = build_store(tmp_path_factory.mktemp("ui-where"))
+    want = len(select_examples(str(store_dir), min_reward=None, where="n_steps >= 2 and reward > 0.8").examples)
+    with RunningServer(UIConfig(store=str(store_dir), port=0)) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:
+        pids = []
+        for pred in ("n_steps >= 2 and reward > 0.8", "reward > 0.8 and n_steps >= 2"):
+            d = http.get("/api/datasets", params={"where": pred, "min_reward": ""}).json()
+            assert d["selected"] == want > 0
+            pids.append(srv.ui.wheres.get()._proc.pid)
+        assert pids[0] == pids[1]
+        child = srv.ui.wheres.get()._proc
+        assert child.poll() is None
+    deadline = time.monotonic() + 10
+    while child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert child.poll() is not None
 
 
 def test_dataset_empty_selection_names_the_filter(env):

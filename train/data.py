@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from kaelum.prompts import format_completion, format_continuation, format_partial, worker_messages
 
-from .where import WhereError, check_where, column_names, filter_rows, lock_down
+from .where import WhereError, WhereWorker, check_where, column_names, filter_rows, lock_down
 
 log = logging.getLogger("kaelum.train.data")
 
@@ -251,11 +251,11 @@ def _where_stage(pred: str) -> str:
     return f"--where {pred!r}"
 
 
-def _apply_where(kept: pa.Table, pred: str, view: str) -> pa.Table:
+def _apply_where(kept: pa.Table, pred: str, view: str, worker: WhereWorker | None = None) -> pa.Table:
     # Never in the WHERE clause of the other filters: the predicate filters the rows they kept,
     # in an outer query of its own (and a process of its own, with time and memory limits).
     try:
-        return filter_rows(kept, pred, view=view)
+        return worker.filter_rows(kept, pred, view=view) if worker is not None else filter_rows(kept, pred, view=view)
     except WhereError as exc:
         raise DataError(str(exc)) from None
 
@@ -279,9 +279,11 @@ def select_rows(
 
 
 def _select_table(
-    table: pa.Table, *, view: str, domain: str | None, min_reward: float | None, where: str | None
+    table: pa.Table, *, view: str, domain: str | None, min_reward: float | None, where: str | None,
+    where_worker: WhereWorker | None = None,
 ) -> tuple[pa.Table, list[tuple[str, int]]]:
-    """``select_rows``, the kept rows as a table (of `table`'s columns)."""
+    """``select_rows``, the kept rows as a table (of `table`'s columns); the predicate runs in
+    `where_worker` when given, else in a child of its own."""
     pred = check_where(where) if where else None
     filters = _sql_filters(view, domain, min_reward)
     con = duckdb.connect(":memory:")
@@ -299,7 +301,7 @@ def _select_table(
     finally:
         con.close()
     if pred is not None:
-        kept = _apply_where(kept, pred, view)
+        kept = _apply_where(kept, pred, view, where_worker)
         counted.append((_where_stage(pred), kept.num_rows))
     return kept, counted
 
@@ -328,6 +330,7 @@ def count_selection(
     where: str | None = None,
     include_unchecked: bool = False,
     limit: int = 3,
+    where_worker: WhereWorker | None = None,
 ) -> SelectionCounts:
     """``select_examples``' selection over the store `con` reads (a ``store.connect`` connection or a
     cursor of one; run it in one transaction, so that all its queries read one snapshot), without
@@ -338,7 +341,8 @@ def count_selection(
     each read: once, here), ``select_rows``' own selection runs over the view's key, domain and
     reward columns and the columns the predicate names, the predicate as the trainer runs it
     (``where.filter_rows``, in a child process, over the rows the other filters kept).
-    The caller applies ``check_stage_counts`` to the counts.
+    The caller applies ``check_stage_counts`` to the counts. A caller that counts again and again
+    passes a ``where.WhereWorker``, so that each count does not start a child process of its own.
     """
     pred = check_where(where) if where else None
     view = view_for(method)
@@ -370,7 +374,7 @@ def count_selection(
         else:
             wanted = [c for c in columns if c in keys or c in ("domain", "reward") or c.lower() in named]
         narrow = con.sql("select " + ", ".join('"' + c.replace('"', '""') + '"' for c in wanted) + f" from {source}").to_arrow_table()
-        kept, stages = _select_table(narrow, view=view, domain=domain, min_reward=min_reward, where=where)
+        kept, stages = _select_table(narrow, view=view, domain=domain, min_reward=min_reward, where=where, where_worker=where_worker)
         per_domain = dict(sorted(Counter(kept.column("domain").to_pylist()).items()))
         head = _rows_of(con, source, keys, kept.select(list(keys)).slice(0, limit).to_pylist())
     stages[0] = (_first_stage(view, source), stages[0][1])

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -248,50 +250,134 @@ def filter_rows(
     outer query over them in a child process (see the module docstring), so it can only narrow
     them. Raises WhereError when it fails, runs past `time_limit_s`, or its process grows past
     `memory_limit_bytes` of anonymous memory beyond the rows themselves.
+
+    One call starts one child; a caller that filters again and again (``kaelum ui``'s dataset page)
+    keeps a ``WhereWorker`` instead, which starts it once.
     """
-    pred = check_where(predicate)
-    if table.num_rows == 0:
-        return table
-    limit = memory_limit_bytes + table.nbytes
-    with tempfile.TemporaryDirectory(prefix="kaelum-where-") as tmp:
-        rows_path, out_path, err_path = (os.path.join(tmp, n) for n in ("rows.arrow", "selected.arrow", "error.txt"))
-        with pa.OSFile(rows_path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
+    with WhereWorker() as worker:
+        return worker.filter_rows(table, predicate, view=view, time_limit_s=time_limit_s, memory_limit_bytes=memory_limit_bytes)
+
+
+class WhereWorker:
+    """A child process that evaluates checked predicates one request at a time.
+
+    Each request runs exactly as ``filter_rows`` describes: a new DuckDB connection in the child,
+    holding only the request's rows, locked down, with the time and memory limits measured from
+    the parent (memory as the child's growth during the request). A child that runs past a limit,
+    fails or exits is killed and the next request starts a new one, so one runaway predicate
+    never affects a later request. Starting Python and importing DuckDB and Arrow takes most of a
+    one-shot call (~0.4-1 s); a worker pays it once. Thread-safe (requests queue on a lock).
+    """
+
+    # A child whose anonymous memory grew past this between requests (what DuckDB and the
+    # allocator keep) is replaced before the next one.
+    MAX_IDLE_ANON_BYTES = 512 << 20
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._err: Any = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="kaelum-where-")
+
+    def __enter__(self) -> "WhereWorker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+            self._tmp.cleanup()
+
+    def _start(self) -> subprocess.Popen[bytes]:
         # -P: the script's folder (train/) must not shadow modules the child imports.
-        args = [sys.executable, "-P", os.path.abspath(__file__), rows_path, out_path, view, pred, str(limit)]
-        with open(err_path, "wb") as err:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-        started = time.monotonic()
-        try:
-            while proc.poll() is None:
-                if time.monotonic() - started > time_limit_s:
-                    raise WhereError(
-                        f"--where {pred!r} ran longer than {time_limit_s:g} s on {table.num_rows} rows of {view} and was stopped; "
-                        "simplify it (no huge ranges or repeats)"
-                    )
-                if _anon_rss(proc.pid) > limit:
-                    raise WhereError(
-                        f"--where {pred!r} used more than {memory_limit_bytes >> 20} MiB evaluating {table.num_rows} rows of {view} "
-                        "and was stopped; simplify it (no huge ranges, lists or repeats)"
-                    )
-                time.sleep(0.02)
-        finally:
+        self._err = open(os.path.join(self._tmp.name, "error.txt"), "w+b")
+        self._proc = subprocess.Popen([sys.executable, "-P", os.path.abspath(__file__), "--serve"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err)
+        return self._proc
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
             if proc.poll() is None:
                 proc.kill()
-                proc.wait()
-        if proc.returncode != 0:
-            with open(err_path, encoding="utf-8", errors="replace") as fh:
-                text = fh.read().strip()
-            message = text.splitlines()[-1] if text else f"exit status {proc.returncode}"
-            if proc.returncode == _FAILED:
-                message = text.splitlines()[0]
-            raise WhereError(f"--where failed on {view}: {message}")
-        with pa.memory_map(out_path) as src:
-            selected = pa.ipc.open_file(src).read_all().column(0)
-    return table.take(selected)
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+        if self._err is not None:
+            self._err.close()
+            self._err = None
 
+    def _stderr_tail(self) -> str:
+        if self._err is None:
+            return ""
+        self._err.flush()
+        self._err.seek(0)
+        text = self._err.read().decode("utf-8", errors="replace").strip()
+        return text.splitlines()[-1] if text else ""
 
-_FAILED = 3  # the child's exit status when DuckDB refused the predicate; its message is on stderr
+    def filter_rows(
+        self,
+        table: pa.Table,
+        predicate: str,
+        *,
+        view: str = "training_examples",
+        time_limit_s: float = TIME_LIMIT_S,
+        memory_limit_bytes: int = MEMORY_LIMIT_BYTES,
+    ) -> pa.Table:
+        """``filter_rows`` in this worker's child (see there)."""
+        pred = check_where(predicate)
+        if table.num_rows == 0:
+            return table
+        with self._lock:
+            if self._proc is not None and (self._proc.poll() is not None or _anon_rss(self._proc.pid) > self.MAX_IDLE_ANON_BYTES):
+                self._stop()
+            proc = self._proc or self._start()
+            rows_path, out_path = (os.path.join(self._tmp.name, n) for n in ("rows.arrow", "selected.arrow"))
+            with pa.OSFile(rows_path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+            limit = _anon_rss(proc.pid) + memory_limit_bytes + table.nbytes
+            request = {"rows": rows_path, "out": out_path, "view": view, "pred": pred, "limit": memory_limit_bytes + table.nbytes}
+            try:
+                reply = self._ask(proc, request, table, pred, view, limit, memory_limit_bytes, time_limit_s)
+            except BaseException:
+                self._stop()  # a child that was stopped, or did not answer, is not reused
+                raise
+            if reply.get("status") != "ok":
+                raise WhereError(f"--where failed on {view}: {reply.get('message') or reply}")
+            with pa.memory_map(out_path) as src:
+                selected = pa.ipc.open_file(src).read_all().column(0)
+            return table.take(selected)
+
+    def _ask(self, proc: subprocess.Popen[bytes], request: dict[str, Any], table: pa.Table, pred: str, view: str,
+             limit: int, memory_limit_bytes: int, time_limit_s: float) -> dict[str, Any]:
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(json.dumps(request).encode() + b"\n")
+            proc.stdin.flush()
+        except OSError:
+            raise WhereError(f"--where failed on {view}: its process exited ({self._stderr_tail() or proc.poll()})") from None
+        started = time.monotonic()
+        while True:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.02)
+            if ready:
+                line = proc.stdout.readline()
+                if not line:
+                    proc.wait()
+                    raise WhereError(f"--where failed on {view}: {self._stderr_tail() or f'exit status {proc.returncode}'}")
+                return json.loads(line)
+            if time.monotonic() - started > time_limit_s:
+                raise WhereError(
+                    f"--where {pred!r} ran longer than {time_limit_s:g} s on {table.num_rows} rows of {view} and was stopped; "
+                    "simplify it (no huge ranges or repeats)"
+                )
+            if _anon_rss(proc.pid) > limit:
+                raise WhereError(
+                    f"--where {pred!r} used more than {memory_limit_bytes >> 20} MiB evaluating {table.num_rows} rows of {view} "
+                    "and was stopped; simplify it (no huge ranges, lists or repeats)"
+                )
 
 
 def _anon_rss(pid: int) -> int:
@@ -307,24 +393,39 @@ def _anon_rss(pid: int) -> int:
 
 
 def _evaluate(rows_path: str, out_path: str, view: str, pred: str, memory_limit: int) -> None:
-    """In the child: write the positions of the rows of `view` where `pred` holds."""
+    """In the child: write the positions of the rows of `view` where `pred` holds (duckdb.Error when
+    DuckDB refuses the predicate)."""
     with pa.memory_map(rows_path) as src:
         table = pa.ipc.open_file(src).read_all()
     table = table.append_column(_ROW, pa.array(range(table.num_rows), pa.int64()))
     con = duckdb.connect(":memory:")
-    con.register(view, table)
-    con.execute("SET threads = 1")
-    con.execute(f"SET memory_limit = '{max(64 << 20, memory_limit) >> 20}MB'")
-    lock_down(con)
     try:
+        con.register(view, table)
+        con.execute("SET threads = 1")
+        con.execute(f"SET memory_limit = '{max(64 << 20, memory_limit) >> 20}MB'")
+        lock_down(con)
         # The outer query: `view` holds only rows already filtered, the predicate narrows them.
         selected = con.sql(f"select {_ROW} from (select * from {view}) as selected where ({pred}) order by {_ROW}").to_arrow_table()
-    except duckdb.Error as exc:
-        sys.stderr.write(str(exc).splitlines()[0] + "\n")
-        sys.exit(_FAILED)
+    finally:
+        con.close()
     with pa.OSFile(out_path, "wb") as sink, pa.ipc.new_file(sink, selected.schema) as writer:
         writer.write_table(selected)
 
 
+def _serve() -> None:
+    """In the child: one JSON request per line on stdin, one JSON reply per line on stdout."""
+    for line in sys.stdin.buffer:
+        r = json.loads(line)
+        try:
+            _evaluate(r["rows"], r["out"], r["view"], r["pred"], int(r["limit"]))
+            reply: dict[str, Any] = {"status": "ok"}
+        except duckdb.Error as exc:
+            reply = {"status": "refused", "message": str(exc).splitlines()[0]}
+        except Exception as exc:  # reported to the parent as the request's failure; the child goes on
+            reply = {"status": "error", "message": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
 if __name__ == "__main__":
-    _evaluate(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+    _serve()

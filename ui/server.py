@@ -18,6 +18,7 @@ model text always renders as text; a strict Content-Security-Policy forbids inli
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hmac
 import ipaddress
@@ -29,7 +30,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -38,7 +39,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from . import reader
-from .dataset import DatasetQuery, DatasetUnavailable, Renderer, select
+from .dataset import DatasetQuery, DatasetUnavailable, Renderer, WhereRunner, select
 from .reader import BadRequest, NotFound, StoreReader, TooSlow
 
 log = logging.getLogger("kaelum.ui")
@@ -214,6 +215,7 @@ class UI:
         self.config = config
         self.reader = StoreReader(config.store, refresh_s=config.refresh_s)
         self.renderer = Renderer(config.model)
+        self.wheres = WhereRunner()
         self.csrf = secrets.token_urlsafe(32)
         self._write_lock = threading.Lock()  # one SegmentWriter per writer id at a time
 
@@ -278,7 +280,11 @@ class UI:
     def datasets(self, request: Request) -> Any:
         q = DatasetQuery.parse(self._params(request))
         with self.reader.cursor() as cur:
-            return select(cur, q, self.config.store, self.renderer)
+            return select(cur, q, self.config.store, self.renderer, self.wheres)
+
+    def close(self) -> None:
+        """Stop what the app started: the dataset page's `--where` child."""
+        self.wheres.close()
 
     def session(self, request: Request | None) -> Any:
         return {"csrf": self.csrf, "user": self.config.user, "poll_s": self.config.poll_s, "store": self.config.store}
@@ -363,7 +369,12 @@ def create_app(config: UIConfig) -> Starlette:
         Route("/api/datasets", ui.api(ui.datasets)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        ui.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.ui = ui
     guarded = Guard(app, config, ui.csrf)
     guarded.ui = ui  # type: ignore[attr-defined]
