@@ -1,0 +1,82 @@
+"""The UI's reads against the plain queries they replaced, alternating on one store connection.
+
+For a store built by ``ui_bench.py`` (``--workdir W`` keeps it in ``W/store``):
+
+- text search: ``ui.reader.list_traces(q=...)`` (one filter on ``_trace_summary.search_text``)
+  against the two plain queries over ``traces`` with ``contains(lower(query), ?) or
+  contains(lower(final_answer), ?)`` (counts, then the page);
+- charts: ``ui.reader.charts`` (one scan) against its three plain queries (span, series by day,
+  histogram);
+- ``train.data.count_selection`` with a ``--where``: a child process per call against one kept
+  ``train.where.WhereWorker``.
+
+Median of ``--repeat`` calls after one warm-up, each pair measured back to back, ``--rounds`` times.
+
+    python benchmarks/ui_reads_ab.py --store /tmp/kaelum-ui-bench/store
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import store
+from train.data import count_selection
+from train.where import WhereWorker
+from ui import reader
+
+
+def timed(fn, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--repeat", type=int, default=9)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--text", default="times 42")
+    ap.add_argument("--where", default="n_steps >= 1 and reward < 0.95")
+    args = ap.parse_args()
+    con = store.connect(args.store)
+    cur = con.cursor()
+    x = args.text
+
+    def old_search() -> None:
+        clause = "(contains(lower(query), ?) or contains(lower(coalesce(final_answer, '')), ?))"
+        with reader.one_snapshot(cur):
+            cur.execute(f"select count(*), count(*) filter (where {clause}) from traces", [x, x]).fetchall()
+            cur.execute(f"select trace_id, query from traces where {clause} order by started_at desc nulls last, trace_id limit 50", [x, x]).fetchall()
+
+    def old_charts() -> None:
+        cur.execute("select min(started_at), max(started_at) from traces").fetchall()
+        cur.execute("select domain, date_trunc('day', started_at) as bucket, count(*) as traces, avg(case when verified then 1.0 else 0.0 end), "
+                    "avg(reward) from traces where started_at is not null group by all order by bucket, domain").fetchall()
+        cur.execute("select least(floor(reward * 20), 19)::int as b, count(*) from traces where reward is not null group by 1").fetchall()
+
+    selection = dict(method="sft", domain=None, min_reward=0.7, where=args.where, limit=3)
+    traces = cur.execute("select count(*) from traces").fetchone()[0]
+    print(f"{traces:,} traces in {args.store}; median of {args.repeat} calls")
+    with WhereWorker() as worker:
+        for r in range(args.rounds):
+            load = open("/proc/loadavg").read().split()[0]
+            print(
+                f"round {r + 1} (load {load}): text search {timed(lambda: reader.list_traces(cur, {'q': x}), args.repeat):.0f} ms "
+                f"(plain {timed(old_search, args.repeat):.0f} ms); charts {timed(lambda: reader.charts(cur, {}), args.repeat):.0f} ms "
+                f"(plain {timed(old_charts, args.repeat):.0f} ms); --where with a kept worker "
+                f"{timed(lambda: count_selection(cur, **selection, where_worker=worker), args.repeat):.0f} ms "
+                f"(a child per call {timed(lambda: count_selection(cur, **selection), args.repeat):.0f} ms)",
+                flush=True,
+            )
+    con.close()
+
+
+if __name__ == "__main__":
+    main()
