@@ -16,6 +16,7 @@ object-store client (``DeltaTable.to_pyarrow_dataset``), one version per connect
 from __future__ import annotations
 
 import atexit
+import bisect
 import shutil
 import tempfile
 import threading
@@ -113,6 +114,8 @@ class Snapshots:
         self._summary_table: Any = None
         self._summaries: dict[int, Summary] = {}
         self.fixed: Snapshot | None = None
+        self._ranges: dict[str, tuple[str | None, str | None]] = {}
+        self._ranges_version: int | None = None
         if as_of is not None:
             self._pin(as_of)
 
@@ -188,6 +191,25 @@ class Snapshots:
                     f"VACUUM's retention: {len(gone)} of its files were deleted (kaelum-sql compact --retention-s keeps more)"
                 )
 
+    def trace_id_ranges(self) -> dict[str, tuple[str | None, str | None]]:
+        """(min, max) of ``trace_id`` per events file, by file URI, from the Delta log's per-file
+        statistics (no data file is read). Files are immutable, so a range read at a newer version
+        holds for every version that has the file; a file it lacks is simply not in the map."""
+        with self._lock:
+            version = self._events.version()
+            if self._ranges_version != version:
+                actions = pa.table(self._events.get_add_actions(flatten=True))
+                root = self.info.events_uri.rstrip("/") + "/"
+                names = set(actions.column_names)
+                paths = actions.column("path").to_pylist()
+                lo = actions.column("min.trace_id").to_pylist() if "min.trace_id" in names else [None] * len(paths)
+                hi = actions.column("max.trace_id").to_pylist() if "max.trace_id" in names else [None] * len(paths)
+                ranges = {}
+                for path, a, b in zip(paths, lo, hi):
+                    ranges[path if "://" in path or path.startswith("/") else root + path] = (a, b)
+                self._ranges, self._ranges_version = ranges, version
+            return self._ranges
+
     def _snapshot(self, newest: bool = False) -> Snapshot:
         ev = self._events.version()
         return Snapshot(ev, self._quarantine.version(), tuple(self._events.file_uris()), tuple(self._quarantine.file_uris()),
@@ -236,9 +258,9 @@ class SnapshotFiles:
     """The ``kaelum_files(kind, txid)`` function of one local reader connection.
 
     Kinds: ``events``, ``quarantine``, ``summary`` (the per-trace summary's files), ``events_fresh``
-    (events files the summary does not cover) and ``events_if_fresh`` (all events files when any is
-    fresh, else none: the summary then covers every trace and the live recomputation reads
-    nothing). One snapshot per transaction id (a query), so all scans of one query agree. Each list
+    (events files the summary does not cover) and ``events_if_fresh`` (when any file is fresh, the
+    events files that may hold events of the traces fresh events touch, ``live_files``; else none:
+    the summary then covers every trace and the live recomputation reads nothing). One snapshot per transaction id (a query), so all scans of one query agree. Each list
     ends with a zero-row file of the table's columns, so that a scan has its columns even when the
     list is otherwise empty.
     """
@@ -258,6 +280,7 @@ class SnapshotFiles:
         self._conflicts: OrderedDict[tuple[int, int | None], Path] = OrderedDict()
         self._conflicts_dir: Path | None = None
         self._conflicts_con: Any = None
+        self._live: OrderedDict[tuple[int, int], tuple[str, ...]] = OrderedDict()  # live_files, per (events, summary) version
 
     def snapshot(self, txid: int) -> Snapshot:
         with self._lock:
@@ -307,6 +330,45 @@ class SnapshotFiles:
                 old.unlink(missing_ok=True)
             return path
 
+    def live_files(self, snap: Snapshot, summary: Summary | None, fresh: tuple[str, ...]) -> tuple[str, ...]:
+        """The events files the live recomputation must read: every file that may hold an event of
+        a trace that fresh events touch (store/views.py, ``_touched``). Those are the fresh files and
+        each other file whose ``trace_id`` range (Delta's per-file statistics) contains a touched
+        trace or a trace of a live conflict; a file without statistics is always read. The live
+        branch filters on those traces anyway, so a file left out holds none of their rows, and
+        a query with a few fresh traces opens a few files instead of every one (56 of 229 ms of a
+        search at 1M traces and 62 files, benchmarks/README.md)."""
+        if summary is None:
+            return snap.events_files
+        key = (snap.events_version, summary.version)
+        with self._lock:
+            kept = self._live.get(key)
+        if kept is not None:
+            return kept
+        touched: set[str] = set()
+        for f in fresh:
+            touched.update(t for t in pq.read_table(f, columns=["trace_id"]).column("trace_id").to_pylist() if t is not None)
+        conflicts = pq.read_table(self.conflicts_file(snap), columns=["trace_id", "winner_trace_id", "live"]).to_pylist()
+        touched.update(t for c in conflicts if c["live"] for t in (c["trace_id"], c["winner_trace_id"]) if t is not None)
+        ids = sorted(touched)
+        ranges = self.snapshots.trace_id_ranges()
+        fresh_set = set(fresh)
+
+        def may_hold(f: str) -> bool:
+            lo, hi = ranges.get(f, (None, None))
+            if f in fresh_set or lo is None or hi is None:
+                return True
+            # Statistics may be truncated prefixes: the true maximum is below hi + the largest character.
+            i = bisect.bisect_left(ids, lo)
+            return i < len(ids) and ids[i] <= hi + "\U0010ffff"
+
+        kept = tuple(f for f in snap.events_files if may_hold(f))
+        with self._lock:
+            self._live[key] = kept
+            while len(self._live) > 8:
+                self._live.popitem(last=False)
+        return kept
+
     def __call__(self, kind: str, txid: Any) -> list[str]:
         if kind == "conflicts":
             if self.binding:
@@ -332,7 +394,7 @@ class SnapshotFiles:
         if kind == "events_fresh":
             return [*fresh, str(schema_file("events"))]
         if kind == "events_if_fresh":
-            return [*(snap.events_files if fresh else ()), str(schema_file("events"))]
+            return [*(self.live_files(snap, summary, fresh) if fresh else ()), str(schema_file("events"))]
         raise ValueError(f"unknown table {kind!r}")
 
 

@@ -147,3 +147,46 @@ def test_chart_span_picks_the_bucket(tmp_path, bench):
             _same_charts(got, _old_charts(cur, None))
         finally:
             con.close()
+
+
+def test_the_live_part_reads_only_files_that_may_hold_touched_traces(tmp_path, bench):
+    """With a summary, fresh events are recomputed from the events files whose trace_id range (the
+    Delta log's statistics) can hold a touched trace, not from every file; an old trace touched
+    again brings its file back, and the views still equal the same store without a summary."""
+    from store.compact import build_summary
+    from store.layout import open_store
+
+    path = tmp_path / "store"
+    for lo in range(0, 3000, 1000):  # three commits, three files of disjoint (time-ordered) trace ids
+        _fresh(bench, path, lo, lo + 1000, 3000)
+    build_summary(open_store(path))
+
+    def live_files() -> list[str]:
+        con = store.connect(path)
+        try:
+            files = con.execute("select kaelum_files('events_if_fresh', txid_current())").fetchone()[0]
+            rows = con.execute("select trace_id, reward, status, feedback_count from traces order by trace_id").fetchall()
+        finally:
+            con.close()
+        plain = store.connect(path)
+        try:  # the same rows computed from every event, without the summary
+            want = plain.execute("select trace_id, reward, status, feedback_count from (" + _all_events_traces() + ") order by trace_id").fetchall()
+        finally:
+            plain.close()
+        assert rows == want
+        return [f for f in files if "/events/" in f]
+
+    assert live_files() == []  # nothing fresh: the live part reads nothing
+    _fresh(bench, path, 3000, 3010, 3000)  # new traces, later ids than every stored file
+    assert len(live_files()) == 1  # only the fresh file
+    _fresh(bench, path, 1500, 1501, 3000)  # an old trace of the second file, re-sent
+    got = live_files()
+    assert len(got) == 3  # the two fresh files and the file that holds trace 1500
+
+
+def _all_events_traces() -> str:
+    """`traces` computed over every event (store.views' own SQL, no summary)."""
+    from store.views import _trace_columns_sql, _trace_views
+
+    ctes = ", ".join(f"{n} AS ({b})" for n, b in _trace_views("_x", "events"))
+    return f"WITH {ctes} {_trace_columns_sql('_x')}"
