@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from kaelum.prompts import format_completion, format_continuation, format_partial, worker_messages
 
@@ -364,6 +365,12 @@ def count_selection(
         # The first examples whole: a top-N over one read of the view (finding their keys first and
         # then their rows reads the view twice: 173 against 112 ms CPU over 700k examples).
         head = con.sql(f"select * from {source} where {cond} order by {order} limit {limit}", params=params).to_arrow_table().to_pylist() if limit else []
+    elif view == "training_examples":
+        kept, stages = _where_selection(con, source, view, keys, _sql_filters(view, domain, min_reward), pred, where_worker)
+        per_domain = _value_counts(kept.column("domain"))
+        # The first examples in the selection's order: the smallest keys (keys are unique).
+        first = pc.select_k_unstable(kept, k=limit, sort_keys=[(k, "ascending") for k in keys]) if limit and kept.num_rows else []
+        head = _rows_of(con, source, keys, kept.select(list(keys)).take(first).to_pylist())
     else:
         columns = [r[0] for r in con.execute(f"describe select * from {source}").fetchall()]
         named = column_names(pred) if pred is not None else set()
@@ -380,6 +387,61 @@ def count_selection(
     stages[0] = (_first_stage(view, source), stages[0][1])
     make = PreferencePair.from_row if view == "preference_pairs" else Trace.from_row
     return SelectionCounts(stages=stages, per_domain=per_domain, examples=[make(r) for r in head], view=view)
+
+
+def _where_selection(con: duckdb.DuckDBPyConnection, source: str, view: str, keys: tuple[str, ...], filters: list[tuple[str, str, list[Any]]],
+                     pred: str, worker: WhereWorker | None) -> tuple[pa.Table, list[tuple[str, int]]]:
+    """The rows of `source` (SFT's view) that the filters and then the predicate keep, as a narrow table
+    (the keys and domain; in no particular order), and the stage counts: one scan of the view.
+
+    The scan reads the key and domain columns, the columns the predicate names, and each cumulative
+    filter as a boolean column (the filters' own SQL, so the counts are the trainer's); a key is only
+    materialised for the rows the filters keep (at 1M traces reading every key measured about as long
+    as the scan itself). The predicate then runs as ``select_rows`` runs it, in the child, over the
+    kept rows and only the columns it names."""
+    columns = [r[0] for r in con.execute(f"describe select * from {source}").fetchall()]
+    named = column_names(pred)
+    lowered = {c.lower(): c for c in columns}
+    # A name that is no column (a lambda's parameter, a typo): the predicate gets every column and
+    # then fails, or reads, exactly as over the trainer's rows.
+    for_pred = [c for c in columns if c.lower() in named] if named <= set(lowered) else list(columns)
+    conds = [" and ".join(f[1] for f in filters[:i]) for i in range(1, len(filters) + 1)]
+    params_of = [[p for f in filters[:i] for p in f[2]] for i in range(1, len(filters) + 1)]
+    quote = lambda c: '"' + c.replace('"', '""') + '"'  # noqa: E731
+    select, params = [], []
+    for c in dict.fromkeys([*keys, "domain", *for_pred]):
+        if conds and c in keys and c not in for_pred:
+            select.append(f"case when {conds[-1]} then {quote(c)} end as {quote(c)}")
+            params += params_of[-1]
+        else:
+            select.append(quote(c))
+    for i, cond in enumerate(conds):
+        select.append(f"({cond}) as __stage_{i}")
+        params += params_of[i]
+    narrow = con.sql(f"select {', '.join(select)} from {source}", params=params).to_arrow_table()
+    stages = [(_first_stage(view), narrow.num_rows)]
+    stages += [(f[0], int(pc.sum(narrow.column(f"__stage_{i}")).as_py() or 0)) for i, f in enumerate(filters)]
+    kept = narrow.filter(narrow.column(f"__stage_{len(conds) - 1}")) if conds else narrow
+    kept = kept.select([c for c in kept.column_names if not c.startswith("__stage_")])
+    # Only the columns the predicate reads go to the child (at least one, to carry the row count).
+    sent = kept.select(for_pred or ["domain"])
+    try:
+        if worker is not None:
+            chosen = worker.positions(sent, pred, view=view)
+        else:
+            with WhereWorker() as one:
+                chosen = one.positions(sent, pred, view=view)
+    except WhereError as exc:
+        raise DataError(str(exc)) from None
+    kept = kept.take(chosen)
+    stages.append((_where_stage(pred), kept.num_rows))
+    return kept, stages
+
+
+def _value_counts(column: Any) -> dict[str, int]:
+    """{value: rows} of an Arrow column, sorted by value (``Selection.per_domain``'s form)."""
+    counts = pc.value_counts(column)
+    return dict(sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))
 
 
 def _rows_of(con: duckdb.DuckDBPyConnection, source: str, keys: tuple[str, ...], wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
