@@ -149,3 +149,25 @@ def test_a_worker_restarts_a_child_that_died_between_requests():
         os.kill(worker._proc.pid, signal.SIGKILL)
         worker._proc.wait()
         assert worker.filter_rows(ROWS, "reward > 0.9").num_rows == 2
+
+
+def test_a_worker_gives_positions_of_the_rows_sent():
+    """``WhereWorker.positions``: the rows (ascending positions) of the table sent — the dataset page
+    sends only the columns the predicate names and takes the positions on its wider table."""
+    from train.where import WhereWorker
+
+    with WhereWorker() as worker:
+        got = worker.positions(ROWS.select(["reward", "domain"]), "reward > 0.8 and domain <> 'code'")
+        assert got.type == pa.int64() and got.to_pylist() == [0, 4]
+        assert worker.positions(ROWS.slice(0, 0), "reward > 0.8").to_pylist() == []
+        with pytest.raises(WhereError, match="no_such_column"):
+            worker.positions(ROWS.select(["reward"]), "no_such_column > 1")
+
+
+def test_a_checked_predicate_is_cached_and_a_refused_one_stays_refused():
+    pred = "reward > 0.25 and domain = 'math'"
+    assert check_where(pred) == pred and check_where(pred) == pred
+    assert column_names(pred) == {"reward", "domain"}
+    for _ in range(2):
+        with pytest.raises(WhereError, match="may not contain subqueries"):
+            check_where("reward > (select 0.25)")
