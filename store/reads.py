@@ -20,6 +20,7 @@ All relations of one query read one snapshot; ``scoped_sql`` composes several in
 from __future__ import annotations
 
 import re
+from typing import Sequence
 
 import duckdb
 
@@ -37,6 +38,19 @@ TRACE = f"{PREFIX}_traces"
 def sql_string(value: str) -> str:
     """`value` as a SQL string literal (a literal, unlike a parameter, reaches the Parquet scan's statistics)."""
     return _q(value)
+
+
+def trace_ids_clause(trace_ids: Sequence[str]) -> str:
+    """A WHERE clause for the rows of these traces (at least one): the IN-list, and its range.
+
+    DuckDB pushes an IN-list into a Parquet scan only as an optional filter; the range beside it is
+    a real one, applied to each vector of the sorted summary. On the 1M-trace UI store, three
+    traces of `training_examples` took 85-91 ms with it against 153-165 ms without (13 rows scanned
+    instead of 14,237 for neighbours, 3,250 instead of 42,925 for three random ids)."""
+    if not trace_ids:
+        raise ValueError("trace_ids_clause needs at least one trace id")
+    return (f"trace_id between {_q(min(trace_ids))} and {_q(max(trace_ids))} "
+            f"and trace_id in ({', '.join(_q(t) for t in dict.fromkeys(trace_ids))})")
 
 
 def _bodies(defs: Views) -> list[tuple[str, str]]:
@@ -108,4 +122,4 @@ def pairs_of(con: duckdb.DuckDBPyConnection, trace_id: str) -> duckdb.DuckDBPyRe
     return con.sql(scoped_sql(trace_id, f"SELECT * FROM {PAIRS}"))
 
 
-__all__ = ["sql_string", "events_of", "nodes_of", "pairs_of", "trace_of", "scoped_sql", "EVENTS", "NODES", "PAIRS", "TRACE"]
+__all__ = ["sql_string", "trace_ids_clause", "events_of", "nodes_of", "pairs_of", "trace_of", "scoped_sql", "EVENTS", "NODES", "PAIRS", "TRACE"]

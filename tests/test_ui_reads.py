@@ -13,7 +13,7 @@ import pytest
 
 import store
 from store.compact import compact
-from store.reads import EVENTS, events_of, nodes_of, pairs_of, scoped_sql, trace_of
+from store.reads import EVENTS, events_of, nodes_of, pairs_of, scoped_sql, trace_ids_clause, trace_of
 from ui_stores import build_store, value, write_logs
 
 from kaelum.events import Event, TraceEvents
@@ -164,6 +164,21 @@ def test_scoped_sql_reads_one_snapshot_and_quotes_the_id(built):
     assert con.execute(sql).fetchall() == [(0,)]  # the id is a literal, not SQL
     with pytest.raises(TypeError, match="trace_id must be a string"):
         scoped_sql(42, "select 1")  # type: ignore[arg-type]
+
+
+def test_the_trace_ids_clause_selects_exactly_those_traces_and_quotes_them(built):
+    store_dir, _, _ = built
+    con = store.connect(store_dir)
+    every = sorted(r[0] for r in con.execute("select trace_id from traces").fetchall())
+    assert len(every) >= 4
+    # Neighbours and ids far apart (the range then spans others, which the IN-list drops), repeated.
+    for wanted in (every[:2], [every[0], every[-1]], [every[-1], every[1], every[-1]]):
+        got = sorted(r[0] for r in con.execute(f"select trace_id from traces where {trace_ids_clause(wanted)}").fetchall())
+        assert got == sorted(set(wanted))
+    injected = trace_ids_clause(["x' or true or '"])
+    assert con.execute(f"select count(*) from traces where {injected}").fetchall() == [(0,)]  # literals, not SQL
+    with pytest.raises(ValueError, match="at least one"):
+        trace_ids_clause([])
 
 
 @pytest.mark.parametrize("params", [{}, {"sort": "reward", "order": "asc", "limit": "3", "offset": "2"}, {"domain": "math", "sort": "domain"},

@@ -452,13 +452,13 @@ def _rows_of(con: duckdb.DuckDBPyConnection, source: str, keys: tuple[str, ...],
     ``store.reads`` (its trace's pairs computed over its events: the view walks every tree)."""
     if not wanted:
         return []
-    from store.reads import PAIRS, scoped_sql, sql_string
+    from store.reads import PAIRS, scoped_sql, trace_ids_clause
 
     tids = list(dict.fromkeys(w["trace_id"] for w in wanted))
     if source == "preference_pairs":
         found_rows = [r for t in tids for r in con.sql(scoped_sql(t, f"select * from {PAIRS}")).to_arrow_table().to_pylist()]
     else:
-        found_rows = con.sql(f"select * from {source} where trace_id in ({', '.join(sql_string(t) for t in tids)})").to_arrow_table().to_pylist()
+        found_rows = con.sql(f"select * from {source} where {trace_ids_clause(tids)}").to_arrow_table().to_pylist()
     found = {tuple(r[k] for k in keys): r for r in found_rows}
     return [found[k] for k in (tuple(w[c] for c in keys) for w in wanted) if k in found]
 

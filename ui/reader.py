@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping
 
 import duckdb
 
-from store.reads import EVENTS, NODES, PAIRS, TRACE, scoped_sql, sql_string
+from store.reads import EVENTS, NODES, PAIRS, TRACE, scoped_sql, trace_ids_clause
 
 LIST_COLUMNS = (
     "trace_id, domain, query, worker_model, tags, started_at, completed_at, status, final_answer, verified, "
@@ -309,7 +309,7 @@ def list_traces(cur: duckdb.DuckDBPyConnection, p: Mapping[str, str]) -> dict[st
             # of `traces` also recomputes the traces that fresh events touch).
             ids = [r[0] for r in cur.execute(f"select trace_id from {f.source} where {f.where} {order_by}", f.params).fetchall()]
             found = {r["trace_id"]: r for r in rows(
-                cur, f"select {LIST_COLUMNS}{extra} from traces where trace_id in ({', '.join(sql_string(i) for i in ids)})")} if ids else {}
+                cur, f"select {LIST_COLUMNS}{extra} from traces where {trace_ids_clause(ids)}")} if ids else {}
             items = [found[i] for i in ids]
     for r in items:
         r["query"], r["final_answer"] = _preview(r["query"]), _preview(r["final_answer"])
