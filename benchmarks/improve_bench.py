@@ -11,9 +11,12 @@ Per seed (each a full replicate: other questions, search and training randomness
        champion → ingest → SFT candidate from the champion → held-out evaluation of both → gate),
        reporting held-out verified accuracy per round with 95% CIs. Goal: every promoted round
        improves, and the final champion is at least base + 25 points.
-    2. a second task family held out by template: base and final champion on subtractions
-       ("What is a - b?", "... gives away b. How many ... left?"), a template no round collected or
-       trained on.
+    2. templates held out from every round, base against the final champion:
+       - another phrasing of the same task: with `--family arithmetic` the held-out additions asked
+         as word problems, with `--family word` asked as arithmetic (skipped for `both`, which
+         trains on both) — the same held-out operand pairs, so only the phrasing differs;
+       - another operation: subtractions ("What is a - b?", "... gives away b. How many ... left?"),
+         which no round collected or trained on.
     3. the gate: a sabotaged candidate, trained from the base on round 1's examples with every
        answer replaced by a wrong one, goes through the same gate against the base; it must be rejected.
     4. GRPO against SFT at equal wall-clock on the same questions: GRPO from the base on round 1's
@@ -65,12 +68,29 @@ def family_line(fams: dict[str, dict[str, int]]) -> str:
     return ", ".join(f"{f} {r['correct']}/{r['questions']} ({pct(r['correct'] / r['questions'])})" for f, r in sorted(fams.items()))
 
 
-def score_of(model: str, queries: list[dict[str, Any]], settings: dict[str, Any], log_dir: str | None = None) -> dict[str, Any]:
-    """A model's held-out answers; `verified` is per query whether a checking method verified it (what the gate counts)."""
+def score_of(model: str, queries: list[dict[str, Any]], settings: dict[str, Any], cache: str | None = None) -> dict[str, Any]:
+    """A model's held-out answers; `verified` is per query whether a checking method verified it (what the gate counts).
+
+    With `cache` (a JSON file), a finished evaluation of the same model, queries and settings is read
+    back instead of run again, so that a rerun of the benchmark resumes where it stopped."""
     from train.evaluate import checked_outcomes, evaluate_model
 
-    s = evaluate_model(model, queries, settings, log_dir=log_dir, progress=True)
-    return {"model": model, "row": s.row(), "verified": checked_outcomes(s.answers), "answers": s.answers}
+    key = {"model": os.path.realpath(model), "queries": [q["query"] for q in queries], "settings": settings}
+    if cache is not None and os.path.isfile(cache):
+        with open(cache, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        if saved.get("key") == json.loads(json.dumps(key, default=str)):
+            return saved["score"]
+    s = evaluate_model(model, queries, settings, progress=True)
+    out = {"model": model, "row": s.row(), "verified": checked_outcomes(s.answers), "answers": s.answers}
+    if cache is not None:
+        tmp = cache + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"key": key, "score": out}, fh, default=str)
+        os.replace(tmp, cache)
+        with open(cache, encoding="utf-8") as fh:  # the same JSON form a resumed run reads
+            out = json.load(fh)["score"]
+    return out
 
 
 def gate_row(champion: list[bool], candidate: list[bool], min_gain: float, alpha: float) -> dict[str, Any]:
@@ -131,11 +151,23 @@ def run_seed(args: argparse.Namespace, seed: int, work: str) -> dict[str, Any]:
     champion = os.path.realpath(os.path.join(iargs.workdir, "champion"))
     eval_settings = {**evals, "SEED": seed}
 
-    # 2. the held-out template: subtraction
+    # 2. held-out templates: the same additions in the phrasing no round used, then subtraction
     if not args.skip_template:
+        other = {"arithmetic": "word", "word": "arithmetic"}.get(args.family)
+        if other is not None:
+            t0 = time.perf_counter()
+            # The same seed deals the same held-out operand pairs whatever the family: only the phrasing differs.
+            _, phrased_q = make_questions(args.train_questions, args.test_questions, seed, args.max_operand, "+", other)
+            assert [q["key"] for q in phrased_q] == [q["key"] for q in held_q]
+            ph_base = score_of(base, phrased_q, eval_settings, cache=os.path.join(work, f"eval-{other}-base.json"))
+            ph_champ = (score_of(champion, phrased_q, eval_settings, cache=os.path.join(work, f"eval-{other}-champion.json"))
+                        if champion != os.path.realpath(base) else ph_base)
+            out["phrasing"] = {"family": other, "base": ph_base["row"], "champion": ph_champ["row"],
+                               "gate": gate_row(ph_base["verified"], ph_champ["verified"], 0.0, args.alpha), "seconds": time.perf_counter() - t0}
         t0 = time.perf_counter()
-        sub_base = score_of(base, sub_q, eval_settings)
-        sub_champ = score_of(champion, sub_q, eval_settings) if champion != os.path.realpath(base) else sub_base
+        sub_base = score_of(base, sub_q, eval_settings, cache=os.path.join(work, "eval-subtraction-base.json"))
+        sub_champ = (score_of(champion, sub_q, eval_settings, cache=os.path.join(work, "eval-subtraction-champion.json"))
+                     if champion != os.path.realpath(base) else sub_base)
         out["subtraction"] = {"base": sub_base["row"], "champion": sub_champ["row"],
                               "by_family": {"base": checked_by_family(sub_q, sub_base["answers"]), "champion": checked_by_family(sub_q, sub_champ["answers"])},
                               "gate": gate_row(sub_base["verified"], sub_champ["verified"], 0.0, args.alpha), "seconds": time.perf_counter() - t0}
@@ -155,7 +187,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: str) -> dict[str, Any]:
         run_training(targs, Selection(examples=sabotaged(chosen, seed), stages=[("round 1's examples, answers replaced by wrong ones", len(chosen))]))
     base_eval = json.load(open(os.path.join(r1, "eval-champion.json")))
     base_verified = checked_outcomes(base_eval["answers"])
-    bad = score_of(bad_dir, held_q, eval_settings)
+    bad = score_of(bad_dir, held_q, eval_settings, cache=os.path.join(work, "eval-sabotaged.json"))
     out["sabotage"] = {"examples": len(chosen), "row": bad["row"], "gate": gate_row(base_verified, bad["verified"], args.min_gain, args.alpha),
                        "seconds": time.perf_counter() - t0}
 
@@ -198,7 +230,7 @@ def run_grpo_vs_sft(args, seed, work, iargs, base, base_verified, held_q, eval_s
                           lora=LoraArgs(r=16, alpha=32), data=DataArgs(store=iargs.store_path, domain="math")).validate()
         run_grpo(targs, Selection(examples=round1, stages=[("round 1's collected questions", len(round1))]), callbacks=[WallClock()])
     manifest = json.load(open(os.path.join(out_dir, "kaelum_manifest.json")))
-    grpo = score_of(out_dir, held_q, eval_settings)
+    grpo = score_of(out_dir, held_q, eval_settings, cache=os.path.join(work, "eval-grpo.json"))
     sft = json.load(open(os.path.join(r1, "eval-candidate.json")))
     return {"budget_s": budget, "grpo_train_s": manifest["metrics"]["train_runtime_s"], "prompts": manifest["metrics"].get("prompts"),
             "grpo": grpo["row"], "sft": sft["row"], "grpo_vs_base": gate_row(base_verified, grpo["verified"], 0.0, args.alpha),
@@ -221,6 +253,10 @@ def report(results: list[dict[str, Any]]) -> None:
         improving = all(r["candidate_accuracy"] > r["champion_accuracy"] for r in promoted)
         print(f"final champion {pct(final)} vs base {pct(base_acc)}: {100 * (final - base_acc):+.1f} points (goal >= +25); "
               f"every promoted round improved: {improving}")
+        if "phrasing" in res:
+            s = res["phrasing"]
+            print(f"held-out phrasing (the held-out additions as {s['family']}): base {pct(s['base']['verified_accuracy'])}, "
+                  f"champion {pct(s['champion']['verified_accuracy'])}, p = {s['gate']['p_value']:.3g}")
         if "subtraction" in res:
             s = res["subtraction"]
             print(f"held-out template (subtraction): base {pct(s['base']['verified_accuracy'])}, champion {pct(s['champion']['verified_accuracy'])}, "
