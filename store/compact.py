@@ -28,6 +28,8 @@ import os
 import time
 from dataclasses import dataclass
 
+import pyarrow.compute as pc
+
 from .conflicts import CONFLICT_COLUMNS, CONFLICTS_SCHEMA
 from .layout import StoreInfo, open_store
 from .writer import checkpoint_positions
@@ -133,7 +135,11 @@ def build_summary(info: StoreInfo, props=None) -> int | None:  # noqa: ANN001 - 
                 same = built_on == version or set(open_table(info, info.events_uri, built_on).file_uris()) == set(events.file_uris())
                 if same and _has_conflicts_of(info, built_on):
                     return built_on
-        rows = con.sql(f"SELECT * FROM {_summary_relation(con, columns)} ORDER BY trace_id").to_arrow_table()
+        # Sorted by trace_id (one trace's row is then in one row group, found by its statistics), in
+        # Arrow: DuckDB's ORDER BY carries every wide column (steps, texts) through its sort; sorting
+        # the keys and taking the rows measured 0.1-0.6 s less wall time at 1M events (same rows).
+        rows = con.sql(f"SELECT * FROM {_summary_relation(con, columns)}").to_arrow_table()
+        rows = rows.take(pc.sort_indices(rows, [("trace_id", "ascending")]))
         # Stored as of this version: nothing in it is newer than the set itself (live = false).
         conflicts = con.sql(f"SELECT {CONFLICT_COLUMNS} FROM (SELECT * REPLACE (false AS live) FROM _conflicts) ORDER BY id").to_arrow_table().cast(CONFLICTS_SCHEMA)
     finally:

@@ -133,3 +133,24 @@ def test_compaction_flags_are_checked_and_off_means_off(tmp_path):
     assert len(after["events"]) > len(before["events"])
     assert set(before["events"]) <= set(after["events"])  # nothing lost, nothing duplicated
     assert len({row[0] for row in after["events"]}) == len(after["events"])
+
+
+def test_the_summary_is_stored_in_trace_id_order_whatever_the_order_of_the_events(tmp_path: Path):
+    """A trace's summary row is found by the row groups' trace_id statistics: the rows are stored
+    sorted by trace_id, also when traces arrive in another order (here descending, over commits)."""
+    from store.compact import compact
+    from store_traces import _done, _node, _start
+
+    from kaelum.events import TraceEvents
+
+    st = tmp_path / "s"
+    ids = [f"trace-{c}" for c in "zqmfa"]  # arrives z first, a last
+    for tid in ids:
+        t = TraceEvents(trace_id=tid)
+        evs = [_start(t, f"query of {tid}"), _node(t, "n0", None, 0, "start"), _node(t, "n1", "n0", 1, "Answer.", True, "1"),
+               _done(t, ["n0", "n1"], "1", True, 0.9)]
+        store.append_events(st, [e.to_dict() for e in evs], writer_id=f"w-{tid}")
+    compact(st)
+    stored = DeltaTable(str(st / "trace_summary")).to_pyarrow_table(columns=["trace_id", "query"])
+    assert stored.column("trace_id").to_pylist() == sorted(ids)
+    assert stored.column("query").to_pylist() == [f"query of {tid}" for tid in sorted(ids)]  # each row whole, not just its key
