@@ -8,7 +8,10 @@ For a store built by ``ui_bench.py`` (``--workdir W`` keeps it in ``W/store``):
 - charts: ``ui.reader.charts`` (one scan) against its three plain queries (span, series by day,
   histogram);
 - ``train.data.count_selection`` with a ``--where``: a child process per call against one kept
-  ``train.where.WhereWorker``.
+  ``train.where.WhereWorker``;
+- the summary's row order: the list's default query (newest first) over the summary's rows as
+  stored (by trace_id, descending: ``store.compact.build_summary``) against the same rows sorted
+  ascending, each one Parquet file in a temporary folder read by plain DuckDB (``--summary-order``).
 
 Median of ``--repeat`` calls after one warm-up, each pair measured back to back, ``--rounds`` times.
 
@@ -44,7 +47,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--text", default="times 42")
     ap.add_argument("--where", default="n_steps >= 1 and reward < 0.95")
+    ap.add_argument("--summary-order", action="store_true", help="only the summary row order comparison")
     args = ap.parse_args()
+    if args.summary_order:
+        summary_order(args)
+        return
     con = store.connect(args.store)
     cur = con.cursor()
     x = args.text
@@ -76,6 +83,34 @@ def main() -> None:
                 flush=True,
             )
     con.close()
+
+
+def summary_order(args: argparse.Namespace) -> None:
+    import os
+    import tempfile
+
+    import duckdb
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable
+
+    from store.schema import ROW_GROUP_ROWS
+    from ui.reader import LIST_COLUMNS
+
+    rows = DeltaTable(os.path.join(args.store, "trace_summary")).to_pyarrow_table()
+    with tempfile.TemporaryDirectory(prefix="kaelum-summary-order-") as tmp:
+        files = {}
+        for name in ("descending", "ascending"):
+            files[name] = os.path.join(tmp, f"{name}.parquet")
+            pq.write_table(rows.take(pc.sort_indices(rows, [("trace_id", name)])), files[name], row_group_size=ROW_GROUP_ROWS, compression="zstd")
+        con = duckdb.connect()
+        print(f"{rows.num_rows:,} summary rows; median of {args.repeat} calls of the newest-first page")
+        for r in range(args.rounds):
+            load = open("/proc/loadavg").read().split()[0]
+            t = {name: timed(lambda f=f: con.execute(f"select {LIST_COLUMNS} from read_parquet('{f}') "
+                                                      "order by started_at desc nulls last, trace_id limit 50").fetchall(), args.repeat)
+                 for name, f in files.items()}
+            print(f"round {r + 1} (load {load}): by trace_id descending (as stored) {t['descending']:.0f} ms, ascending {t['ascending']:.0f} ms", flush=True)
 
 
 if __name__ == "__main__":
