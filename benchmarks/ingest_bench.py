@@ -129,10 +129,11 @@ def commit_only(tables: list, store: str) -> float:
         return time.perf_counter() - t
 
 
-def catch_up(log_dir: str, store: str) -> tuple[float, dict]:
+def catch_up(log_dir: str, store: str, build: str | None = None) -> tuple[float, dict]:
+    """`kaelum-ingest --once` in a subprocess: this checkout's, or (`build`) another checkout's code."""
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "ingest.cli", "--log-dir", log_dir, "--store", store, "--once", "--no-progress", "--log-level", "warning"],
-                         capture_output=True, check=True)
+                         capture_output=True, check=True, cwd=build or os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     wall = time.perf_counter() - t
     return wall, json.loads(out.stdout.decode().strip().splitlines()[-1])
 
@@ -234,6 +235,27 @@ def freshness(work: str, seconds: float, rate: int, extra: list[str] = (), store
             "achieved_rate": len(written) / seconds}
 
 
+def compare_builds(args: argparse.Namespace, work: str, log_dir: str, path: str, n: int) -> None:
+    """Per round: the ceiling, then catch-up with the other checkout and with this one (the order
+    alternating from round to round), each into a new store."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rows: dict[str, list[float]] = {"other": [], "this": []}
+    for k in range(args.repeat):
+        load = open("/proc/loadavg").read().split()[0]
+        c = duckdb_ceiling(path, os.path.join(work, f"duckdb-{k}.parquet"))
+        line = [f"round {k + 1} (load {load}): ceiling {c:.2f}s"]
+        for name in (("other", "this") if k % 2 == 0 else ("this", "other")):
+            store = os.path.join(work, f"store-{name}-{k}")
+            _w, summary = catch_up(log_dir, store, args.compare_build if name == "other" else here)
+            assert summary["events"] == n, summary
+            rows[name].append(summary["seconds"])
+            line.append(f"{name} {summary['seconds']:.2f}s ({c / summary['seconds']:.0%} of COPY; end-of-run {summary.get('compaction_seconds', 0.0):.2f}s)")
+            shutil.rmtree(store, ignore_errors=True)
+        print("; ".join(line), flush=True)
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    print(f"median catch-up: {args.compare_build} {med['other']:.2f}s, this checkout {med['this']:.2f}s ({med['other'] / med['this']:.2f}x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=1_000_000)
@@ -244,6 +266,9 @@ def main() -> None:
     ap.add_argument("--fresh-only", action="store_true", help="only the freshness part")
     ap.add_argument("--daemon-arg", action="append", default=[], help="extra kaelum-ingest flag for the freshness daemon (repeat)")
     ap.add_argument("--moto", action="store_true", help="also run catch-up and freshness on S3 (a moto_server on loopback)")
+    ap.add_argument("--compare-build", default=None, metavar="CHECKOUT",
+                    help="also run each pair's catch-up with the code of another checkout (e.g. a git worktree of main), "
+                         "alternating with this one's, and report both (then only catch-up is measured)")
     args = ap.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="kaelum-ingest-bench-")
     os.makedirs(work, exist_ok=True)
@@ -261,6 +286,9 @@ def main() -> None:
         size = os.path.getsize(path)
         print(f"synthetic file: {n} events, {size / 2**20:.1f} MiB ({time.perf_counter() - t:.1f}s to write)", flush=True)
 
+        if args.compare_build:
+            compare_builds(args, work, log_dir, path, n)
+            return
         # Pairs (ceiling, catch-up) back to back: on a shared machine the load drifts, and a
         # ratio from adjacent runs is more telling than one from runs minutes apart.
         pairs = []
