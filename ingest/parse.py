@@ -86,9 +86,11 @@ def _connection() -> duckdb.DuckDBPyConnection:
     con = getattr(_local, "con", None)
     if con is None:
         con = duckdb.connect(":memory:")
-        # Parsing runs beside the store's commit thread (its own DuckDB): half the cores each
-        # avoids oversubscription (measured ~10% faster catch-up on 2 cores).
-        con.execute(f"SET threads = {max(1, (os.cpu_count() or 2) // 2)}")
+        # Every core: the check is most of a catch-up's work. The store's commit thread beside it
+        # (its own DuckDB, and delta-rs) keeps about a quarter of a core busy (py-spy, 1M events),
+        # so half the cores each, as before, left most of one idle: on a quiet 2-core machine four
+        # 32 MiB blocks took 0.80 s with 2 threads against 1.28-1.58 s with 1 (benchmarks/README.md).
+        con.execute(f"SET threads = {max(1, os.cpu_count() or 1)}")
         # The query as a view: each block then sends a few bytes of SQL instead of 12 kB that the
         # client tokenizes and parses again (measured 48 -> 31 ms of CPU per block). The view is
         # bound to whatever table is registered as `block` when it is queried.
