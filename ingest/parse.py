@@ -86,10 +86,10 @@ def _connection() -> duckdb.DuckDBPyConnection:
     con = getattr(_local, "con", None)
     if con is None:
         con = duckdb.connect(":memory:")
-        # Every core: the check is most of a catch-up's work. The store's commit thread beside it
-        # (its own DuckDB, and delta-rs) keeps about a quarter of a core busy (py-spy, 1M events),
-        # so half the cores each, as before, left most of one idle: on a quiet 2-core machine four
-        # 32 MiB blocks took 0.80 s with 2 threads against 1.28-1.58 s with 1 (benchmarks/README.md).
+        # Every core: the check is most of a catch-up's work, and a block alone parses twice as fast
+        # on 2 threads (four 32 MiB blocks: 0.80 s against 1.28-1.58 s with 1, quiet 2-core machine).
+        # Beside the store's commit thread the whole catch-up gained less (1.04x at 1M events,
+        # benchmarks/README.md): both cores are then busy, and what is left is the CPU it takes.
         con.execute(f"SET threads = {max(1, os.cpu_count() or 1)}")
         # The query as a view: each block then sends a few bytes of SQL instead of 12 kB that the
         # client tokenizes and parses again (measured 48 -> 31 ms of CPU per block). The view is
