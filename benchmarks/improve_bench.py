@@ -22,6 +22,9 @@ Per seed (each a full replicate: other questions, search and training randomness
     4. GRPO against SFT at equal wall-clock on the same questions: GRPO from the base on round 1's
        collected questions, stopped when it has trained as long as round 1's SFT candidate did,
        then evaluated like every candidate.
+    5. with `--grpo-after-sft`: GRPO from the final champion instead (the same questions and
+       budget), against the champion: RL after SFT, where the model already writes the answer line
+       that the verifier reads.
 
 Held-out additions never share an operand pair with the training questions (3 + 9 and 9 + 3 are
 one pair; `loop_bench.make_questions`), so no held-out query is in training by text either.
@@ -194,10 +197,17 @@ def run_seed(args: argparse.Namespace, seed: int, work: str) -> dict[str, Any]:
     # 4. GRPO at SFT's wall-clock, on round 1's questions
     if not args.skip_grpo:
         out["grpo"] = run_grpo_vs_sft(args, seed, work, iargs, base, base_verified, held_q, eval_settings)
+    # 5. GRPO after SFT: from the final champion, the same budget, against the champion
+    if args.grpo_after_sft and champion != os.path.realpath(base):
+        champ_eval = score_of(champion, held_q, eval_settings, cache=os.path.join(work, "eval-champion.json"))
+        g = run_grpo_vs_sft(args, seed, work, iargs, champion, champ_eval["verified"], held_q, eval_settings, name="grpo-after-sft")
+        out["grpo_after_sft"] = {**g, "champion": champ_eval["row"]}
     return out
 
 
-def run_grpo_vs_sft(args, seed, work, iargs, base, base_verified, held_q, eval_settings) -> dict[str, Any]:
+def run_grpo_vs_sft(args, seed, work, iargs, base, base_verified, held_q, eval_settings, name: str = "grpo") -> dict[str, Any]:
+    """GRPO from `base` on round 1's collected questions for as long as round 1's SFT trained, then
+    its held-out evaluation, against `base_verified` (the starting model's outcomes) and round 1's SFT candidate."""
     from transformers import TrainerCallback
 
     from train.config import DataArgs, LoraArgs, TrainArgs
@@ -222,7 +232,7 @@ def run_grpo_vs_sft(args, seed, work, iargs, base, base_verified, held_q, eval_s
                 control.should_training_stop = True
                 control.should_save = True
 
-    out_dir = os.path.join(work, "grpo")
+    out_dir = os.path.join(work, name)
     if not os.path.isfile(os.path.join(out_dir, "kaelum_manifest.json")):
         targs = TrainArgs(model=base, output_dir=out_dir, method="grpo", epochs=100, lr=args.grpo_lr, batch_size=args.grpo_batch, seed=seed,
                           merge=True, progress=True, logging_steps=1, grpo_num_generations=args.grpo_generations,
@@ -230,9 +240,10 @@ def run_grpo_vs_sft(args, seed, work, iargs, base, base_verified, held_q, eval_s
                           lora=LoraArgs(r=16, alpha=32), data=DataArgs(store=iargs.store_path, domain="math")).validate()
         run_grpo(targs, Selection(examples=round1, stages=[("round 1's collected questions", len(round1))]), callbacks=[WallClock()])
     manifest = json.load(open(os.path.join(out_dir, "kaelum_manifest.json")))
-    grpo = score_of(out_dir, held_q, eval_settings, cache=os.path.join(work, "eval-grpo.json"))
+    grpo = score_of(out_dir, held_q, eval_settings, cache=os.path.join(work, f"eval-{name}.json"))
     sft = json.load(open(os.path.join(r1, "eval-candidate.json")))
     return {"budget_s": budget, "grpo_train_s": manifest["metrics"]["train_runtime_s"], "prompts": manifest["metrics"].get("prompts"),
+            "mean_logged_reward": manifest["metrics"].get("mean_logged_reward"),
             "grpo": grpo["row"], "sft": sft["row"], "grpo_vs_base": gate_row(base_verified, grpo["verified"], 0.0, args.alpha),
             "grpo_vs_sft": gate_row(checked_outcomes(sft["answers"]), grpo["verified"], 0.0, args.alpha)}
 
@@ -267,7 +278,12 @@ def report(results: list[dict[str, Any]]) -> None:
         if "grpo" in res:
             g = res["grpo"]
             print(f"GRPO vs SFT at {g['budget_s']:.0f} s of training ({g['prompts']} questions): GRPO {pct(g['grpo']['verified_accuracy'])} "
-                  f"(vs base p = {g['grpo_vs_base']['p_value']:.3g}), SFT {pct(g['sft']['verified_accuracy'])} (GRPO vs SFT p = {g['grpo_vs_sft']['p_value']:.3g})")
+                  f"(vs base p = {g['grpo_vs_base']['p_value']:.3g}), SFT {pct(g['sft']['verified_accuracy'])} (GRPO vs SFT p = {g['grpo_vs_sft']['p_value']:.3g}); "
+                  f"mean reward of GRPO's samples {g.get('mean_logged_reward')}")
+        if "grpo_after_sft" in res:
+            g = res["grpo_after_sft"]
+            print(f"GRPO after SFT (from the champion, {g['budget_s']:.0f} s): {pct(g['grpo']['verified_accuracy'])} against the champion's "
+                  f"{pct(g['champion']['verified_accuracy'])} (p = {g['grpo_vs_base']['p_value']:.3g}); mean reward of its samples {g.get('mean_logged_reward')}")
 
 
 def main() -> None:
@@ -290,6 +306,8 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--skip-template", action="store_true", help="skip the held-out subtraction template")
     p.add_argument("--skip-grpo", action="store_true")
+    p.add_argument("--grpo-after-sft", action="store_true",
+                   help="also GRPO from the final champion (same budget and questions), evaluated against the champion")
     p.add_argument("--grpo-lr", type=float, default=1e-5)
     p.add_argument("--grpo-batch", type=int, default=8, help="completions per step")
     p.add_argument("--grpo-generations", type=int, default=4)
