@@ -9,9 +9,10 @@ For a store built by ``ui_bench.py`` (``--workdir W`` keeps it in ``W/store``):
   histogram);
 - ``train.data.count_selection`` with a ``--where``: a child process per call against one kept
   ``train.where.WhereWorker``;
-- the summary's row order: the list's default query (newest first) over the summary's rows as
-  stored (by trace_id, descending: ``store.compact.build_summary``) against the same rows sorted
-  ascending, each one Parquet file in a temporary folder read by plain DuckDB (``--summary-order``).
+- the summary's row order (``--summary-order``): the summary's rows sorted by trace_id ascending
+  (as ``store.compact.build_summary`` stores them) and descending, each one Parquet file in a
+  temporary folder read by plain DuckDB, under the list's default query (newest first) and the
+  dataset page's first examples (the trainer's order, by trace_id).
 
 Median of ``--repeat`` calls after one warm-up, each pair measured back to back, ``--rounds`` times.
 
@@ -100,18 +101,20 @@ def summary_order(args: argparse.Namespace) -> None:
     rows = DeltaTable(os.path.join(args.store, "trace_summary")).to_pyarrow_table()
     with tempfile.TemporaryDirectory(prefix="kaelum-summary-order-") as tmp:
         files = {}
-        for name in ("descending", "ascending"):
+        for name in ("ascending", "descending"):
             files[name] = os.path.join(tmp, f"{name}.parquet")
             pq.write_table(rows.take(pc.sort_indices(rows, [("trace_id", name)])), files[name], row_group_size=ROW_GROUP_ROWS, compression="zstd")
         con = duckdb.connect()
-        print(f"{rows.num_rows:,} summary rows; median of {args.repeat} calls of the newest-first page")
+        print(f"{rows.num_rows:,} summary rows; median of {args.repeat} calls")
+        queries = {"newest-first page": f"select {LIST_COLUMNS} from read_parquet('{{f}}') order by started_at desc nulls last, trace_id limit 50",
+                   "first 3 examples by trace_id": "select * from read_parquet('{f}') where complete and verified and reward >= 0.9 order by trace_id limit 3"}
         for r in range(args.rounds):
             load = open("/proc/loadavg").read().split()[0]
-            t = {name: timed(lambda f=f: con.execute(f"select {LIST_COLUMNS} from read_parquet('{f}') "
-                                                      "order by started_at desc nulls last, trace_id limit 50").fetchall(), args.repeat)
-                 for name, f in files.items()}
-            print(f"round {r + 1} (load {load}): by trace_id descending (as stored) {t['descending']:.0f} ms, ascending {t['ascending']:.0f} ms", flush=True)
-
+            parts = []
+            for label, q in queries.items():
+                t = {name: timed(lambda f=f: con.execute(q.format(f=f)).fetchall(), args.repeat) for name, f in files.items()}
+                parts.append(f"{label}: ascending (as stored) {t['ascending']:.0f} ms, descending {t['descending']:.0f} ms")
+            print(f"round {r + 1} (load {load}): " + "; ".join(parts), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -135,15 +135,15 @@ def build_summary(info: StoreInfo, props=None) -> int | None:  # noqa: ANN001 - 
                 same = built_on == version or set(open_table(info, info.events_uri, built_on).file_uris()) == set(events.file_uris())
                 if same and _has_conflicts_of(info, built_on):
                     return built_on
-        # Sorted by trace_id, descending. By trace_id: one trace's row is then in one row group,
-        # found by its statistics. Descending: the runtime's trace ids are UUIDv7, in time order, so
-        # the newest traces come first, and the UI's default page (newest first) fills its top-N from
-        # the first row group and skips the others by their started_at statistics: 30-41 ms against
-        # 159-177 ms ascending for the first page at 1M traces (benchmarks/README.md). Sorted in Arrow:
-        # DuckDB's ORDER BY carries every wide column (steps, texts) through its sort; sorting the
-        # keys and taking the rows measured 0.1-0.6 s less wall time at 1M events (same rows).
+        # Sorted by trace_id: one trace's row is then in one row group, found by its statistics, and
+        # the trainer's order (by trace_id) is the stored order, so the dataset page's first examples
+        # are a top-N that stops after the first row group. (Descending, the newest UUIDv7 traces
+        # first, made the UI's newest-first page 2.7-2.9x faster over the file, but the dataset page
+        # 2.3x slower, 134 -> 309 ms at 1M traces: benchmarks/README.md.) Sorted in Arrow: DuckDB's
+        # ORDER BY carries every wide column (steps, texts) through its sort; sorting the keys and
+        # taking the rows measured 0.1-0.6 s less wall time at 1M events (same rows).
         rows = con.sql(f"SELECT * FROM {_summary_relation(con, columns)}").to_arrow_table()
-        rows = rows.take(pc.sort_indices(rows, [("trace_id", "descending")]))
+        rows = rows.take(pc.sort_indices(rows, [("trace_id", "ascending")]))
         # Stored as of this version: nothing in it is newer than the set itself (live = false).
         conflicts = con.sql(f"SELECT {CONFLICT_COLUMNS} FROM (SELECT * REPLACE (false AS live) FROM _conflicts) ORDER BY id").to_arrow_table().cast(CONFLICTS_SCHEMA)
     finally:

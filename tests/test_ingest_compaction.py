@@ -137,8 +137,7 @@ def test_compaction_flags_are_checked_and_off_means_off(tmp_path):
 
 def test_the_summary_is_stored_in_trace_id_order_whatever_the_order_of_the_events(tmp_path: Path):
     """A trace's summary row is found by the row groups' trace_id statistics: the rows are stored
-    sorted by trace_id, descending (the newest UUIDv7 ids first, store/compact.py), also when traces
-    arrive in another order."""
+    sorted by trace_id, also when traces arrive in another order."""
     from store.compact import compact
     from store_traces import _done, _node, _start
 
@@ -153,6 +152,6 @@ def test_the_summary_is_stored_in_trace_id_order_whatever_the_order_of_the_event
         store.append_events(st, [e.to_dict() for e in evs], writer_id=f"w-{tid}")
     compact(st)
     stored = DeltaTable(str(st / "trace_summary")).to_pyarrow_table(columns=["trace_id", "query"])
-    want = sorted(ids, reverse=True)
+    want = sorted(ids)
     assert stored.column("trace_id").to_pylist() == want
     assert stored.column("query").to_pylist() == [f"query of {tid}" for tid in want]  # each row whole, not just its key
