@@ -87,9 +87,14 @@ class Scans:
         return Scans(events, quarantine, conflicts=conflicts)
 
 
-def _events_up(scan: str, contract: Contract) -> str:
-    """Stored event rows of `scan`, typed columns at the reader's contract version (upcast on read)."""
-    skip = f"WHERE date <> DATE '{EMPTY_PARTITION[5:]}'"
+def _events_up(scan: str, contract: Contract, where: str | None = None) -> str:
+    """Stored event rows of `scan`, typed columns at the reader's contract version (upcast on read).
+
+    `where` filters the stored rows before the payload is cast and upcast: a filter that DuckDB
+    turns into a join (``trace_id IN (SELECT ...)``) is not pushed below that projection, and
+    casting every row's payload to JSON parses it (at 5M events with 100k fresh, the live part cast
+    3.2M payloads to keep 100k: 7.8 s of a 7.8 s query)."""
+    skip = f"WHERE date <> DATE '{EMPTY_PARTITION[5:]}'" + (f" AND ({where})" if where else "")
     if not contract.upcasters:
         cols = ", ".join(f'"{n}"' for n in contract.fields)
         return f"SELECT {ENVELOPE}, data::JSON AS data, {cols} FROM {scan} {skip}"
@@ -255,9 +260,9 @@ def traces_views(scans: Scans, contract: Contract) -> Views:
         # started or changed (a fresh copy may win over one the summary kept).
         ("_touched", f"SELECT DISTINCT trace_id FROM ({_events_up(scans.fresh, contract)}) "
                      "UNION SELECT trace_id FROM _conflicts WHERE live UNION SELECT winner_trace_id FROM _conflicts WHERE live", True),
-        # The filter on trace_id comes before the de-duplication, so the window sees only those traces.
-        ("_events_live", _without_losers(f"({_events_up(scans.if_fresh, contract)})",
-                                         "trace_id IN (SELECT trace_id FROM _touched)"), True),
+        # The filter on trace_id comes before the payload's cast and the de-duplication, so both
+        # see only those traces' rows.
+        ("_events_live", _without_losers(f"({_events_up(scans.if_fresh, contract, 'trace_id IN (SELECT trace_id FROM _touched)')})"), True),
         *((n, b, False) for n, b in _trace_views("_l", "_events_live")),
     ]
     defs += [_view(n, b) for n, b, _m in live]
