@@ -13,8 +13,9 @@ Per seed (each a full replicate: other questions, search and training randomness
        improves, and the final champion is at least base + 25 points.
     2. templates held out from every round, base against the final champion:
        - another phrasing of the same task: with `--family arithmetic` the held-out additions asked
-         as word problems, with `--family word` asked as arithmetic (skipped for `both`, which
-         trains on both) — the same held-out operand pairs, so only the phrasing differs;
+         as word problems, with `--family word` or `verbal` asked as arithmetic, with `both` (rounds
+         on arithmetic and word problems) asked in words ("What do you get when you add 7 and 9?")
+         — the same held-out operand pairs, so only the phrasing differs;
        - another operation: subtractions ("What is a - b?", "... gives away b. How many ... left?"),
          which no round collected or trained on.
     3. the gate: a sabotaged candidate, trained from the base on round 1's examples with every
@@ -156,7 +157,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: str) -> dict[str, Any]:
 
     # 2. held-out templates: the same additions in the phrasing no round used, then subtraction
     if not args.skip_template:
-        other = {"arithmetic": "word", "word": "arithmetic"}.get(args.family)
+        other = {"arithmetic": "word", "word": "arithmetic", "both": "verbal", "verbal": "arithmetic"}.get(args.family)
         if other is not None:
             t0 = time.perf_counter()
             # The same seed deals the same held-out operand pairs whatever the family: only the phrasing differs.
@@ -294,7 +295,7 @@ def main() -> None:
     p.add_argument("--train-questions", type=int, default=130)
     p.add_argument("--test-questions", type=int, default=80)
     p.add_argument("--max-operand", type=int, default=30)
-    p.add_argument("--family", default="both", choices=["arithmetic", "word", "both"],
+    p.add_argument("--family", default="both", choices=["arithmetic", "word", "verbal", "both"],
                    help="questions asked as arithmetic, as one-step word problems, or alternately (loop_bench.make_questions)")
     p.add_argument("--max-step-tokens", type=int, default=40)
     p.add_argument("--max-rollout-tokens", type=int, default=64)

@@ -59,10 +59,17 @@ def word_problem(a: int, op: str, b: int, rng: random.Random) -> str:
     return f"{name} has {a} {things} and gives away {b}. How many {things} does {name} have left?"
 
 
+def verbal(a: int, op: str, b: int) -> str:
+    """The operation in words, a phrasing neither `arithmetic` nor `word` uses (family `verbal`: held out
+    by the improve benchmark when the rounds collect both of the others)."""
+    return f"What do you get when you add {a} and {b}?" if op == "+" else f"What do you get when you take {b} away from {a}?"
+
+
 def make_questions(n_train: int, n_test: int, seed: int, max_operand: int = 30, ops: str = "+",
                    family: str = "arithmetic") -> tuple[list[dict], list[dict]]:
     """Additions (and with `ops="+-"` non-negative subtractions) of operands in 2..`max_operand`,
-    asked as arithmetic, as word problems, or (`family="both"`) alternately; each with its reference.
+    asked as arithmetic, as word problems, in words (`verbal`), or (`family="both"`) arithmetic and
+    word problems alternately; each with its reference.
 
     Every distinct operand pair is enumerated, shuffled with `seed` and dealt to test first, then
     train, so the two sets share no pair (a + b and b + a count as one pair). Operands stay small
@@ -87,7 +94,7 @@ def make_questions(n_train: int, n_test: int, seed: int, max_operand: int = 30, 
         if op == "+" and rng.random() < 0.5:
             a, b = b, a  # both orders appear, but a pair is never on both sides
         kind = family if family != "both" else ("arithmetic", "word")[i % 2]
-        query = f"What is {a} {op} {b}?" if kind == "arithmetic" else word_problem(a, op, b, rng)
+        query = f"What is {a} {op} {b}?" if kind == "arithmetic" else word_problem(a, op, b, rng) if kind == "word" else verbal(a, op, b)
         out.append({"query": query, "domain": "math", "id": f"{kind[0]}{a}{op}{b}", "key": k, "family": kind,
                     "reference": str(a + b if op == "+" else a - b)})
     test, train = out[:n_test], out[n_test:]
@@ -207,7 +214,7 @@ def main() -> None:
     p.add_argument("--test-questions", type=int, default=80)
     p.add_argument("--max-operand", type=int, default=30)
     p.add_argument("--ops", default="+", choices=["+", "-", "+-"], help="operations asked (subtraction: non-negative results)")
-    p.add_argument("--family", default="both", choices=["arithmetic", "word", "both"],
+    p.add_argument("--family", default="both", choices=["arithmetic", "word", "verbal", "both"],
                    help="how the questions are asked: 'What is 7 + 9?', a word problem, or half and half")
     g = p.add_argument_group("collection search (verified traces per CPU-second)")
     g.add_argument("--collect-branching", type=int, default=8, help="candidates per batched expansion call")

@@ -58,3 +58,19 @@ def test_disjoint_from_the_other_examples_and_the_benchmark_questions():
         for q in train + test:  # every generated reference is the value the question states
             a, b = (int(x) for x in re.findall(r"\d+", q["query"]))
             assert q["reference"] == str(a + b if ("+" in q["query"] or "finds" in q["query"]) else a - b), q
+
+
+def test_every_phrasing_of_one_seed_holds_the_same_held_out_pairs():
+    """improve_bench asks the held-out additions again in a phrasing no round trained on: for one
+    seed, every family deals the same operand pairs to the held-out set, and none to training."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import loop_bench
+
+    for seed in range(2):
+        held = {fam: loop_bench.make_questions(130, 80, seed, 30, "+", fam) for fam in ("arithmetic", "word", "verbal", "both")}
+        keys = {fam: [q["key"] for q in test] for fam, (_train, test) in held.items()}
+        assert keys["verbal"] == keys["arithmetic"] == keys["word"] == keys["both"]
+        assert not set(keys["verbal"]) & {q["key"] for q in held["both"][0]}
+        for q in held["verbal"][1]:
+            a, b = (int(x) for x in re.findall(r"\d+", q["query"]))
+            assert q["query"].startswith("What do you get when you add") and q["family"] == "verbal" and q["reference"] == str(a + b)
