@@ -190,3 +190,27 @@ def _all_events_traces() -> str:
 
     ctes = ", ".join(f"{n} AS ({b})" for n, b in _trace_views("_x", "events"))
     return f"WITH {ctes} {_trace_columns_sql('_x')}"
+
+
+def test_a_local_store_reader_is_never_reopened_and_still_sees_new_commits(tmp_path, bench):
+    """``StoreReader`` on a local store: every query resolves the newest snapshot itself, so the
+    connection is kept however old it gets (a reopen installs every view again), and a commit made
+    after it opened shows in the next request."""
+    import time
+
+    path = tmp_path / "s"
+    _fresh(bench, path, 0, 20, 20)
+    r = reader.StoreReader(str(path), refresh_s=0.0)
+    try:
+        first = r._con
+        with r.cursor() as cur:
+            before = reader.list_traces(cur, {})["total"]
+        _fresh(bench, path, 20, 30, 30)
+        time.sleep(0.05)
+        with r.cursor() as cur:
+            after = reader.list_traces(cur, {})["total"]
+        time.sleep(0.2)  # a reopen, had one started, would have replaced the connection by now
+        assert (before, after) == (20, 30)
+        assert r._con is first and not r._refreshing and r.refresh_s < 0
+    finally:
+        r.close()

@@ -22,7 +22,7 @@ from kaelum.cliopts import store_option
               help="Written as `by` in feedback events. Env: KAELUM_UI_USER.")
 @click.option("--model", default=None, help="Render /datasets examples with this model's chat template (needs the train extra).")
 @click.option("--refresh", "refresh_s", default=10.0, show_default=True, type=float,
-              help="Seconds after which the store connection is reopened in the background (a URL store then shows new commits).")
+              help="URL stores: seconds after which the connection is reopened in the background, so new commits show (a local store shows them at once).")
 @click.option("--poll", "poll_s", default=5.0, show_default=True, type=float, help="Seconds between the list's checks for new traces.")
 def ui(store: str, host: str, port: int, token: str | None, user: str | None, model: str | None, refresh_s: float, poll_s: float) -> None:
     """Serve a local web app over the trace store: traces and their search trees, datasets, charts,

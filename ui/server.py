@@ -106,7 +106,7 @@ class UIConfig:
     token: str | None = None  # --token / KAELUM_UI_TOKEN
     user: str = field(default_factory=lambda: os.environ.get("KAELUM_UI_USER") or default_user())  # --user / KAELUM_UI_USER
     model: str | None = None  # --model: render dataset examples with this tokenizer's chat template
-    refresh_s: float = 10.0  # --refresh: reopen the store connection after this many seconds
+    refresh_s: float = 10.0  # --refresh: reopen a URL store's connection after this many seconds (a local one never)
     poll_s: float = 5.0  # --poll: how often pages look for new traces
     writer_id: str = field(default_factory=lambda: "ui-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:48])
 
