@@ -86,14 +86,13 @@ def score_of(model: str, queries: list[dict[str, Any]], settings: dict[str, Any]
         if saved.get("key") == json.loads(json.dumps(key, default=str)):
             return saved["score"]
     s = evaluate_model(model, queries, settings, progress=True)
-    out = {"model": model, "row": s.row(), "verified": checked_outcomes(s.answers), "answers": s.answers}
+    # In its JSON form, the one a resumed run reads back.
+    out = json.loads(json.dumps({"model": model, "row": s.row(), "verified": checked_outcomes(s.answers), "answers": s.answers}, default=str))
     if cache is not None:
         tmp = cache + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump({"key": key, "score": out}, fh, default=str)
         os.replace(tmp, cache)
-        with open(cache, encoding="utf-8") as fh:  # the same JSON form a resumed run reads
-            out = json.load(fh)["score"]
     return out
 
 

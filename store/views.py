@@ -127,7 +127,7 @@ def _macro(name: str, body: str) -> tuple[str, str]:
     return name, f"CREATE OR REPLACE MACRO {name}(min_reward) AS TABLE {body}"
 
 
-def _without_losers(rel: str, where: str = "") -> str:
+def _without_losers(rel: str) -> str:
     """The rows of `rel` that are not losing copies of a conflicting id, each (type, trace_id, id) once."""
     # Losing copies are out first (an anti-join with the small `_conflicts`); what is left of an id
     # is the winner's (type, trace_id), so de-duplicating on (type, trace_id, id) keeps each id
@@ -136,7 +136,6 @@ def _without_losers(rel: str, where: str = "") -> str:
     # An explicit ANTI JOIN, not NOT EXISTS: DuckDB turns the correlated subquery into a join over
     # a materialised copy of the scan, which a view's filter on type then no longer reaches.
     return (f"SELECT e.* FROM {rel} e ANTI JOIN _conflicts c ON c.id = e.id AND c.type = e.type AND c.trace_id = e.trace_id "
-            f"{'WHERE ' + where + ' ' if where else ''}"
             f"QUALIFY row_number() OVER (PARTITION BY e.type, e.trace_id, e.id ORDER BY {', '.join('e.' + k.strip() for k in DEDUP_ORDER.split(','))}) = 1")
 
 

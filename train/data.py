@@ -11,7 +11,6 @@ import hashlib
 import logging
 import os
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -21,7 +20,7 @@ import pyarrow.compute as pc
 
 from kaelum.prompts import format_completion, format_continuation, format_partial, worker_messages
 
-from .where import WhereError, WhereWorker, check_where, column_names, filter_rows, lock_down
+from .where import WhereError, WhereWorker, check_where, column_names, lock_down
 
 log = logging.getLogger("kaelum.train.data")
 
@@ -252,13 +251,38 @@ def _where_stage(pred: str) -> str:
     return f"--where {pred!r}"
 
 
-def _apply_where(kept: pa.Table, pred: str, view: str, worker: WhereWorker | None = None) -> pa.Table:
-    # Never in the WHERE clause of the other filters: the predicate filters the rows they kept,
-    # in an outer query of its own (and a process of its own, with time and memory limits).
+def _where_positions(rows: pa.Table, pred: str, view: str, worker: WhereWorker | None = None) -> pa.Array:
+    """The positions of `rows` the predicate keeps, in `worker`'s child or a child of its own.
+
+    Never in the WHERE clause of the other filters: the predicate filters the rows they kept, in
+    an outer query of its own (and a process of its own, with time and memory limits)."""
     try:
-        return worker.filter_rows(kept, pred, view=view) if worker is not None else filter_rows(kept, pred, view=view)
+        if worker is not None:
+            return worker.positions(rows, pred, view=view)
+        with WhereWorker() as one:
+            return one.positions(rows, pred, view=view)
     except WhereError as exc:
         raise DataError(str(exc)) from None
+
+
+def _apply_where(kept: pa.Table, pred: str, view: str, worker: WhereWorker | None = None) -> pa.Table:
+    return kept.take(_where_positions(kept, pred, view, worker))
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _predicate_columns(columns: Sequence[str], pred: str | None) -> list[str]:
+    """The columns of a view (`columns`) that the checked predicate reads. A name that is no column
+    (a lambda's parameter, a typo) and it gets every column: it then fails, or reads, exactly as
+    over the trainer's rows."""
+    if pred is None:
+        return []
+    named = column_names(pred)
+    if not named <= {c.lower() for c in columns}:
+        return list(columns)
+    return [c for c in columns if c.lower() in named]
 
 
 def select_rows(
@@ -373,16 +397,11 @@ def count_selection(
         head = _rows_of(con, source, keys, kept.select(list(keys)).take(first).to_pylist())
     else:
         columns = [r[0] for r in con.execute(f"describe select * from {source}").fetchall()]
-        named = column_names(pred) if pred is not None else set()
-        # A name that is no column (a lambda's parameter, a typo) and the predicate gets every
-        # column: it then fails, or reads, exactly as over the trainer's rows.
-        if not named <= {c.lower() for c in columns}:
-            wanted = columns
-        else:
-            wanted = [c for c in columns if c in keys or c in ("domain", "reward") or c.lower() in named]
-        narrow = con.sql("select " + ", ".join('"' + c.replace('"', '""') + '"' for c in wanted) + f" from {source}").to_arrow_table()
+        for_pred = set(_predicate_columns(columns, pred))
+        wanted = [c for c in columns if c in keys or c in ("domain", "reward") or c in for_pred]
+        narrow = con.sql("select " + ", ".join(map(_quote_ident, wanted)) + f" from {source}").to_arrow_table()
         kept, stages = _select_table(narrow, view=view, domain=domain, min_reward=min_reward, where=where, where_worker=where_worker)
-        per_domain = dict(sorted(Counter(kept.column("domain").to_pylist()).items()))
+        per_domain = _value_counts(kept.column("domain"))
         head = _rows_of(con, source, keys, kept.select(list(keys)).slice(0, limit).to_pylist())
     stages[0] = (_first_stage(view, source), stages[0][1])
     make = PreferencePair.from_row if view == "preference_pairs" else Trace.from_row
@@ -400,21 +419,16 @@ def _where_selection(con: duckdb.DuckDBPyConnection, source: str, view: str, key
     as the scan itself). The predicate then runs as ``select_rows`` runs it, in the child, over the
     kept rows and only the columns it names."""
     columns = [r[0] for r in con.execute(f"describe select * from {source}").fetchall()]
-    named = column_names(pred)
-    lowered = {c.lower(): c for c in columns}
-    # A name that is no column (a lambda's parameter, a typo): the predicate gets every column and
-    # then fails, or reads, exactly as over the trainer's rows.
-    for_pred = [c for c in columns if c.lower() in named] if named <= set(lowered) else list(columns)
+    for_pred = _predicate_columns(columns, pred)
     conds = [" and ".join(f[1] for f in filters[:i]) for i in range(1, len(filters) + 1)]
     params_of = [[p for f in filters[:i] for p in f[2]] for i in range(1, len(filters) + 1)]
-    quote = lambda c: '"' + c.replace('"', '""') + '"'  # noqa: E731
     select, params = [], []
     for c in dict.fromkeys([*keys, "domain", *for_pred]):
         if conds and c in keys and c not in for_pred:
-            select.append(f"case when {conds[-1]} then {quote(c)} end as {quote(c)}")
+            select.append(f"case when {conds[-1]} then {_quote_ident(c)} end as {_quote_ident(c)}")
             params += params_of[-1]
         else:
-            select.append(quote(c))
+            select.append(_quote_ident(c))
     for i, cond in enumerate(conds):
         select.append(f"({cond}) as __stage_{i}")
         params += params_of[i]
@@ -424,16 +438,7 @@ def _where_selection(con: duckdb.DuckDBPyConnection, source: str, view: str, key
     kept = narrow.filter(narrow.column(f"__stage_{len(conds) - 1}")) if conds else narrow
     kept = kept.select([c for c in kept.column_names if not c.startswith("__stage_")])
     # Only the columns the predicate reads go to the child (at least one, to carry the row count).
-    sent = kept.select(for_pred or ["domain"])
-    try:
-        if worker is not None:
-            chosen = worker.positions(sent, pred, view=view)
-        else:
-            with WhereWorker() as one:
-                chosen = one.positions(sent, pred, view=view)
-    except WhereError as exc:
-        raise DataError(str(exc)) from None
-    kept = kept.take(chosen)
+    kept = kept.take(_where_positions(kept.select(for_pred or ["domain"]), pred, view, worker))
     stages.append((_where_stage(pred), kept.num_rows))
     return kept, stages
 

@@ -76,7 +76,6 @@ class StoreReader:
 
     def __init__(self, path: str, refresh_s: float = 10.0) -> None:
         import store
-
         from store.layout import is_url
 
         self._connect = lambda: store.connect(path)
