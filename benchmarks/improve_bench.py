@@ -167,6 +167,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: str) -> dict[str, Any]:
                         if champion != os.path.realpath(base) else ph_base)
             out["phrasing"] = {"family": other, "base": ph_base["row"], "champion": ph_champ["row"],
                                "gate": gate_row(ph_base["verified"], ph_champ["verified"], 0.0, args.alpha), "seconds": time.perf_counter() - t0}
+    if not args.skip_template and not args.skip_subtraction:
         t0 = time.perf_counter()
         sub_base = score_of(base, sub_q, eval_settings, cache=os.path.join(work, "eval-subtraction-base.json"))
         sub_champ = (score_of(champion, sub_q, eval_settings, cache=os.path.join(work, "eval-subtraction-champion.json"))
@@ -304,7 +305,8 @@ def main() -> None:
     p.add_argument("--min-reward", type=float, default=0.9, help="verified traces whose stated step equations hold (reward 1.0)")
     p.add_argument("--min-gain", type=float, default=2.0)
     p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--skip-template", action="store_true", help="skip the held-out subtraction template")
+    p.add_argument("--skip-template", action="store_true", help="skip both held-out templates (the other phrasing and subtraction)")
+    p.add_argument("--skip-subtraction", action="store_true", help="skip the held-out subtraction template only")
     p.add_argument("--skip-grpo", action="store_true")
     p.add_argument("--grpo-after-sft", action="store_true",
                    help="also GRPO from the final champion (same budget and questions), evaluated against the champion")
