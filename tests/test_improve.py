@@ -144,6 +144,17 @@ def test_held_out_overlap_is_refused(tmp_path, tiny):
     assert not (tmp_path / "W").exists()  # refused before anything was written
 
 
+def test_a_bad_slice_in_the_held_out_file_is_refused(tmp_path, tiny):
+    from kaelum.cli import main
+
+    write_queries(tmp_path / "train.jsonl", ["What is 2 + 5?"])
+    (tmp_path / "held.jsonl").write_text('{"query": "What is 3 + 4?", "slice": "a"}\n{"query": "What is 1 + 6?", "slice": 7}\n')
+    res = CliRunner().invoke(main, ["improve", *improve_args(tmp_path, tiny)])
+    assert res.exit_code == 1
+    assert "held.jsonl: 'slice' must be a non-empty string (query 2)" in res.output
+    assert not (tmp_path / "W").exists()
+
+
 def test_filled_store_without_queries_skips_held_out_and_eval_traces(tmp_path, tiny):
     """No --queries: one round trains on the store's untrained traces, minus held-out queries and eval traces."""
     from train.improve import EVAL_SETTINGS, ImproveArgs, improve

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -110,3 +111,78 @@ def test_round_gate_counts_checked_answers_only(tmp_path, candidate_method, prom
     assert rec["candidate_accuracy"] == pytest.approx(28 / 30 if promoted else 0.0)
     assert os.path.islink(imp.champion_link) == promoted
     assert checked_outcomes([{"verified": True}, {"verified": True, "verified_by": "tests"}, {"verified": False, "verified_by": "tests"}]) == [False, True, False]
+
+
+def _sliced(rows: list[tuple[str, int, int, int, int]]) -> tuple[list[bool], list[bool], list[str]]:
+    """(slice, both, only_champion, only_candidate, neither) per slice, concatenated."""
+    champ, cand, names = [], [], []
+    for name, both, oc, ocand, neither in rows:
+        a, b = outcomes(both, oc, ocand, neither)
+        champ += a
+        cand += b
+        names += [name] * len(a)
+    return champ, cand, names
+
+
+def test_a_candidate_significantly_worse_on_one_slice_is_rejected():
+    # 80 queries: +20 on "arithmetic", -7 on "word". Overall b=7, c=20: +16.2 points,
+    # p = 2 * sum(C(27, i), i <= 7) / 2^27 = 0.0192, which alone would promote.
+    champ, cand, names = _sliced([("arithmetic", 10, 0, 20, 10), ("word", 5, 7, 0, 28)])
+    assert decide(champ, cand).promoted
+    g = decide(champ, cand, slices=names)
+    assert g.decision == "rejected"
+    assert g.p_value == pytest.approx(2 * sum(math.comb(27, i) for i in range(8)) / 2**27)
+    # The word slice alone: b=7, c=0, p = 2 / 2^7 = 0.0156 < 0.05.
+    word = next(r for r in g.slices if r.name == "word")
+    assert (word.queries, word.only_champion, word.only_candidate) == (40, 7, 0)
+    assert word.p_value == pytest.approx(2 / 128)
+    assert word.gain_points == pytest.approx(-17.5)
+    assert "significantly worse on slice 'word'" in g.reason and "-17.5 points" in g.reason
+    assert [r.name for r in g.slices] == ["arithmetic", "word"]
+    assert g.slices[0].as_dict()["only_candidate"] == 20
+
+
+def test_a_slice_that_is_worse_but_not_significantly_does_not_block():
+    # "word" loses 3 (b=3, c=0): p = 2 / 8 = 0.25, not evidence; overall b=3, c=20 promotes.
+    champ, cand, names = _sliced([("arithmetic", 10, 0, 20, 10), ("word", 5, 3, 0, 32)])
+    g = decide(champ, cand, slices=names)
+    assert g.promoted, g.reason
+    assert next(r for r in g.slices if r.name == "word").p_value == pytest.approx(0.25)
+
+
+def test_queries_without_a_slice_count_overall_only():
+    champ, cand, names = _sliced([("arithmetic", 10, 0, 20, 10), ("word", 5, 7, 0, 28)])
+    names = [n if n == "arithmetic" else None for n in names]
+    g = decide(champ, cand, slices=names)
+    assert g.promoted and [r.name for r in g.slices] == ["arithmetic"]
+
+
+def test_bad_slices_are_refused():
+    with pytest.raises(GateError, match="slices name 1 queries, but 2 were evaluated"):
+        decide([True, False], [True, True], slices=["a"])
+    with pytest.raises(GateError, match="held-out query 2: 'slice' must be a non-empty string, got 3"):
+        decide([True, False], [True, True], slices=["a", 3])  # type: ignore[list-item]
+
+
+def test_round_gate_rejects_a_candidate_worse_on_a_held_out_slice(tmp_path):
+    """Held-out queries that name a `slice`: the round's record gates and reports each slice."""
+    import json
+
+    from train.improve import ImproveArgs, Improver, Round, read_queries
+
+    champ, cand, names = _sliced([("arithmetic", 10, 0, 20, 10), ("word", 5, 7, 0, 28)])
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps({"query": f"q{i}", "domain": "math", "slice": n}) + "\n" for i, n in enumerate(names)))
+    imp = Improver(ImproveArgs(domain="math", held_out=str(held), workdir=str(tmp_path / "W")), echo=lambda s: None)
+    imp.held_out = read_queries(str(held), "math", "--held-out")  # what prepare() reads
+    rnd = Round.at(imp.work, 1)
+    (tmp_path / "W" / "rounds" / "round-001" / "candidate").mkdir(parents=True)
+    for name, outs in (("champion", champ), ("candidate", cand)):
+        with open(rnd.path(f"eval-{name}.json"), "w") as fh:
+            json.dump({"answers": [{"verified": v, "verified_by": "reference", "answer": "7"} for v in outs]}, fh)
+    rec = imp.decide(rnd, champion=str(tmp_path / "base"))
+    assert rec["decision"] == "rejected" and "significantly worse on slice 'word'" in rec["reason"]
+    assert rec["gain_points"] == pytest.approx(16.25)
+    assert {r["slice"]: (r["only_champion"], r["only_candidate"]) for r in rec["slices"]} == {"arithmetic": (0, 20), "word": (7, 0)}
+    assert not os.path.islink(imp.champion_link)
+

@@ -9,6 +9,12 @@ query is a fair coin, so the two-sided p-value is `2 * P(Binomial(b + c, 1/2) <=
 The decision: promote only when the candidate's verified accuracy is higher by at least
 `min_gain` points *and* p < `alpha`. Defaults: `min_gain` 2.0 points, `alpha` 0.05 (a gain must be
 both worth deploying and unlikely to be search noise); anything else keeps the champion.
+
+Slices: held-out queries may name a `slice` (a phrasing, a task family, a customer). A candidate
+that wins overall can still have traded one slice for another, as a worker fine-tuned on one
+phrasing gets worse on the others. With slices, a candidate that passes overall is still rejected
+when it is significantly worse on any one slice: fewer verified there and the slice's own exact
+McNemar p < `alpha`. Queries without a slice count overall only.
 """
 
 from __future__ import annotations
@@ -51,6 +57,28 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
 
 
 @dataclass(frozen=True)
+class SliceResult:
+    """One slice of the held-out queries: the same paired counts as the gate's, on that slice alone."""
+
+    name: str
+    queries: int
+    champion_verified: int
+    candidate_verified: int
+    only_champion: int
+    only_candidate: int
+    p_value: float
+
+    @property
+    def gain_points(self) -> float:
+        return 100.0 * (self.candidate_verified - self.champion_verified) / self.queries
+
+    def as_dict(self) -> dict[str, object]:
+        return {"slice": self.name, "queries": self.queries, "champion_verified": self.champion_verified,
+                "candidate_verified": self.candidate_verified, "only_champion": self.only_champion,
+                "only_candidate": self.only_candidate, "gain_points": round(self.gain_points, 3), "p_value": self.p_value}
+
+
+@dataclass(frozen=True)
 class GateResult:
     decision: str  # "promoted" | "rejected"
     reason: str
@@ -62,6 +90,7 @@ class GateResult:
     p_value: float
     min_gain: float
     alpha: float
+    slices: tuple[SliceResult, ...] = ()
 
     @property
     def champion_accuracy(self) -> float:
@@ -102,8 +131,11 @@ def decide(
     candidate: Sequence[bool],
     min_gain: float = DEFAULT_MIN_GAIN,
     alpha: float = DEFAULT_ALPHA,
+    slices: Sequence[str | None] | None = None,
 ) -> GateResult:
-    """Gate on per-query verified outcomes, `champion[i]` and `candidate[i]` for the same query i."""
+    """Gate on per-query verified outcomes, `champion[i]` and `candidate[i]` for the same query i.
+
+    `slices[i]`, when given, names query i's slice (None: no slice); see the module doc."""
     problems = check_thresholds(min_gain, alpha)
     if problems:
         raise GateError("; ".join(problems))
@@ -114,6 +146,9 @@ def decide(
     b = sum(1 for x, y in zip(champion, candidate) if x and not y)
     c = sum(1 for x, y in zip(champion, candidate) if y and not x)
     n = len(champion)
+    if slices is not None and len(slices) != n:
+        raise GateError(f"slices name {len(slices)} queries, but {n} were evaluated")
+    per_slice = _slice_results(champion, candidate, slices) if slices is not None else ()
     p = mcnemar_exact(b, c)
     gain = 100.0 * (c - b) / n  # candidate minus champion accuracy, in points
     if gain <= 0:
@@ -123,7 +158,14 @@ def decide(
     elif not p < alpha:
         decision, reason = "rejected", f"p = {p:.3g} is not below --alpha {alpha:g} ({c} vs {b} discordant queries)"
     else:
-        decision, reason = "promoted", f"{gain:+.1f} points, p = {p:.3g} < {alpha:g}"
+        worse = [r for r in per_slice if r.only_champion > r.only_candidate and r.p_value < alpha]
+        if worse:
+            w = min(worse, key=lambda r: r.p_value)
+            decision, reason = "rejected", (
+                f"{gain:+.1f} points overall, but significantly worse on slice {w.name!r}: "
+                f"{w.gain_points:+.1f} points, p = {w.p_value:.3g} < {alpha:g} ({w.only_candidate} vs {w.only_champion} discordant queries)")
+        else:
+            decision, reason = "promoted", f"{gain:+.1f} points, p = {p:.3g} < {alpha:g}"
     return GateResult(
         decision=decision,
         reason=reason,
@@ -135,4 +177,24 @@ def decide(
         p_value=p,
         min_gain=min_gain,
         alpha=alpha,
+        slices=per_slice,
     )
+
+
+def _slice_results(champion: Sequence[bool], candidate: Sequence[bool], slices: Sequence[str | None]) -> tuple[SliceResult, ...]:
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(slices):
+        if name is None:
+            continue
+        if not isinstance(name, str) or not name:
+            raise GateError(f"held-out query {i + 1}: 'slice' must be a non-empty string, got {name!r}")
+        groups.setdefault(name, []).append(i)
+    out = []
+    for name in sorted(groups):
+        idx = groups[name]
+        b = sum(1 for i in idx if champion[i] and not candidate[i])
+        c = sum(1 for i in idx if candidate[i] and not champion[i])
+        out.append(SliceResult(name=name, queries=len(idx), champion_verified=sum(1 for i in idx if champion[i]),
+                               candidate_verified=sum(1 for i in idx if candidate[i]), only_champion=b, only_candidate=c,
+                               p_value=mcnemar_exact(b, c)))
+    return tuple(out)

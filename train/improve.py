@@ -90,7 +90,8 @@ class ImproveError(ValueError):
 class ImproveArgs:
     domain: str = field(metadata=flag("--domain", type=click.Choice(DOMAINS), required=True, help="The domain whose worker improves."))
     held_out: str = field(metadata=flag("--held-out", type=click.Path(dir_okay=False), required=True,
-                                        help="Held-out queries (JSONL, with references where known); never trained on."))
+                                        help="Held-out queries (JSONL, with references where known); never trained on. A query's optional "
+                                             "'slice' (e.g. a phrasing) is also gated on its own: significantly worse on any slice is rejected."))
     workdir: str = field(metadata=flag("--workdir", type=click.Path(file_okay=False), required=True,
                                        help="Where rounds, records, improve.json and the champion link live."))
     queries: str | None = field(default=None, metadata=flag("--queries", type=click.Path(dir_okay=False),
@@ -220,6 +221,9 @@ def read_queries(path: str, domain: str, flag: str) -> list[dict[str, Any]]:
     others = sorted({q["domain"] for q in queries if q.get("domain") not in (None, domain)})
     if others:
         raise ImproveError(f"{flag} {path}: queries of domain {', '.join(others)}; kaelum improve --domain {domain} takes {domain} queries only")
+    bad = [i + 1 for i, q in enumerate(queries) if "slice" in q and not (isinstance(q["slice"], str) and q["slice"].strip())]
+    if bad:
+        raise ImproveError(f"{flag} {path}: 'slice' must be a non-empty string (query {', '.join(map(str, bad[:5]))})")
     return [{**q, "domain": domain} for q in queries]
 
 
@@ -610,7 +614,10 @@ class Improver:
         from .evaluate import checked_outcomes
 
         # The gate counts checked answers only: a candidate that merely agrees with itself more often is not better.
-        gate = decide(checked_outcomes(champ["answers"]), checked_outcomes(cand["answers"]), self.args.min_gain, self.args.alpha)
+        # Held-out queries that name a `slice` are also gated per slice (train.gate's module doc).
+        slices = [q.get("slice") for q in self.held_out]
+        gate = decide(checked_outcomes(champ["answers"]), checked_outcomes(cand["answers"]), self.args.min_gain, self.args.alpha,
+                      slices=slices if any(s is not None for s in slices) else None)
         if gate.promoted:
             point_champion(self.champion_link, rnd.candidate)
             reached(f"round-{rnd.number}/decide/champion")
@@ -634,6 +641,7 @@ class Improver:
             "only_candidate": gate.only_candidate,
             "min_gain": gate.min_gain,
             "alpha": gate.alpha,
+            "slices": [r.as_dict() for r in gate.slices],
             "method": self.args.method,
             "examples": trained.get("examples"),
             "store_snapshot": trained.get("store_snapshot"),
