@@ -185,4 +185,7 @@ def test_round_gate_rejects_a_candidate_worse_on_a_held_out_slice(tmp_path):
     assert rec["gain_points"] == pytest.approx(16.25)
     assert {r["slice"]: (r["only_champion"], r["only_candidate"]) for r in rec["slices"]} == {"arithmetic": (0, 20), "word": (7, 0)}
     assert not os.path.islink(imp.champion_link)
+    from train.improve_report import format_round
+
+    assert "slice 'word': champion 12/40, candidate 5/40 (-17.5 points, p = 0.0156)" in format_round(rec)
 

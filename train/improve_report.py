@@ -29,6 +29,11 @@ def format_round(rec: dict[str, Any]) -> str:
     for role, model, acc, ci in rows:
         lines.append(f"  {role:<10} {model:<{w}}  {round(acc * n):>4}/{n:<4}  {_pct(acc):>8}  {_ci(ci)}")
     secs = rec.get("seconds") or {}
+    for sl in rec.get("slices") or []:
+        lines.append(
+            f"  slice {sl['slice']!r}: champion {sl['champion_verified']}/{sl['queries']}, candidate "
+            f"{sl['candidate_verified']}/{sl['queries']} ({sl['gain_points']:+.1f} points, p = {sl['p_value']:.3g})"
+        )
     lines.append(
         f"  gain {rec['gain_points']:+.1f} points (--min-gain {rec['min_gain']:g}); only the candidate right on "
         f"{rec['only_candidate']}, only the champion on {rec['only_champion']}; exact McNemar p = {rec['p_value']:.3g} "
