@@ -143,9 +143,8 @@ def decide(
         raise GateError(f"paired outcomes differ in length: champion {len(champion)}, candidate {len(candidate)}")
     if not champion:
         raise GateError("no held-out outcomes to compare")
-    b = sum(1 for x, y in zip(champion, candidate) if x and not y)
-    c = sum(1 for x, y in zip(champion, candidate) if y and not x)
     n = len(champion)
+    champion_verified, candidate_verified, b, c = _paired_counts(champion, candidate, range(n))
     if slices is not None and len(slices) != n:
         raise GateError(f"slices name {len(slices)} queries, but {n} were evaluated")
     per_slice = _slice_results(champion, candidate, slices) if slices is not None else ()
@@ -170,8 +169,8 @@ def decide(
         decision=decision,
         reason=reason,
         queries=n,
-        champion_verified=sum(1 for x in champion if x),
-        candidate_verified=sum(1 for y in candidate if y),
+        champion_verified=champion_verified,
+        candidate_verified=candidate_verified,
         only_champion=b,
         only_candidate=c,
         p_value=p,
@@ -181,20 +180,25 @@ def decide(
     )
 
 
+def _paired_counts(champion: Sequence[bool], candidate: Sequence[bool], idx: Sequence[int]) -> tuple[int, int, int, int]:
+    """Over the queries `idx`: champion verified, candidate verified, b (only the champion), c (only the candidate)."""
+    b = sum(1 for i in idx if champion[i] and not candidate[i])
+    c = sum(1 for i in idx if candidate[i] and not champion[i])
+    return sum(1 for i in idx if champion[i]), sum(1 for i in idx if candidate[i]), b, c
+
+
 def _slice_results(champion: Sequence[bool], candidate: Sequence[bool], slices: Sequence[str | None]) -> tuple[SliceResult, ...]:
     groups: dict[str, list[int]] = {}
     for i, name in enumerate(slices):
         if name is None:
             continue
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str) or not name.strip():
             raise GateError(f"held-out query {i + 1}: 'slice' must be a non-empty string, got {name!r}")
         groups.setdefault(name, []).append(i)
     out = []
     for name in sorted(groups):
         idx = groups[name]
-        b = sum(1 for i in idx if champion[i] and not candidate[i])
-        c = sum(1 for i in idx if candidate[i] and not champion[i])
-        out.append(SliceResult(name=name, queries=len(idx), champion_verified=sum(1 for i in idx if champion[i]),
-                               candidate_verified=sum(1 for i in idx if candidate[i]), only_champion=b, only_candidate=c,
-                               p_value=mcnemar_exact(b, c)))
+        champion_verified, candidate_verified, b, c = _paired_counts(champion, candidate, idx)
+        out.append(SliceResult(name=name, queries=len(idx), champion_verified=champion_verified, candidate_verified=candidate_verified,
+                               only_champion=b, only_candidate=c, p_value=mcnemar_exact(b, c)))
     return tuple(out)
